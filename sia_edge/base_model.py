@@ -1,0 +1,228 @@
+"""The GGUF base model through llama-cpp-python. The only module that imports llama_cpp.
+
+It owns the decode loop's llama.cpp side: prefill, one step, a zero-copy view of the last position's logits,
+rollback, tokenization and the tokenizer fingerprint. It never uses `logits_all=True` nor `Llama.scores`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelFileError, PromptError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_CONTEXT = 2048
+
+
+def _llama():
+    import llama_cpp  # deferred so `sia-edge --help` does not load the native library
+
+    return llama_cpp
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail with a clear message before llama.cpp sees a file it would crash or mumble on."""
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"model path is not a file: {path}")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+
+
+class BaseModel:
+    """A loaded GGUF model and one llama.cpp context (one sequence).
+
+    Not thread-safe: one generation at a time per instance (the engine serialises callers).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n_ctx: int = DEFAULT_CONTEXT,
+        n_threads: int | None = None,
+        vocab_only: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        check_gguf_file(self.path)
+        llama_cpp = _llama()
+        threads = n_threads or os.cpu_count() or 1
+        try:
+            with _quiet_stderr():
+                self._llm = llama_cpp.Llama(
+                    model_path=str(self.path),
+                    n_ctx=n_ctx,
+                    n_batch=min(512, n_ctx),
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    vocab_only=vocab_only,
+                    logits_all=False,
+                    verbose=False,
+                )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(
+                f"llama.cpp could not load {self.path} (truncated or corrupt GGUF?): {exc}"
+            ) from exc
+        self.vocab_only = vocab_only
+        self._vocab = self._llm._model.vocab
+        self.n_vocab = int(self._llm.n_vocab())
+        self.bos_id = int(llama_cpp.llama_vocab_bos(self._vocab))
+        self.eos_id = int(llama_cpp.llama_vocab_eos(self._vocab))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self.n_ctx = 0 if vocab_only else int(self._llm.n_ctx())
+        self._fingerprint: str | None = None
+        self.decode_seconds = 0.0
+
+    # --- metadata ------------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._llm.metadata)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._llm.metadata.get("tokenizer.chat_template")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(_llama().llama_vocab_is_eog(self._vocab, token))
+
+    @property
+    def fingerprint(self) -> str:
+        """Tokenizer fingerprint as defined in models/README.md (computed once, ~0.3 s for 262k tokens)."""
+        if self._fingerprint is None:
+            self._fingerprint = tokenizer_fingerprint(
+                self.n_vocab, self.bos_id, self.eos_id, self.token_text, self.token_attr
+            )
+        return self._fingerprint
+
+    def token_text(self, token: int) -> bytes:
+        return _llama().llama_vocab_get_text(self._vocab, token) or b""
+
+    def token_attr(self, token: int) -> int:
+        return int(_llama().llama_vocab_get_attr(self._vocab, token))
+
+    # --- text <-> tokens -----------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
+        bos = self.add_bos if add_bos is None else add_bos
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token renders as (special tokens render as nothing)."""
+        buffer = ctypes.create_string_buffer(64)
+        n = _llama().llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
+        if n < 0:  # longer than 64 bytes: ask again with the size llama.cpp wants
+            buffer = ctypes.create_string_buffer(-n)
+            n = _llama().llama_token_to_piece(self._vocab, token, buffer, -n, 0, False)
+        return buffer.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    # --- decoding ------------------------------------------------------------------------------------------
+
+    @property
+    def n_past(self) -> int:
+        """How many tokens the context holds."""
+        return self._llm.n_tokens
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self._llm.input_ids[: self._llm.n_tokens])
+
+    def prefill(self, tokens: list[int]) -> None:
+        """Replace the context with `tokens`, reusing the longest common prefix already in the KV cache."""
+        if not tokens:
+            raise PromptError("the prompt is empty: give some text to continue")
+        if len(tokens) >= self.n_ctx:
+            raise PromptError(
+                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; shorten it or raise --ctx"
+            )
+        keep = _common_prefix(self.tokens, tokens)
+        keep = min(keep, len(tokens) - 1)  # always decode at least the last token so its logits are fresh
+        self.rollback(keep)
+        self._decode(tokens[keep:])
+
+    def step(self, token: int) -> None:
+        """Append one token and compute the next position's logits."""
+        self._decode([token])
+
+    def rollback(self, n_tokens: int) -> None:
+        """Forget everything after the first n_tokens (KV cache included)."""
+        self._llm.n_tokens = n_tokens
+        self._llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1)
+
+    def reset(self) -> None:
+        self.rollback(0)
+
+    def logits(self) -> np.ndarray:
+        """Zero-copy float32 view of the last decoded position's logits; valid until the next decode."""
+        pointer = _llama().llama_get_logits_ith(self._llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
+    def _decode(self, tokens: list[int]) -> None:
+        import time
+
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise PromptError(f"context full: {self.n_past} + {len(tokens)} tokens > {self.n_ctx}")
+        start = time.perf_counter()
+        self._llm.eval(tokens)
+        self.decode_seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        self._llm.close()
+
+
+def tokenizer_fingerprint(n_vocab: int, bos: int, eos: int, text_of, attr_of) -> str:
+    """sha256 over the vocabulary pieces, their attributes and the special ids (models/README.md)."""
+    digest = hashlib.sha256()
+    digest.update(f"sia-edge-tokenizer-v1\n{n_vocab}\n{bos}\n{eos}\n".encode())
+    for token in range(n_vocab):
+        digest.update(text_of(token))
+        digest.update(b"\0%d\n" % attr_of(token))
+    return digest.hexdigest()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Hide llama.cpp's C-level chatter while loading (e.g. Gemma's SWA notice), unless SIA_EDGE_DEBUG is set."""
+    if os.environ.get("SIA_EDGE_DEBUG"):
+        yield
+        return
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(devnull)

