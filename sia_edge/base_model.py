@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -80,7 +81,9 @@ class BaseModel:
         self.bos_id = int(llama_cpp.llama_vocab_bos(self._vocab))
         self.eos_id = int(llama_cpp.llama_vocab_eos(self._vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-        self.n_ctx = 0 if vocab_only else int(self._llm.n_ctx())
+        # llama.cpp may round the context up (to a multiple of 256) while llama-cpp-python sizes its token buffer
+        # to the request: the smaller of the two is what actually fits.
+        self.n_ctx = 0 if vocab_only else min(int(self._llm.n_ctx()), len(self._llm.input_ids))
         self._fingerprint: str | None = None
         self.decode_seconds = 0.0
 
@@ -153,7 +156,7 @@ class BaseModel:
             raise PromptError(
                 f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; shorten it or raise --ctx"
             )
-        keep = _common_prefix(self.tokens, tokens)
+        keep = common_prefix(self.tokens, tokens)
         keep = min(keep, len(tokens) - 1)  # always decode at least the last token so its logits are fresh
         self.rollback(keep)
         self._decode(tokens[keep:])
@@ -184,6 +187,32 @@ class BaseModel:
         self._llm.eval(tokens)
         self.decode_seconds += time.perf_counter() - start
 
+    # --- baselines for `sia-edge bench` (here because only this module may touch llama_cpp) -------------------
+
+    def raw_decode(self, prompt_tokens: list[int], continuation: list[int]) -> float:
+        """Seconds to prefill and then feed `continuation` one token at a time through `Llama.eval`: this model's
+        decode floor, timed from the prompt like the other arms of the benchmark."""
+        import time
+
+        self.reset()
+        start = time.perf_counter()
+        self.prefill(prompt_tokens)
+        for token in continuation:
+            self._llm.eval([token])
+        return time.perf_counter() - start
+
+    def plain_completion(self, prompt: str, max_tokens: int, top_k: int, temperature: float, seed: int) -> tuple[int, float]:
+        """llama-cpp-python as a user would call it: `create_completion`. Returns (tokens, decode seconds)."""
+        import time
+
+        self.reset()
+        start = time.perf_counter()
+        out = self._llm.create_completion(prompt, max_tokens=max_tokens, top_k=top_k, top_p=1.0, min_p=0.0,
+                                          temperature=temperature, repeat_penalty=1.0, seed=seed)
+        seconds = time.perf_counter() - start
+        self.reset()  # create_completion leaves its own tokens in the context
+        return int(out["usage"]["completion_tokens"]), seconds
+
     def close(self) -> None:
         self._llm.close()
 
@@ -198,7 +227,8 @@ def tokenizer_fingerprint(n_vocab: int, bos: int, eos: int, text_of, attr_of) ->
     return digest.hexdigest()
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share (what the KV cache can keep)."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -221,7 +251,8 @@ def _quiet_stderr():
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):  # llama-cpp-python's log callback prints via sys.stderr
+            yield
     finally:
         os.dup2(fd, 2)
         os.close(fd)

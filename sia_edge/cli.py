@@ -11,6 +11,7 @@ import traceback
 
 import click
 
+from .best_of import best_of_option
 from .errors import SiaError
 from .gate import GATE_NAMES
 from .settings import DEFAULT_TAU, GenerationSettings
@@ -19,8 +20,35 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+# Commands that live in their own modules, imported only when used so that `sia-edge --help` stays instant.
+LAZY_COMMANDS = {
+    "vm": ("sia_edge.train.cli", "vm"),
+    "calibrate": ("sia_edge.calibrate", "calibrate_command"),
+    "eval": ("sia_edge.evaluate", "eval_command"),
+    "bench": ("sia_edge.bench", "bench_command"),
+    "chat": ("sia_edge.chat", "chat"),
+    "serve": ("sia_edge.server", "serve"),
+}
+
+
 class FriendlyGroup(click.Group):
-    """Turns sia-edge's typed errors into one line on stderr and exit code 2 (full traceback with SIA_EDGE_DEBUG=1)."""
+    """Loads sub-commands lazily and turns sia-edge's typed errors into one line on stderr and exit code 2
+    (the full traceback with SIA_EDGE_DEBUG=1)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module_name, attribute = LAZY_COMMANDS[name]
+            import importlib
+
+            try:
+                command = getattr(importlib.import_module(module_name), attribute)
+            except ImportError as exc:  # an optional extra (serve, train, eval) is not installed
+                command = _missing_extra_command(name, exc)
+            self.add_command(command, name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,6 +58,20 @@ class FriendlyGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"sia-edge: error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
+
+
+EXTRA_FOR_COMMAND = {"serve": "serve", "vm": "train", "eval": "eval"}
+
+
+def _missing_extra_command(name: str, error: ImportError) -> click.Command:
+    extra = EXTRA_FOR_COMMAND.get(name, "test")
+    message = f"`sia-edge {name}` needs {error.name or 'a missing package'}: pip install 'sia-edge[{extra}]'"
+
+    def fail(**_):
+        raise SiaError(message)
+
+    return click.Command(name, callback=fail, help=f"(unavailable: {message})",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 @click.group(cls=FriendlyGroup, context_settings={"auto_envvar_prefix": "SIA_EDGE", "help_option_names": ["-h", "--help"]})
@@ -69,7 +111,10 @@ def generation_options(func):
         click.option("--tau", type=float, default=None,
                      help=f"Entropy threshold in nats for the entropy gate [default: {DEFAULT_TAU}]."),
         click.option("--ratio", type=click.FloatRange(0, 1), default=None,
-                     help="Target share of steered tokens, for --gate online."),
+                     help="Target share of steered tokens: the entropy gate takes tau from the model's calibration "
+                          "(see `sia-edge calibrate`); the online gate holds it on every prompt."),
+        click.option("--calibration", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="Calibration file for --ratio [default: the cached one for this model, else the shipped one]."),
         click.option("--q", "q", type=float, default=0.2, show_default=True,
                      help="Steering probability of the random gate, in [0, 1]."),
         click.option("--first-n", type=int, default=32, show_default=True, help="Steered tokens of the first-n gate."),
@@ -92,6 +137,7 @@ def generation_options(func):
 
 
 def settings_from(options: dict) -> GenerationSettings:
+    options.pop("calibration", None)  # consumed by build_engine
     tau = options["tau"] if options["tau"] is not None else DEFAULT_TAU
     return GenerationSettings(
         gate=options["gate"], tau=tau, ratio=options["ratio"], q=options["q"], first_n=options["first_n"],
@@ -101,12 +147,13 @@ def settings_from(options: dict) -> GenerationSettings:
     )
 
 
-def build_engine(model, value_model, n_ctx, threads, gate: str = "entropy", weight: float = 1.0):
+def build_engine(model, value_model, n_ctx, threads, gate: str = "entropy", weight: float = 1.0,
+                 calibration=None):
     from .engine import Engine
 
     needs_value_model = gate != "none" and weight != 0.0
     return Engine(model=model, value_model=value_model, n_ctx=n_ctx, threads=threads,
-                  use_value_model=needs_value_model or value_model is not None)
+                  use_value_model=needs_value_model or value_model is not None, calibration=calibration)
 
 
 def read_prompt(prompt: str) -> str:
@@ -151,14 +198,22 @@ def summary_line(result) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the text and stats at the end.")
 @click.option("--jsonl", is_flag=True, help="Print one JSON object per token, then the result object.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
-def generate(prompt, model, value_model, n_ctx, threads, stream, as_json, jsonl, quiet, **options):
+@best_of_option
+def generate(prompt, model, value_model, n_ctx, threads, stream, as_json, jsonl, quiet, best_of, **options):
     """Continue PROMPT (or '-' to read it from stdin), steering at junctions."""
     if as_json and jsonl:
         raise click.UsageError("choose one of --json and --jsonl")
+    calibration = options.pop("calibration")
     settings = settings_from(options)
     text = read_prompt(prompt)
-    engine = build_engine(model, value_model, n_ctx, threads, settings.gate, settings.weight)
+    needs_value_model = "entropy" if best_of > 1 else settings.gate  # Best-of-N ranks by the value model
+    engine = build_engine(model, value_model, n_ctx, threads, needs_value_model, settings.weight or 1.0, calibration)
     out = click.get_text_stream("stdout")
+    if best_of > 1:
+        from .best_of import run_best_of_cli
+
+        result = run_best_of_cli(engine, text, settings, best_of, as_json or jsonl, out)
+        sys.exit(EXIT_INTERRUPTED if result.best_result.stop_reason == "cancelled" else 0)
     with CtrlC() as cancelled:
         run = engine.stream(text, settings, cancel=cancelled)
         for event in run:
@@ -207,18 +262,6 @@ def info(model, value_model, n_ctx, threads, as_json):
     else:
         for key, value in facts.items():
             click.echo(f"{key:26} {value}")
-
-
-def _attach_optional_commands() -> None:
-    """Commands that live in their own modules; each imports its heavy dependencies lazily."""
-    try:
-        from .train.cli import vm
-    except ImportError:  # the training toolchain is being built alongside; the runtime works without it
-        return
-    main.add_command(vm)
-
-
-_attach_optional_commands()
 
 
 if __name__ == "__main__":

@@ -114,9 +114,10 @@ class Decoding:
         value_calls_before = self.value_model.calls if steer else 0
         value_seconds_before = self.value_model.seconds if steer else 0.0
         # The value model sees prompt + continuation without BOS; it folds them in lazily, at junctions only.
-        unscored = [t for t in self.prompt_tokens if t != self.base.bos_id]
+        unscored = without_leading_bos(self.prompt_tokens, self.base.bos_id)
         utf8 = Utf8Stream()
         stops = StopMatcher(s.stop)
+        scratch = np.empty(self.base.n_vocab, dtype=bool)  # the top-k pre-filter's mask, reused every step
         generated: list[int] = []
         stop_reason = "length"
         try:
@@ -125,7 +126,7 @@ class Decoding:
                     stop_reason = "cancelled"
                     break
                 t0 = time.perf_counter()
-                step = step_stats(self.base.logits(), s.top_k, s.entropy_over)
+                step = step_stats(self.base.logits(), s.top_k, s.entropy_over, scratch)
                 junction = gate.decide(index, step.entropy)
                 t1 = time.perf_counter()
                 rewards = None
@@ -176,6 +177,14 @@ class Decoding:
         self.result = GenerationResult(text, stop_reason, stats, generated, s.as_dict(), s.describe())
         if stops.tail:  # text held back for a possible stop string that never completed
             yield TokenEvent(len(generated), -1, stops.tail, 0.0, False)
+
+
+def without_leading_bos(tokens: list[int], bos_id: int) -> list[int]:
+    """The tokens the value model sees (models/README.md): the text without the BOS the tokenizer put first.
+
+    Only a leading BOS goes: for chat models the BOS id can be a turn marker that appears again later.
+    """
+    return list(tokens[1:] if tokens and tokens[0] == bos_id else tokens)
 
 
 class StopMatcher:

@@ -35,6 +35,7 @@ class Engine:
         threads: int | None = None,
         value_threads: int = 1,
         use_value_model: bool = True,
+        calibration: str | os.PathLike | None = None,
     ) -> None:
         if n_ctx < 16:
             raise InvalidSettingError(f"n_ctx must be >= 16, got {n_ctx}")
@@ -48,14 +49,19 @@ class Engine:
 
                 self.value_model = ValueModel(path, threads=value_threads)
                 self.value_model.check_tokenizer(self.fingerprint, self.base.name)
+        self.calibration = calibration  # explicit calibration file for `ratio`; else cache, else shipped
         self._lock = threading.Lock()
 
     def settings(self, settings: GenerationSettings | None = None, **overrides) -> GenerationSettings:
-        """Defaults, then `settings`, then keyword overrides; validated."""
+        """Defaults, then `settings`, then keyword overrides; validated. A target `ratio` with the entropy gate
+        takes its tau from the calibration for this model (CalibrationError if there is none)."""
+        from .calibrate import settings_for_ratio
+
         base = settings or GenerationSettings()
         if "stop" in overrides and overrides["stop"] is not None:
             overrides["stop"] = tuple(overrides["stop"])
-        return base.with_(**{k: v for k, v in overrides.items() if v is not None})
+        chosen = base.with_(**{k: v for k, v in overrides.items() if v is not None})
+        return settings_for_ratio(chosen, self.fingerprint, self.calibration)
 
     def stream(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,
                **overrides) -> "Stream":

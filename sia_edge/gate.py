@@ -19,18 +19,21 @@ from .errors import InvalidSettingError
 _PREFILTER_MARGINS = (12.0, 24.0)
 
 
-def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k(logits: np.ndarray, k: int, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k largest logits, largest first, ties broken by the lower token id (exactly `argsort(-x, stable)[:k]`).
 
     Returns (ids (k,) int64, values (k,) float32). The input is never modified. A full sort over a 262k
     vocabulary costs milliseconds, so the candidates are first cut down to those within a margin of the max.
+    `scratch`, a bool array shaped like `logits`, saves allocating the pre-filter mask at every step.
     """
     n = logits.shape[0]
     k = min(k, n)
     peak = logits.max()
     if np.isfinite(peak):
+        mask = scratch if scratch is not None else np.empty(n, dtype=bool)
         for margin in _PREFILTER_MARGINS:
-            survivors = np.flatnonzero(logits >= peak - margin)  # ascending ids
+            np.greater_equal(logits, peak - margin, out=mask)
+            survivors = np.flatnonzero(mask)  # ascending ids
             if survivors.size >= k:
                 return _exact_top_k(survivors, logits[survivors], k)
     order = np.argsort(-logits, kind="stable")[:k]  # fallback: -inf/NaN present or a very flat distribution
@@ -87,9 +90,9 @@ class StepStats:
     entropy: float  # nats, over the k candidates (or the full vocabulary, see Gate.entropy_over)
 
 
-def step_stats(logits: np.ndarray, k: int, entropy_over: str = "top-k") -> StepStats:
+def step_stats(logits: np.ndarray, k: int, entropy_over: str = "top-k", scratch: np.ndarray | None = None) -> StepStats:
     """Top-k candidates and the entropy the gate looks at, for one logits row."""
-    ids, values = top_k(logits, k)
+    ids, values = top_k(logits, k, scratch)
     values64 = values.astype(np.float64)
     if entropy_over == "full":
         entropy = full_vocab_entropy(logits)

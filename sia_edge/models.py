@@ -17,6 +17,7 @@ DEFAULT_BASE_MODEL_NAME = "Gemma 3 270M base (Q4_K_M)"
 # Shipped value models, by the tokenizer fingerprint of the base model they were trained for.
 SHIPPED_VALUE_MODELS = {
     "df22d6d7457320447ac268372307fa0f839d1153575136a297ad7397f812b12e": "gemma3-270m-sentiment.onnx",
+    "07e8a0c9f549cc8d2fc1807d51b33ba9f9ad696cf50c64fe613f731e94da8378": "smollm2-135m-sentiment.onnx",
 }
 
 

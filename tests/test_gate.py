@@ -141,3 +141,16 @@ def test_online_gate_holds_ratio_on_drifting_entropies():
 def test_gate_arguments_are_checked(make):
     with pytest.raises(InvalidSettingError):
         make()
+
+
+def test_top_k_with_a_reused_scratch_mask_is_exact_and_leaves_input_alone():
+    rng = np.random.default_rng(5)
+    scratch = np.empty(4096, dtype=bool)
+    for _ in range(20):
+        x = rng.normal(0, 4, size=4096).astype(np.float32)
+        before = x.copy()
+        ids, values = top_k(x, 10, scratch)
+        ref_ids, ref_values = reference_top_k(x, 10)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(values, ref_values)
+        np.testing.assert_array_equal(x, before)

@@ -1,0 +1,118 @@
+"""Best-of-N: draw N generations (seeds seed, seed+1, ...), score each full text with the value model, keep the best.
+
+It composes with SIA: the N samples are drawn with whatever gate the settings name (`none` = plain Best-of-N).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+import click
+
+from .decoder import without_leading_bos
+from .errors import InvalidSettingError, ValueModelError
+from .settings import GenerationSettings
+
+best_of_option = click.option(
+    "--best-of", "best_of", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Generate N samples (seeds seed..seed+N-1) and print the one the value model scores highest; "
+         "with --json, all N texts and their scores.")
+
+
+@dataclass
+class BestOfResult:
+    results: list  # the N GenerationResults, sample i drawn with seed + i
+    scores: list[float]  # value-model score of prompt + continuation (no BOS), one per sample
+    best: int  # index of the highest score
+    base_steps: int  # base-model decoding steps over all samples
+    value_model_calls: int  # steering calls of all samples + the final scoring call
+    seconds: float  # wall time
+    seed: int  # seed of sample 0
+
+    @property
+    def best_result(self):
+        return self.results[self.best]
+
+    @property
+    def text(self) -> str:
+        return self.best_result.text
+
+    def as_dict(self) -> dict:
+        return {
+            "type": "best_of",
+            "text": self.text,
+            "best": self.best,
+            "n": len(self.results),
+            "seed": self.seed,
+            "scores": self.scores,
+            "samples": [{"text": r.text, "score": s, "seed": r.stats.seed, "stop_reason": r.stop_reason,
+                         "tokens": r.stats.tokens, "junctions": r.stats.junctions,
+                         "junction_ratio": r.stats.junction_ratio}
+                        for r, s in zip(self.results, self.scores)],
+            "base_steps": self.base_steps,
+            "value_model_calls": self.value_model_calls,
+            "seconds": self.seconds,
+            "settings": self.best_result.settings,
+            "pipeline": self.best_result.pipeline,
+        }
+
+
+def scored_tokens(engine, prompt_tokens: list[int], result) -> list[int]:
+    """What the value model scores: the prompt without BOS, then the tokens that spell the returned text."""
+    from .chat import kept_tokens
+
+    return without_leading_bos(prompt_tokens, engine.base.bos_id) + kept_tokens(engine.base, result.token_ids,
+                                                                                 result.text)
+
+
+def best_of(engine, prompt: str | list[int], n: int, settings: GenerationSettings | None = None,
+            cancel=None) -> BestOfResult:
+    """N generations with seeds seed+i; the best is the argmax of the value model's score of each full text."""
+    if n < 1:
+        raise InvalidSettingError(f"best_of must be >= 1, got {n}")
+    if engine.value_model is None:
+        raise ValueModelError(f"Best-of-N needs a value model to rank the samples and none is loaded for "
+                              f"{engine.base.name}; pass --value-model")
+    settings = engine.settings(settings)
+    seed = settings.seed if settings.seed is not None else secrets.randbits(32)
+    start = time.perf_counter()
+    calls_before = engine.value_model.calls
+    results = []
+    for i in range(n):
+        results.append(engine.generate(prompt, settings.with_(seed=(seed + i) % 2**63), cancel=cancel))
+        if results[-1].stop_reason == "cancelled":
+            break
+    prompt_tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    scores = engine.value_model.score_sequences([scored_tokens(engine, prompt_tokens, r) for r in results])
+    scores = [float(s) for s in scores]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return BestOfResult(results, scores, best, sum(r.stats.tokens for r in results),
+                        engine.value_model.calls - calls_before, time.perf_counter() - start, seed)
+
+
+def run_best_of_cli(engine, text: str, settings: GenerationSettings, n: int, as_json: bool, out) -> BestOfResult:
+    """`sia-edge generate --best-of N`: the best text on `out` (or one JSON object), a summary line on stderr.
+
+    Ctrl-C stops the sample being drawn; the best of those drawn so far is printed. Returns the BestOfResult.
+    """
+    from .cli import CtrlC, summary_line
+
+    with CtrlC() as cancelled:
+        result = best_of(engine, text, n, settings, cancel=cancelled)
+    if as_json:
+        payload = result.as_dict()
+        payload["model"] = str(engine.base.path)
+        payload["value_model"] = str(engine.value_model.path)
+        out.write(json.dumps(payload) + "\n")
+    else:
+        out.write(result.text + "\n")
+    out.flush()
+    click.echo(f"sia-edge: best of {len(result.results)}: sample {result.best} "
+               f"(score {result.scores[result.best]:.3f}; all {' '.join(f'{s:.3f}' for s in result.scores)}) | "
+               f"{result.base_steps} base steps | {result.value_model_calls} value-model calls | "
+               f"{result.seconds:.1f} s", err=True)
+    click.echo(summary_line(result.best_result), err=True)
+    return result

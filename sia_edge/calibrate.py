@@ -1,0 +1,337 @@
+"""Calibration: from a target junction ratio to an entropy threshold tau, the paper's way.
+
+Run the base model unsteered (gate none, same k, T and entropy measure as steering will use) over a prompt set,
+collect every step's entropy H, and set tau(r) = quantile_{1-r}(H): the entropy gate H >= tau then steers a share r
+of unsteered steps. Steering changes the text, so the *realised* ratio drifts from r; always report it.
+
+A calibration is one JSON file, valid for one (tokenizer fingerprint, top_k, temperature, entropy_over).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .cli import model_options
+from .errors import CalibrationError, InvalidSettingError, PromptError
+from .settings import GenerationSettings
+
+FORMAT = 1
+DEFAULT_RATIOS = (0.1, 0.2, 0.5, 0.8)
+# Every calibration also stores tau on this grid, so that any ratio in [0.05, 0.95] can be interpolated finely.
+CURVE_RATIOS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+# --- prompt files ------------------------------------------------------------------------------------------
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a UTF-8 text file, one prompt each (a literal backslash-n becomes a newline)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PromptError(f"prompt file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptError(f"cannot read prompt file {path}: {exc}") from None
+    prompts = [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise PromptError(f"prompt file {path} has no prompts (one per line)")
+    return prompts
+
+
+def parse_ratios(text: str) -> list[float]:
+    """'0.1,0.2,0.5' -> [0.1, 0.2, 0.5]; each ratio strictly between 0 and 1."""
+    try:
+        ratios = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidSettingError(f"ratios must be comma-separated numbers like 0.2,0.5, got {text!r}") from None
+    if not ratios:
+        raise InvalidSettingError(f"no ratios given, got {text!r}")
+    bad = [r for r in ratios if not 0.0 < r < 1.0]
+    if bad:
+        raise InvalidSettingError(f"ratios must be strictly between 0 and 1, got {bad}")
+    return sorted(set(ratios))
+
+
+# --- computing a calibration -------------------------------------------------------------------------------
+
+
+def collect_entropies(engine, prompts: list[str], settings: GenerationSettings, seeds: int,
+                      progress: bool = False) -> list[float]:
+    """Every step's entropy over unsteered generations: each prompt with seeds 0..seeds-1."""
+    from tqdm import tqdm
+
+    unsteered = settings.with_(gate="none")
+    entropies: list[float] = []
+    jobs = [(prompt, seed) for prompt in prompts for seed in range(seeds)]
+    for prompt, seed in tqdm(jobs, desc="calibrate", unit="gen", disable=not progress, leave=False):
+        for event in engine.stream(prompt, unsteered, seed=seed):
+            if event.token_id >= 0:  # token_id -1 is a held-back stop-string tail, not a decoding step
+                entropies.append(float(event.entropy))
+    return entropies
+
+
+def taus_from_entropies(entropies, ratios) -> dict[str, float]:
+    """tau(r) = quantile_{1-r}(H) for each ratio, keyed by the ratio written as text ('0.2')."""
+    values = np.asarray(entropies, dtype=np.float64)
+    if values.size == 0:
+        raise CalibrationError("no entropies collected: the generations produced no tokens")
+    return {ratio_key(r): float(np.quantile(values, 1.0 - r)) for r in ratios}
+
+
+def ratio_key(ratio: float) -> str:
+    return f"{ratio:g}"
+
+
+def build_calibration(engine, prompts: list[str], prompt_file: str | None, settings: GenerationSettings,
+                      ratios, seeds: int, progress: bool = False) -> dict:
+    """Run the unsteered generations and return the calibration as a JSON-ready dict."""
+    entropies = collect_entropies(engine, prompts, settings, seeds, progress)
+    values = np.asarray(entropies)
+    taus = taus_from_entropies(values, ratios)
+    return {
+        "format": FORMAT,
+        "model_fingerprint": engine.fingerprint,
+        "model": engine.base.name,
+        "value_model": str(engine.value_model.path) if engine.value_model is not None else None,
+        "top_k": settings.top_k,
+        "temperature": settings.temperature,
+        "entropy_over": settings.entropy_over,
+        "prompts": len(prompts),
+        "prompt_file": prompt_file,
+        "seeds": seeds,
+        "max_tokens": settings.max_tokens,
+        "tokens": int(values.size),
+        "taus": taus,
+        # share of the calibration steps each tau steers (a check on ties; should be ~ the ratio)
+        "steered_share": {key: float(np.mean(values >= tau)) for key, tau in taus.items()},
+        "curve": taus_from_entropies(values, CURVE_RATIOS),
+        "entropy_mean": float(values.mean()),
+    }
+
+
+# --- finding a calibration ---------------------------------------------------------------------------------
+
+
+def calibration_name(fingerprint: str, top_k: int, temperature: float, entropy_over: str) -> str:
+    return f"{fingerprint[:16]}-k{top_k}-T{temperature:g}-{entropy_over}.json"
+
+
+def cache_calibration_path(fingerprint: str, top_k: int, temperature: float, entropy_over: str) -> Path:
+    from .models import cache_dir
+
+    return cache_dir() / "calibrations" / calibration_name(fingerprint, top_k, temperature, entropy_over)
+
+
+def shipped_calibration_path(fingerprint: str, top_k: int, temperature: float, entropy_over: str) -> Path:
+    from .models import shipped_value_model_dir
+
+    return shipped_value_model_dir() / ("calibration-" + calibration_name(fingerprint, top_k, temperature,
+                                                                          entropy_over))
+
+
+def load_calibration(fingerprint: str, top_k: int, temperature: float, entropy_over: str,
+                     path: str | os.PathLike | None = None) -> dict:
+    """The calibration for these settings: the explicit path, else the cache, else the one shipped for the model."""
+    wanted = f"tokenizer {fingerprint[:16]}, k={top_k}, T={temperature:g}, entropy over {entropy_over}"
+    if path is not None:
+        calibration = _read_calibration(Path(path))
+        mismatch = _mismatch(calibration, fingerprint, top_k, temperature, entropy_over)
+        if mismatch:
+            raise CalibrationError(f"calibration {path} does not match ({mismatch}); it must be for {wanted}; "
+                                   f"run `sia-edge calibrate --prompts FILE` with these settings")
+        return calibration
+    for candidate in (cache_calibration_path(fingerprint, top_k, temperature, entropy_over),
+                      shipped_calibration_path(fingerprint, top_k, temperature, entropy_over)):
+        if candidate.is_file():
+            calibration = _read_calibration(candidate)
+            if not _mismatch(calibration, fingerprint, top_k, temperature, entropy_over):
+                return calibration
+    raise CalibrationError(f"no calibration for {wanted}; run `sia-edge calibrate --prompts FILE` "
+                           f"with the same --top-k, --temperature and --entropy-over")
+
+
+def _read_calibration(path: Path) -> dict:
+    try:
+        calibration = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CalibrationError(f"calibration file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"cannot read calibration {path}: {exc}") from None
+    if not isinstance(calibration, dict) or calibration.get("format") != FORMAT or "taus" not in calibration:
+        raise CalibrationError(f"{path} is not a sia-edge calibration (format {FORMAT})")
+    return calibration
+
+
+def _mismatch(calibration: dict, fingerprint: str, top_k: int, temperature: float, entropy_over: str) -> str:
+    """'' if the calibration fits these settings, else what differs."""
+    problems = []
+    if calibration.get("model_fingerprint") != fingerprint:
+        problems.append(f"tokenizer {str(calibration.get('model_fingerprint'))[:16]}")
+    if calibration.get("top_k") != top_k:
+        problems.append(f"k={calibration.get('top_k')}")
+    if not math.isclose(float(calibration.get("temperature", math.nan)), temperature, abs_tol=1e-9):
+        problems.append(f"T={calibration.get('temperature')}")
+    if calibration.get("entropy_over") != entropy_over:
+        problems.append(f"entropy over {calibration.get('entropy_over')}")
+    return ", ".join(problems)
+
+
+def tau_from_calibration(calibration: dict, ratio: float) -> float:
+    """tau for `ratio`: exact if calibrated, else linear interpolation between the nearest calibrated ratios.
+
+    Outside the calibrated range there is nothing to interpolate from: that is an error, not an extrapolation.
+    """
+    points = {float(k): float(v) for k, v in {**calibration.get("curve", {}), **calibration["taus"]}.items()}
+    for calibrated, tau in points.items():
+        if math.isclose(calibrated, ratio, abs_tol=1e-9):
+            return tau
+    ratios = sorted(points)
+    if not ratios[0] < ratio < ratios[-1]:
+        raise CalibrationError(f"ratio {ratio:g} is outside the calibrated range {ratios[0]:g}..{ratios[-1]:g}; "
+                               f"run `sia-edge calibrate --prompts FILE --ratios ...` including it")
+    return float(np.interp(ratio, ratios, [points[r] for r in ratios]))
+
+
+def tau_for_ratio(ratio: float, fingerprint: str, top_k: int, temperature: float, entropy_over: str,
+                  path: str | os.PathLike | None = None) -> float:
+    """The entropy threshold that steers a share `ratio` of unsteered steps (see load_calibration for lookup)."""
+    return tau_from_calibration(load_calibration(fingerprint, top_k, temperature, entropy_over, path), ratio)
+
+
+def settings_for_ratio(settings: GenerationSettings, fingerprint: str,
+                       path: str | os.PathLike | None = None) -> GenerationSettings:
+    """Turn a target ratio into gate parameters, for `generate --ratio R`.
+
+    - gate entropy: tau from the calibration (CalibrationError if there is none).
+    - gate online: keeps the ratio as its target and takes the calibrated tau as its prior; without a
+      calibration the online gate still works (it adapts), so it keeps settings.tau rather than failing.
+    - other gates, or no ratio: unchanged (the ratio means nothing to them).
+    """
+    if settings.ratio is None:
+        return settings
+    lookup = (settings.ratio, fingerprint, settings.top_k, settings.temperature, settings.entropy_over, path)
+    if settings.gate == "entropy":
+        return settings.with_(tau=tau_for_ratio(*lookup))
+    if settings.gate == "online":
+        try:
+            return settings.with_(tau=tau_for_ratio(*lookup))
+        except CalibrationError:
+            if path is not None:  # an explicit calibration that does not fit is a mistake worth reporting
+                raise
+            return settings
+    return settings
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write atomically: a crash never leaves half a calibration where a reader would find it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    scratch.replace(path)
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+
+
+def sampling_options(func):
+    """-k, -t and --entropy-over: what a calibration is valid for (shared by calibrate and eval)."""
+    options = [
+        click.option("-k", "--top-k", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Candidates per step, as steering will use."),
+        click.option("-t", "--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     help="Sampling temperature, as steering will use."),
+        click.option("--entropy-over", type=click.Choice(["top-k", "full"]), default="top-k", show_default=True,
+                     help="Entropy of the top-k candidates (the paper) or of the whole vocabulary."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command("calibrate")
+@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False), required=True,
+              help="Text file with one prompt per line (use prompts you will not evaluate on).")
+@click.option("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS), show_default=True,
+              help="Comma-separated target junction ratios to compute tau for.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Generations per prompt (seeds 0..N-1).")
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Tokens generated per prompt and seed.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the calibration JSON [default: <cache>/calibrations/<fingerprint>-k-T-entropy.json, "
+                   "where generate --ratio finds it].")
+@sampling_options
+@model_options
+def calibrate_command(prompt_file, ratios, seeds, max_tokens, out, top_k, temperature, entropy_over,
+                      model, value_model, n_ctx, threads):
+    """Compute entropy thresholds for target junction ratios from unsteered generations over a prompt set."""
+    from .cli import build_engine
+
+    prompts = read_prompt_file(prompt_file)
+    chosen_ratios = parse_ratios(ratios)
+    settings = GenerationSettings(gate="none", top_k=top_k, temperature=temperature, entropy_over=entropy_over,
+                                  max_tokens=max_tokens)
+    engine = build_engine(model, value_model, n_ctx, threads, gate="none")
+    calibration = build_calibration(engine, prompts, str(prompt_file), settings, chosen_ratios, seeds, progress=True)
+    target = Path(out) if out else cache_calibration_path(engine.fingerprint, top_k, temperature, entropy_over)
+    write_json(target, calibration)
+    click.echo(json.dumps(calibration["taus"]))
+    click.echo(f"sia-edge: {calibration['tokens']} steps from {len(prompts)} prompts x {seeds} seeds -> {target}",
+               err=True)
+
+
+# --- a proposed online controller (for gate.py's owner to adopt or not) ------------------------------------
+
+
+class BudgetQuantileGate:
+    """Proposed replacement for gate.OnlineRatioGate: hold `ratio` on every prompt without steering confident steps.
+
+    OnlineRatioGate thresholds at a running quantile, then overrides it: when it is more than one junction behind
+    it steers the next step whatever its entropy (even H ~ 0, where steering changes nothing and wastes a value-model
+    call), and when more than one ahead it refuses any step. Here the budget error moves the *quantile level*
+    instead: owing junctions lowers the threshold smoothly (over `horizon` steps), being ahead raises it, and a
+    step is only ever steered for ranking high among this text's own entropies. Same interface as the gates in
+    gate.py (reset, decide, describe).
+    """
+
+    name = "online-budget"
+
+    def __init__(self, ratio: float, prior_tau: float, warmup: int = 8, horizon: float = 16.0) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            raise InvalidSettingError(f"ratio must be in [0, 1], got {ratio}")
+        self.ratio, self.prior_tau, self.warmup, self.horizon = ratio, prior_tau, warmup, horizon
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        self._seen: list[float] = []
+        self._steered = 0
+
+    def threshold(self) -> float:
+        n = len(self._seen)
+        if n < self.warmup:
+            return self.prior_tau
+        owed = self.ratio * (n + 1) - self._steered  # junctions owed, counting the step being decided
+        level = min(1.0, max(0.0, self.ratio + owed / self.horizon))
+        return math.inf if level <= 0.0 else float(np.quantile(self._seen, 1.0 - level))
+
+    def decide(self, step: int, entropy: float) -> bool:
+        junction = entropy >= self.threshold()
+        self._seen.append(entropy)
+        self._steered += junction
+        return junction
+
+    def describe(self) -> str:
+        return f"online-budget-gate(r={self.ratio:g}, prior_tau={self.prior_tau:g})"
+
+
+def replay_gate(gate, entropies: list[float], seed: int = 0) -> list[bool]:
+    """The junction decisions a gate makes on a recorded entropy trace (no steering feedback)."""
+    gate.reset(seed)
+    return [gate.decide(step, h) for step, h in enumerate(entropies)]

@@ -1,0 +1,137 @@
+"""`sia-edge vm ...`: train and inspect value models. Attached to the main CLI with `main.add_command(vm)`.
+
+Imports nothing heavy at module level: torch only when `vm train` runs, onnxruntime only when `vm info` runs.
+SiaError subclasses propagate; the main CLI turns them into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from .data import LABEL_TYPES
+
+_DEFAULTS = {  # mirrors TrainingConfig, without importing the trainer (and numpy) for --help
+    "epochs": 3, "dim": 64, "hidden": 64, "ema_decay": 0.9, "holdout": 0.1, "max_tokens": 128, "min_count": 2,
+    "batch_size": 64, "learning_rate": 3e-3, "token_dropout": 0.1, "context_prob": 0.1, "context_tokens": 64,
+}
+
+
+@click.group("vm")
+def vm() -> None:
+    """Train and inspect ONNX value models (the scorers that steer generation)."""
+
+
+@vm.command("train")
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Labelled texts: CSV with a header row, or JSONL (one object per line). UTF-8.")
+@click.option("-m", "--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="GGUF base model whose tokenizer the value model uses [default: $SIA_EDGE_MODEL, else the "
+                   "built-in Gemma 3 270M base].")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the ONNX value model.")
+@click.option("--text-column", default="text", show_default=True, help="Column (or JSON key) holding the text.")
+@click.option("--label-column", default="label", show_default=True,
+              help="Column holding the label: 0/1, true/false, a class name (with --positive) or a score in [0, 1].")
+@click.option("--positive", default=None,
+              help="For text labels: the label value that counts as positive; every other value is negative.")
+@click.option("--label-type", type=click.Choice(LABEL_TYPES), default="auto", show_default=True,
+              help="binary (0/1 or --positive) or score (a target in [0, 1]); auto picks binary when every label "
+                   "is 0/1 or --positive is given.")
+@click.option("--weight-column", default=None,
+              help="Optional column of non-negative sample weights, e.g. annotator confidence.")
+@click.option("--objective", default=None,
+              help="What 'aligned' means, stored in the model, e.g. 'positive sentiment' "
+                   "[default: '<label-column> = <positive>'].")
+@click.option("--description", default=None, help="One-line description stored in the model.")
+@click.option("-s", "--seed", type=int, default=0, show_default=True,
+              help="Seed for the held-out split, initialisation and batching; same seed, same model.")
+@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True,
+              help="Passes over the training texts.")
+@click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
+              help="Token embedding size D; the state has 2D+1 numbers.")
+@click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
+              help="Hidden units of the scoring MLP.")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=_DEFAULTS["ema_decay"], show_default=True,
+              help="Decay of the moving average that keeps recent tokens (and candidates) influential.")
+@click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=_DEFAULTS["holdout"], show_default=True,
+              help="Fraction of texts held out (stratified by label) for the reported metrics.")
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=_DEFAULTS["max_tokens"], show_default=True,
+              help="Train on at most the first N tokens of each text.")
+@click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
+              help="Tokens seen fewer times in training share the unknown-token embedding.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS["batch_size"], show_default=True,
+              help="Texts per optimisation step.")
+@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
+              show_default=True, help="Peak AdamW learning rate (cosine decay).")
+@click.option("--token-dropout", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS["token_dropout"],
+              show_default=True, help="Share of training tokens replaced by the unknown token (regularisation).")
+@click.option("--context-prob", type=click.FloatRange(0, 1), default=_DEFAULTS["context_prob"], show_default=True,
+              help="Share of training texts preceded by up to --context-tokens tokens of other texts, so the model "
+                   "judges the latest text after a prompt and candidates still count late in long texts.")
+@click.option("--context-tokens", type=click.IntRange(min=1), default=_DEFAULTS["context_tokens"], show_default=True,
+              help="Longest context put before a training text; also the context of the 'after context' metric.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads; results are reproducible for a given thread count.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+def train_command(model: Path | None, as_json: bool, **options) -> None:
+    """Train a value model on labelled text, for one base model's tokenizer, and export it as ONNX.
+
+    Every prefix of every text learns to predict the text's label, so partial generations score sensibly.
+    Progress goes to stderr; the held-out metrics at 25/50/75/100% of each text's length go to stdout.
+    """
+    from ..models import resolve_base_model
+    from .trainer import TrainingConfig, require_training_extra, train_value_model
+
+    require_training_extra()  # before resolving the default model, which may assemble a 250 MB file
+    config = TrainingConfig(model=resolve_base_model(model), **options)
+    report = train_value_model(config)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(f"wrote {report.out} ({report.file_bytes / 1e6:.1f} MB, state size {report.state_size}, "
+               f"{report.vocab_rows} embedding rows) in {report.seconds:.0f} s")
+    click.echo(f"objective: {report.objective} ({report.label_type}); {report.n_train} training texts, "
+               f"{report.n_holdout} held out")
+    if not math.isnan(report.majority_baseline):
+        click.echo(f"majority-class accuracy on held-out texts: {report.majority_baseline:.3f}")
+    columns = [k for k in report.prefix_metrics[0] if k != "fraction"]
+    click.echo("prefix  " + "  ".join(f"{c:>8}" for c in columns))
+    for row in report.prefix_metrics:
+        click.echo(f"{row['fraction']:>6.0%}  " + "  ".join(f"{row[c]:8.3f}" for c in columns))
+    after = report.after_context
+    click.echo(f"{'100%':>6}  " + "  ".join(f"{after[c]:8.3f}" for c in columns)
+               + f"  (after {after['context_tokens']} tokens of other held-out texts)")
+
+
+@vm.command("info")
+@click.argument("value_model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def info_command(value_model: Path, as_json: bool) -> None:
+    """Show a value model's metadata: objective, tokenizer fingerprint, base model, training metrics."""
+    from ..value_model import ValueModel
+
+    loaded = ValueModel(value_model)
+    facts = {"file": str(value_model), "bytes": value_model.stat().st_size, "state_size": loaded.state_size,
+             **loaded.metadata}
+    if as_json:
+        if "training" in facts:
+            facts["training"] = json.loads(facts["training"])
+        click.echo(json.dumps(facts, indent=2))
+        return
+    training = json.loads(facts.pop("training", "{}"))
+    for key, value in facts.items():
+        click.echo(f"{key:22} {value}")
+    for row in training.get("holdout_metrics", []):
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "fraction")
+        click.echo(f"{'held out at ' + format(row['fraction'], '.0%'):22} {shown}")
+    after = training.get("after_context")
+    if after:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in after.items() if k != "context_tokens")
+        click.echo(f"{'held out, after context':22} {shown} ({after['context_tokens']} tokens of other texts first)")
+

@@ -1,0 +1,66 @@
+"""The benchmark runs end to end (timings are reported, never asserted) and the value model's carried state is exact."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sia_edge.models import shipped_value_model_dir
+
+
+def test_bench_runs_end_to_end_and_emits_json(gemma_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIA_EDGE_")}
+    plot = tmp_path / "cost.png"
+    proc = subprocess.run([sys.executable, "-m", "sia_edge", "bench", "--model", str(gemma_path), "-n", "8",
+                           "--repetitions", "1", "--no-rss", "--json", "--plot", str(plot)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    arms = {row["arm"]: row for row in report["arms"]}
+    assert set(arms) == {"raw decode", "llama-cpp-python", "sia none", "sia entropy r=0.2", "sia entropy r=0.5",
+                         "sia dense"}
+    for row in arms.values():
+        assert row["tokens_per_second"] > 0
+        assert row["vs_raw_decode"] == pytest.approx(row["tokens_per_second"] / arms["raw decode"]["tokens_per_second"])
+    assert arms["sia none"]["junction_ratio"] == 0.0 and arms["sia dense"]["junction_ratio"] == 1.0
+    assert arms["sia none"]["value_model_ms_per_token"] == 0.0
+    assert arms["sia dense"]["value_model_ms_per_token"] > 0.0
+    assert set(report["gate_ms"]) >= {"top-k + entropy (sia-edge)", "argpartition top-k (naive)"}
+    assert [r["prefix_tokens"] for r in report["value_model_ms"]] == [32, 128, 512, 1024]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def value_model():
+    from sia_edge.value_model import ValueModel
+
+    return ValueModel(shipped_value_model_dir() / "gemma3-270m-sentiment.onnx")
+
+
+@pytest.mark.parametrize("length", [1, 32, 300, 1024])
+def test_carried_state_scores_equal_scoring_from_scratch(value_model, length):
+    rng = np.random.default_rng(length)
+    tokens = rng.integers(3, 50_000, size=length).tolist()
+    candidates = rng.integers(3, 50_000, size=10)
+    state = value_model.empty_prefix()
+    cuts = sorted(set(rng.integers(0, length, size=5).tolist()) | {0, length})
+    for start, end in zip(cuts, cuts[1:]):  # fold the prefix in a few uneven chunks, as junctions would
+        state = value_model.extend(state, tokens[start:end])
+    assert state.n_tokens == length
+    incremental = value_model.score_candidates(state, candidates)
+    from_scratch = value_model.score_sequences([tokens + [int(c)] for c in candidates])
+    np.testing.assert_allclose(incremental, from_scratch, atol=1e-5, rtol=1e-5)
+
+
+def test_positive_text_scores_above_negative(value_model):
+    from sia_edge.base_model import BaseModel
+    from sia_edge.models import default_base_model
+
+    tokenizer = BaseModel(default_base_model(), vocab_only=True)
+    good, bad = (tokenizer.tokenize(t, add_bos=False) for t in
+                 ("What a wonderful day, I loved every minute of it!", "This was awful, I hated every minute of it."))
+    scores = value_model.score_sequences([good, bad])
+    assert scores[0] > scores[1]

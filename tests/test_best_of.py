@@ -1,0 +1,71 @@
+"""Best-of-N on the real Gemma model and the shipped value model."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from sia_edge.best_of import best_of, run_best_of_cli
+from sia_edge.errors import ValueModelError
+from sia_edge.settings import GenerationSettings
+
+pytestmark = pytest.mark.slow
+PROMPT = "The movie was"
+
+
+@pytest.fixture(scope="module")
+def gemma(gemma_path):
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gemma_path, threads=1)
+    assert engine.value_model is not None
+    yield engine
+    engine.close()
+
+
+def test_best_is_the_argmax_of_independent_scores(gemma):
+    settings = GenerationSettings(max_tokens=8, seed=21)
+    out = best_of(gemma, PROMPT, 3, settings)
+    assert [r.stats.seed for r in out.results] == [21, 22, 23]
+    prompt = [t for t in gemma.tokenize(PROMPT) if t != gemma.base.bos_id]
+    independent = gemma.value_model.score_sequences([prompt + r.token_ids for r in out.results])
+    np.testing.assert_allclose(out.scores, independent, rtol=1e-5, atol=1e-5)
+    assert out.best == int(np.argmax(independent)) and out.text == out.results[out.best].text
+    assert out.base_steps == sum(r.stats.tokens for r in out.results)
+    assert out.value_model_calls == sum(r.stats.value_model_calls for r in out.results) + 1
+    assert out.seconds > 0
+    # sample i is exactly the generation with seed + i
+    assert gemma.generate(PROMPT, settings, seed=22).text == out.results[1].text
+
+
+def test_plain_best_of_n_and_stop_strings(gemma):
+    out = best_of(gemma, PROMPT, 3, GenerationSettings(gate="none", max_tokens=12, seed=3, stop=(" the",)))
+    assert all(r.stats.junctions == 0 for r in out.results)
+    assert any(r.stop_reason == "stop" for r in out.results)
+    # the score is of the returned text, not of the tokens generated past the stop string
+    prompt = [t for t in gemma.tokenize(PROMPT) if t != gemma.base.bos_id]
+    texts = [prompt + gemma.tokenize(r.text, add_bos=False) for r in out.results]
+    np.testing.assert_allclose(out.scores, gemma.value_model.score_sequences(texts), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_output(gemma):
+    buffer = io.StringIO()
+    out = run_best_of_cli(gemma, PROMPT, GenerationSettings(max_tokens=6, seed=9), 2, True, buffer)
+    payload = json.loads(buffer.getvalue())
+    assert payload["text"] == out.text and payload["best"] == out.best and len(payload["samples"]) == 2
+    assert [s["score"] for s in payload["samples"]] == out.scores
+    buffer = io.StringIO()
+    run_best_of_cli(gemma, PROMPT, GenerationSettings(max_tokens=6, seed=9), 2, False, buffer)
+    assert buffer.getvalue() == out.text + "\n"
+
+
+def test_needs_a_value_model(smollm_path):
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=smollm_path, threads=1, n_ctx=256, use_value_model=False)
+    try:
+        with pytest.raises(ValueModelError):
+            best_of(engine, "Hello", 2, GenerationSettings(gate="none", max_tokens=4))
+    finally:
+        engine.close()
