@@ -12,7 +12,7 @@ import traceback
 import click
 
 from .best_of import best_of_option
-from .errors import SiaError
+from .errors import InvalidSettingError, SiaError
 from .gate import GATE_NAMES
 from .settings import DEFAULT_TAU, GenerationSettings
 
@@ -138,6 +138,8 @@ def generation_options(func):
 
 def settings_from(options: dict) -> GenerationSettings:
     options.pop("calibration", None)  # consumed by build_engine
+    if options["tau"] is not None and options["ratio"] is not None and options["gate"] == "entropy":
+        raise InvalidSettingError("give --tau or --ratio, not both: --ratio takes tau from the calibration")
     tau = options["tau"] if options["tau"] is not None else DEFAULT_TAU
     return GenerationSettings(
         gate=options["gate"], tau=tau, ratio=options["ratio"], q=options["q"], first_n=options["first_n"],

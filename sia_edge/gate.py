@@ -251,4 +251,45 @@ class OnlineRatioGate:
         return f"online-ratio-gate(r={self.ratio:g}, prior_tau={self.prior_tau:g})"
 
 
+class BudgetQuantileGate:
+    """Proposed replacement for OnlineRatioGate: hold `ratio` on every prompt without steering confident steps.
+
+    OnlineRatioGate thresholds at a running quantile, then overrides it: when it is more than one junction behind
+    it steers the next step whatever its entropy (even H ~ 0, where steering changes nothing and wastes a value-model
+    call), and when more than one ahead it refuses any step. Here the budget error moves the *quantile level*
+    instead: owing junctions lowers the threshold smoothly (over `horizon` steps), being ahead raises it, and a
+    step is only ever steered for ranking high among this text's own entropies. Not yet behind a --gate name: measured by replay
+    (tools/replay_gates.py), not yet by a full evaluation.
+    """
+
+    name = "online-budget"
+
+    def __init__(self, ratio: float, prior_tau: float, warmup: int = 8, horizon: float = 16.0) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            raise InvalidSettingError(f"ratio must be in [0, 1], got {ratio}")
+        self.ratio, self.prior_tau, self.warmup, self.horizon = ratio, prior_tau, warmup, horizon
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        self._seen: list[float] = []
+        self._steered = 0
+
+    def threshold(self) -> float:
+        n = len(self._seen)
+        if n < self.warmup:
+            return self.prior_tau
+        owed = self.ratio * (n + 1) - self._steered  # junctions owed, counting the step being decided
+        level = min(1.0, max(0.0, self.ratio + owed / self.horizon))
+        return math.inf if level <= 0.0 else float(np.quantile(self._seen, 1.0 - level))
+
+    def decide(self, step: int, entropy: float) -> bool:
+        junction = entropy >= self.threshold()
+        self._seen.append(entropy)
+        self._steered += junction
+        return junction
+
+    def describe(self) -> str:
+        return f"online-budget-gate(r={self.ratio:g}, prior_tau={self.prior_tau:g})"
+
+
 GATE_NAMES = ("entropy", "dense", "none", "random", "first-n", "online")

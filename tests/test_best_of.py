@@ -15,13 +15,8 @@ PROMPT = "The movie was"
 
 
 @pytest.fixture(scope="module")
-def gemma(gemma_path):
-    from sia_edge.engine import Engine
-
-    engine = Engine(model=gemma_path, threads=1)
-    assert engine.value_model is not None
-    yield engine
-    engine.close()
+def gemma(engine):
+    return engine  # the session's real Gemma engine with its shipped value model (tests/conftest.py)
 
 
 def test_best_is_the_argmax_of_independent_scores(gemma):

@@ -20,13 +20,8 @@ LONG_SYSTEM = ("The following is a long, friendly conversation between a curious
 
 
 @pytest.fixture(scope="module")
-def gemma(gemma_path):
-    from sia_edge.engine import Engine
-
-    engine = Engine(model=gemma_path, threads=1)
-    assert engine.value_model is not None
-    yield engine
-    engine.close()
+def gemma(engine):
+    return engine  # the session's real Gemma engine with its shipped value model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,7 @@ BAD_INPUTS = [
     ("T < 0", lambda f, g, s: ["x", "--model", g, "--temperature", "-0.5"], "temperature must be >= 0"),
     ("q > 1", lambda f, g, s: ["x", "--model", g, "--gate", "random", "--q", "1.5"], "q must be in [0, 1]"),
     ("online without ratio", lambda f, g, s: ["x", "--model", g, "--gate", "online"], "needs a target ratio"),
+    ("tau and ratio", lambda f, g, s: ["x", "--model", g, "--tau", "1", "--ratio", "0.2"], "give --tau or --ratio"),
 ]
 
 

@@ -5,7 +5,7 @@ value model scores highest; the SIA arm additionally steers its samples at junct
 sentiment of the continuation), which never saw the value model's training tweets. Sample 0 of each arm is the
 N=1 baseline.
 
-    PYTHONPATH=. python tools/best_of_experiment.py --threads 1 --out docs/results-best-of.md
+    PYTHONPATH=. python tools/best_of_experiment.py --threads 1 --out runs/best-of.md   # then paste into docs/results.md
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""Independent judges for evaluation: anything with a `name` and `score(texts) -> list[float]`.
+
+The value model steers generation, so its own score is the proxy objective being optimised; a judge that played no
+part in steering tells whether the gain is real. The default is VADER's compound sentiment in [-1, 1].
+Bring your own with `--judge package.module:factory`, where `factory()` returns an object following `Judge`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol, runtime_checkable
+
+from .errors import InvalidSettingError, SiaError
+
+
+@runtime_checkable
+class Judge(Protocol):
+    name: str
+
+    def score(self, texts: list[str]) -> list[float]:
+        """One score per text; higher = more of what the judge measures."""
+        ...
+
+
+class VaderJudge:
+    """VADER compound sentiment (Hutto & Gilbert 2014): a lexicon-and-rules scorer, no training, no shared tokenizer."""
+
+    name = "vader"
+
+    def __init__(self) -> None:
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError:
+            raise SiaError("the vader judge needs the vaderSentiment package: pip install 'sia-edge[eval]'") from None
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, texts: list[str]) -> list[float]:
+        return [float(self._analyzer.polarity_scores(text)["compound"]) for text in texts]
+
+
+BUILT_IN = {"vader": VaderJudge}
+
+
+def load_judge(spec: str) -> Judge:
+    """'vader', or 'module:callable' where callable() returns a Judge."""
+    if spec in BUILT_IN:
+        return BUILT_IN[spec]()
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise InvalidSettingError(f"judge must be one of {', '.join(BUILT_IN)} or module:callable, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidSettingError(f"cannot load judge {spec!r}: {exc}") from None
+    judge = factory()
+    if not isinstance(judge, Judge):
+        raise InvalidSettingError(f"judge {spec!r} must return an object with a `name` and `score(texts)`")
+    return judge
