@@ -70,11 +70,7 @@ def test_second_turn_only_decodes_the_new_turn(gemma):
     assert reused.reused_tokens >= after_first - 3
     decoded = reused.prompt_tokens - reused.reused_tokens
     assert decoded < 25 < reused.prompt_tokens // 4
-    # re-reading the same prompt from scratch costs much more
-    prompt = session.tokens[: reused.prompt_tokens]
-    gemma.base.reset()
-    full = gemma.generate(prompt, max_tokens=1, seed=1, gate="none")
-    assert full.stats.prefill_seconds > 2 * reused.result.stats.prefill_seconds
+    assert gemma.base.tokens[: reused.reused_tokens] == session.tokens[: reused.reused_tokens]
     assert "last reply:" in session.stats_text() and f"{reused.reused_tokens} reused" in session.stats_text()
 
 
