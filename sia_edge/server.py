@@ -307,14 +307,9 @@ class Server:
                 def chunk(text, finish=None, result=None):
                     out = {**meta, "object": "text_completion",
                            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
-                    if result is not None:
-                        out["sia"] = server.sia_object(result)
-                        out["usage"] = server.usage(len(tokens), result)
-                    return out
+                    return with_final_fields(out, tokens, result)
 
-                cancel = threading.Event()
-                stream = server.open_stream(served, tokens, settings, cancel)
-                return StreamingResponse(stream_events(stream, cancel, chunk, None), media_type="text/event-stream")
+                return streaming_response(served, tokens, settings, chunk, None)
             result, chosen = await run_cancellable(request, served, tokens, settings, req.best_of or 1)
             return {**meta, "object": "text_completion",
                     "choices": [{"index": 0, "text": result.text, "logprobs": None,
@@ -343,20 +338,26 @@ class Server:
                         return None  # only whitespace so far: nothing to send yet
                     out = {**meta, "object": "chat.completion.chunk",
                            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-                    if result is not None:
-                        out["sia"] = server.sia_object(result)
-                        out["usage"] = server.usage(len(tokens), result)
-                    return out
+                    return with_final_fields(out, tokens, result)
 
-                cancel = threading.Event()
-                stream = server.open_stream(served, tokens, settings, cancel)
-                return StreamingResponse(stream_events(stream, cancel, chunk, chunk(None)),
-                                         media_type="text/event-stream")
+                return streaming_response(served, tokens, settings, chunk, chunk(None))
             result, chosen = await run_cancellable(request, served, tokens, settings, req.best_of or 1)
             return {**meta, "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text.strip()},
                                  "logprobs": None, "finish_reason": FINISH_REASONS[result.stop_reason]}],
                     "usage": server.usage(len(tokens), result, chosen), "sia": server.sia_object(result, chosen)}
+
+        def with_final_fields(out: dict, tokens: list[int], result) -> dict:
+            """The last chunk of a stream also carries the usage and the `sia` statistics."""
+            if result is not None:
+                out["sia"] = server.sia_object(result)
+                out["usage"] = server.usage(len(tokens), result)
+            return out
+
+        def streaming_response(served, tokens, settings, chunk, first):
+            cancel = threading.Event()  # set when the client goes away
+            stream = server.open_stream(served, tokens, settings, cancel)
+            return StreamingResponse(stream_events(stream, cancel, chunk, first), media_type="text/event-stream")
 
         async def parse(request: Request, model: type[BaseModel]):
             try:

@@ -91,12 +91,7 @@ class ValueModel:
 
     def score_sequences(self, sequences: list[list[int]]) -> np.ndarray:
         """Scores of whole token sequences from the empty prefix (Best-of-N, evaluation).  # (n,) float64"""
-        width = max(1, max(len(s) for s in sequences))
-        ids = np.zeros((len(sequences), width), dtype=np.int64)
-        mask = np.zeros((len(sequences), width), dtype=np.float32)
-        for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = seq
-            mask[row, : len(seq)] = 1.0
+        ids, mask = pad_sequences(sequences)
         states = np.zeros((len(sequences), self.state_size), dtype=np.float32)
         _, scores = self._run(states, ids, mask)
         return scores.astype(np.float64)
@@ -124,6 +119,17 @@ class ValueModel:
         state_shape = self.session.get_inputs()[0].shape
         if len(state_shape) != 2 or not isinstance(state_shape[1], int):
             raise ValueModelError(f"{self.path}: input 'state' must have a fixed size S, got shape {state_shape}")
+
+
+def pad_sequences(sequences) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token sequences for the contract's `tokens` and `mask` inputs.  -> (B, L) int64, (B, L) float32"""
+    width = max(1, max(len(s) for s in sequences))
+    ids = np.zeros((len(sequences), width), dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.float32)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = sequence
+        mask[row, : len(sequence)] = 1.0
+    return ids, mask
 
 
 def _open_session(path: Path, threads: int):

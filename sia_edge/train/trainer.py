@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import SiaError, TrainingDataError
+from ..value_model import pad_sequences  # the runtime's padding, so training and scoring agree
 from .data import LabelledTexts, load_labelled_texts
 from .metrics import PREFIX_FRACTIONS, accuracy, prefix_length, r_squared, roc_auc, sigmoid
 
@@ -167,17 +168,6 @@ def compact_vocabulary(token_lists: list[list[int]], n_vocab: int, min_count: in
     return row_of_token, len(kept) + 1
 
 
-def pad_rows(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad compact-row sequences.  -> rows (B, L) int64, mask (B, L) float32"""
-    width = max(1, max(len(s) for s in sequences))
-    rows = np.zeros((len(sequences), width), dtype=np.int64)
-    mask = np.zeros((len(sequences), width), dtype=np.float32)
-    for i, sequence in enumerate(sequences):
-        rows[i, : len(sequence)] = sequence
-        mask[i, : len(sequence)] = 1.0
-    return rows, mask
-
-
 # --- training and evaluation -----------------------------------------------------------------------------------
 
 
@@ -203,7 +193,7 @@ def _fit(torch, config, data: LabelledTexts, rows, train_idx, holdout_idx, n_row
             batch = order[start : start + config.batch_size]
             sequences, text_starts = with_context([rows[i] for i in batch], train_rows, config.context_prob,
                                                   config.context_tokens, rng)
-            batch_rows, batch_mask = (torch.from_numpy(a) for a in pad_rows(sequences))
+            batch_rows, batch_mask = (torch.from_numpy(a) for a in pad_sequences(sequences))
             loss_mask = batch_mask * (torch.arange(batch_mask.shape[1]) >= torch.tensor(text_starts)[:, None])
             # Token dropout: trains the unknown row and keeps any single token from deciding alone.
             dropped = torch.rand(batch_rows.shape, generator=dropout) < config.token_dropout
@@ -297,7 +287,7 @@ def prefix_logits(torch, net, sequences: list[np.ndarray], batch_size: int = 512
     with torch.no_grad():
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start : start + batch_size]
-            rows, mask = pad_rows(chunk)
+            rows, mask = pad_sequences(chunk)
             logits = net.score_every_prefix(torch.from_numpy(rows), torch.from_numpy(mask)).numpy()  # (B, L)
             out.extend(logits[i, : max(1, len(s))] for i, s in enumerate(chunk))
     return out
@@ -335,7 +325,7 @@ def _check_export_matches(torch, graph, path: Path, token_lists: list[list[int]]
 
     value_model = ValueModel(path)
     onnx_scores = value_model.score_sequences(token_lists)
-    tokens, mask = pad_rows([np.asarray(t) for t in token_lists])
+    tokens, mask = pad_sequences([np.asarray(t) for t in token_lists])
     with torch.no_grad():
         state = torch.zeros(len(token_lists), value_model.state_size)
         _, torch_scores = graph(state, torch.from_numpy(tokens), torch.from_numpy(mask))
