@@ -1,7 +1,7 @@
 """The GGUF base model through llama-cpp-python. The only module that imports llama_cpp.
 
 It owns the decode loop's llama.cpp side: prefill, one step, a zero-copy view of the last position's logits,
-rollback, tokenization and the tokenizer fingerprint. It never uses `logits_all=True` nor `Llama.scores`.
+rollback, tokenization and the tokenizer fingerprint. It never asks llama.cpp for every position's logits (logits_all) nor reads `Llama.scores`.
 """
 
 from __future__ import annotations
