@@ -3,6 +3,7 @@ yields one event per token, enforces stop conditions, counts statistics and hono
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
@@ -30,6 +31,7 @@ class TokenEvent:
     rewards: list[float] | None = None  # value-model scores of those candidates
     rank: int = 0  # rank of the chosen token among the top-k (0 = the base model's favourite)
     seconds: float = 0.0  # wall time of this step
+    log_prob: float | None = None  # log p(token) under the unsteered base model (T = 1, full vocabulary), if asked
 
     def as_dict(self) -> dict:
         return {"type": "token", **asdict(self)}
@@ -90,8 +92,11 @@ class Decoding:
     """One generation. Iterate it for TokenEvents; `result` is set when the iteration ends."""
 
     def __init__(self, base, value_model, prompt_tokens: list[int], settings: GenerationSettings, seed: int,
-                 cancel: Callable[[], bool] | None = None) -> None:
+                 cancel: Callable[[], bool] | None = None, log_probs: bool = False) -> None:
+        """`base` is a BaseModel or a SequenceSlot of a BatchContext; `log_probs` fills TokenEvent.log_prob
+        (one log-sum-exp over the vocabulary per step, ~0.3 ms for Gemma, so it is off unless asked)."""
         self.base = base
+        self.log_probs = log_probs
         self.value_model = value_model
         self.prompt_tokens = prompt_tokens
         self.settings = settings
@@ -111,8 +116,6 @@ class Decoding:
         rng = np.random.default_rng(self.seed)
         steer = self.value_model is not None and s.weight != 0.0
         value_prefix = self.value_model.empty_prefix() if steer else None
-        value_calls_before = self.value_model.calls if steer else 0
-        value_seconds_before = self.value_model.seconds if steer else 0.0
         # The value model sees prompt + continuation without BOS; it folds them in lazily, at junctions only.
         unscored = without_leading_bos(self.prompt_tokens, self.base.bos_id)
         utf8 = Utf8Stream()
@@ -126,14 +129,19 @@ class Decoding:
                     stop_reason = "cancelled"
                     break
                 t0 = time.perf_counter()
-                step = step_stats(self.base.logits(), s.top_k, s.entropy_over, scratch)
+                logits = self.base.logits()
+                step = step_stats(logits, s.top_k, s.entropy_over, scratch)
                 junction = gate.decide(index, step.entropy)
                 t1 = time.perf_counter()
                 rewards = None
                 if junction and steer:
+                    # counted here, not as a difference of the value model's totals: batched decodings interleave
+                    calls_before = self.value_model.calls
                     value_prefix = self.value_model.extend(value_prefix, unscored)
                     unscored = []
                     rewards = self.value_model.score_candidates(value_prefix, step.candidate_ids)
+                    stats.value_model_calls += self.value_model.calls - calls_before
+                    stats.value_model_seconds += time.perf_counter() - t1
                 t2 = time.perf_counter()
                 scores = steered_scores(step.candidate_logits, rewards, s.weight)
                 rank = choose(scores, s.temperature, rng.random())
@@ -151,7 +159,8 @@ class Decoding:
                 released, hit = stops.push(utf8.push(self.base.token_bytes(token)))
                 event = TokenEvent(index, token, released, step.entropy, junction,
                                    step.candidate_ids.tolist() if junction else None,
-                                   rewards.tolist() if rewards is not None else None, rank, 0.0)
+                                   rewards.tolist() if rewards is not None else None, rank, 0.0,
+                                   base_log_prob(logits, token) if self.log_probs else None)
                 if hit:
                     stop_reason = "stop"
                     event.seconds = time.perf_counter() - t0
@@ -171,12 +180,15 @@ class Decoding:
         text = stops.finish(utf8.flush() if stop_reason != "stop" else "")
         stats.total_seconds = time.perf_counter() - start
         stats.base_model_seconds = self.base.decode_seconds - base_before
-        if steer:
-            stats.value_model_calls = self.value_model.calls - value_calls_before
-            stats.value_model_seconds = self.value_model.seconds - value_seconds_before
         self.result = GenerationResult(text, stop_reason, stats, generated, s.as_dict(), s.describe())
         if stops.tail:  # text held back for a possible stop string that never completed
             yield TokenEvent(len(generated), -1, stops.tail, 0.0, False)
+
+
+def base_log_prob(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits)[token] at T = 1 over the full vocabulary; the sum accumulates in float64."""
+    peak = float(logits.max())
+    return float(logits[token]) - peak - math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
 
 
 def without_leading_bos(tokens: list[int], bos_id: int) -> list[int]:

@@ -5,7 +5,8 @@ Every arm generates from every prompt with every seed; a prompt and seed pair is
 are compared pairwise. Per sample we record the value model's score of the text (the proxy objective being
 steered), an independent judge's score of the continuation, the unsteered base model's perplexity of the
 continuation (distribution preservation), distinct-1/2 (repetition), the realised junction ratio and the cost.
-Aggregates carry 95% percentile-bootstrap confidence intervals over prompts (seeds are averaged within a prompt
+Samples of an arm are generated batched (`--batch-size` sequences per llama.cpp decode), and the loop records each
+token's base log-probability as it goes, so perplexity needs no second pass. Aggregates carry 95% percentile-bootstrap confidence intervals over prompts (seeds are averaged within a prompt
 first, so a prompt is the unit of resampling).
 
 Arms (`--arms`, comma-separated):
@@ -33,13 +34,15 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .batch import DEFAULT_BATCH_SIZE
 from .calibrate import load_calibration, read_prompt_file, sampling_options, tau_from_calibration, write_json
 from .cli import model_options
 from .decoder import without_leading_bos
 from .errors import InvalidSettingError, SiaError
 from .settings import GenerationSettings
 
-FORMAT = 1
+FORMAT = 2  # 2: perplexity recorded by the (batched) generation loop instead of a second stepwise pass
+EVAL_BATCH_SIZE = 16  # ~2.4x the tokens/s of one sequence on 2 cores; see docs/results.md
 DEFAULT_ARMS = ("none,dense,entropy@0.2,entropy@0.5,entropy@0.8,online@0.2,online@0.5,"
                 "random@0.2,random@0.5,random@0.8,first-n@0.2,first-n@0.5,first-n@0.8")
 FAMILIES = ("none", "dense", "entropy", "online", "random", "first-n")
@@ -132,53 +135,24 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def log_softmax_at(logits: np.ndarray, token: int) -> float:
-    """log p(token) under softmax(logits), in float64 (T = 1, full vocabulary)."""
-    x = np.asarray(logits, dtype=np.float64)
-    peak = x.max()
-    return float(x[token] - peak - math.log(np.exp(x - peak).sum()))
-
-
-def continuation_log_probs(base, prompt_tokens: list[int], continuation: list[int]) -> np.ndarray:
-    """Per-token log-probabilities of `continuation` given the prompt under the unsteered base model.
-
-    Steps the model token by token (one logits row at a time; logits_all is never used). Overwrites the base
-    model's context, which the next generation's prefill replaces anyway.
-    """
-    if not continuation:
-        return np.zeros(0)
-    base.prefill(prompt_tokens)
-    log_probs = []
-    for position, token in enumerate(continuation):
-        log_probs.append(log_softmax_at(base.logits(), token))
-        if position + 1 < len(continuation):
-            base.step(token)
-    return np.asarray(log_probs)
-
-
 def distinct_n(tokens: list[int], n: int) -> float:
     """Share of the n-grams of a text that are distinct (1.0 = no repetition); nan if it has none."""
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else math.nan
 
 
-def run_sample(engine, judge, prompt: str, settings: GenerationSettings, seed: int) -> dict:
-    """Generate once and measure everything about the sample."""
-    entropies, junction_entropies = [], []
-    stream = engine.stream(prompt, settings, seed=seed)
-    for event in stream:
-        if event.token_id >= 0:  # -1: a held-back stop-string tail, not a step
-            entropies.append(event.entropy)
-            if event.junction:
-                junction_entropies.append(event.entropy)
-    result = stream.result
+def sample_record(engine, judge, prompt: str, settings: GenerationSettings, result, events) -> dict:
+    """Everything measured about one finished generation. Perplexity comes from the log-probabilities the loop
+    recorded (the unsteered base model's, T = 1, full vocabulary), so no second pass over the text is needed."""
+    steps = [event for event in events if event.token_id >= 0]  # -1: a held-back stop-string tail, not a step
+    entropies = [event.entropy for event in steps]
+    junction_entropies = [event.entropy for event in steps if event.junction]
+    log_probs = np.asarray([event.log_prob for event in steps], dtype=np.float64)
     stats = result.stats
-    prompt_tokens = engine.tokenize(prompt)
     continuation = list(result.token_ids)
-    scored = without_leading_bos(prompt_tokens, engine.base.bos_id) + continuation  # what the value model sees
-    log_probs = continuation_log_probs(engine.base, prompt_tokens, continuation)
+    scored = without_leading_bos(engine.tokenize(prompt), engine.base.bos_id) + continuation  # what the VM sees
     return {
-        "seed": seed,
+        "seed": stats.seed,
         "text": result.text,
         "stop_reason": result.stop_reason,
         "tokens": stats.tokens,
@@ -497,6 +471,7 @@ class EvalConfig:
     temperature: float = 1.0
     entropy_over: str = "top-k"
     calibration: str | None = None  # explicit calibration file, else the cache / shipped one
+    batch_size: int = DEFAULT_BATCH_SIZE  # sequences decoded together (throughput only; not part of the run)
 
     def base_settings(self) -> GenerationSettings:
         return GenerationSettings(top_k=self.top_k, weight=self.weight, temperature=self.temperature,
@@ -582,24 +557,30 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
     samples = read_samples(samples_path)
     done = {(s["arm"], s["prompt_index"], s["seed"]) for s in samples}
     total = len(config.arms) * len(config.prompts) * config.seeds
-    bar = tqdm(total=total, desc="eval", unit="gen", disable=not progress, dynamic_ncols=True)
+    names = {arm.name for arm in config.arms}
+    bar = tqdm(total=total, initial=sum(key[0] in names for key in done), desc="eval", unit="gen", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     with samples_path.open("a", encoding="utf-8") as sink:
         for arm in config.arms:
+            todo = [(index, seed) for index in range(len(config.prompts))
+                    for seed in (sample_seed(index, s) for s in range(config.seeds))
+                    if (arm.name, index, seed) not in done]
+            if not todo:
+                continue  # a finished arm needs no calibration lookup or matching
             bar.set_postfix_str(arm.name)
-            settings = None  # built lazily: a finished arm needs no calibration lookup or matching
-            for index, prompt in enumerate(config.prompts):
-                for seed in (sample_seed(index, s) for s in range(config.seeds)):
-                    if (arm.name, index, seed) in done:
-                        bar.update(1)
-                        continue
-                    settings = settings or arm_settings(arm, config.base_settings(), calibration, samples)
-                    sample = {"arm": arm.name, "prompt_index": index, "prompt": prompt,
-                              **run_sample(engine, judge, prompt, settings, seed)}
-                    sink.write(json.dumps(json_safe(sample)) + "\n")
-                    sink.flush()
-                    samples.append(sample)
-                    bar.update(1)
+            settings = arm_settings(arm, config.base_settings(), calibration, samples)
+            outputs = engine.generate_many([config.prompts[i] for i, _ in todo], settings,
+                                           seeds=[seed for _, seed in todo], batch_size=config.batch_size,
+                                           log_probs=True)
+            for output in outputs:  # in finishing order; each is written at once, so an interrupt loses little
+                index = todo[output.index][0]
+                prompt = config.prompts[index]
+                sample = {"arm": arm.name, "prompt_index": index, "prompt": prompt,
+                          **sample_record(engine, judge, prompt, settings, output.result, output.events)}
+                sink.write(json.dumps(json_safe(sample)) + "\n")
+                sink.flush()
+                samples.append(sample)
+                bar.update(1)
     bar.close()
     summary = summarize(samples, config.arms)
     summary["config"] = run
@@ -637,10 +618,12 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
               help="Use only the first N prompts of the file.")
 @click.option("-w", "--weight", type=float, default=1.0, show_default=True,
               help="Reward weight w in s = logit + w * value, for every steered arm.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=EVAL_BATCH_SIZE, show_default=True,
+              help="Generations decoded together in one llama.cpp context (throughput; 1 = one at a time).")
 @sampling_options
 @model_options
-def eval_command(prompt_file, seeds, max_tokens, arms, out_dir, judge, calibration, limit, weight, top_k,
-                 temperature, entropy_over, model, value_model, n_ctx, threads):
+def eval_command(prompt_file, seeds, max_tokens, arms, out_dir, judge, calibration, limit, weight, batch_size,
+                 top_k, temperature, entropy_over, model, value_model, n_ctx, threads):
     """Compare the gates (none, dense, entropy, online, random, first-n) on a prompt set: judge score, value score,
     perplexity, repetition, realised ratio and cost, with bootstrap CIs. Writes DIR/results.{json,md}, tradeoff.png."""
     from .cli import build_engine
@@ -648,7 +631,7 @@ def eval_command(prompt_file, seeds, max_tokens, arms, out_dir, judge, calibrati
     prompts = read_prompt_file(prompt_file)[:limit]
     config = EvalConfig(prompt_file=str(prompt_file), prompts=prompts, seeds=seeds, max_tokens=max_tokens,
                         arms=parse_arms(arms), judge=judge, top_k=top_k, weight=weight, temperature=temperature,
-                        entropy_over=entropy_over, calibration=calibration)
+                        entropy_over=entropy_over, calibration=calibration, batch_size=batch_size)
     from .judges import load_judge
 
     chosen_judge = load_judge(judge)  # fail on a bad judge before loading models

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from sia_edge.calibrate import CURVE_RATIOS, write_json
 from sia_edge.errors import InvalidSettingError, PromptError
-from sia_edge.evaluate import (EvalConfig, bootstrap_ci, bootstrap_ratio_ci, continuation_log_probs, distinct_n,
-                               eval_command, log_softmax_at, parse_arms, read_samples, run_evaluation)
+from sia_edge.evaluate import (EvalConfig, bootstrap_ci, bootstrap_ratio_ci, distinct_n, eval_command, parse_arms,
+                               read_samples, run_evaluation)
 from sia_edge.judges import load_judge
 
 # --- statistics ------------------------------------------------------------------------------------------
@@ -36,13 +36,10 @@ def test_bootstrap_degenerate_cases():
     assert math.isnan(bootstrap_ratio_ci([1.0, 2.0], [0.0, 0.0])[0])
 
 
-def test_distinct_n_and_log_softmax():
+def test_distinct_n():
     assert distinct_n([1, 2, 1, 2], 1) == 0.5
     assert distinct_n([1, 2, 1, 2], 2) == pytest.approx(2 / 3)
     assert math.isnan(distinct_n([5], 2))
-    assert log_softmax_at(np.zeros(4, dtype=np.float32), 2) == pytest.approx(math.log(0.25))
-    logits = np.array([1000.0, 0.0], dtype=np.float32)  # no overflow in float64 with the max subtracted
-    assert log_softmax_at(logits, 0) == pytest.approx(0.0) and log_softmax_at(logits, 1) == pytest.approx(-1000.0)
 
 
 def test_sample_seeds_are_paired_across_arms_but_distinct_across_prompts():
@@ -74,13 +71,22 @@ def test_judges_load_by_name_or_module_path():
 # --- real model ------------------------------------------------------------------------------------------
 
 
-def test_continuation_log_probs_prefer_the_model_s_own_greedy_text(engine):
-    prompt = engine.tokenize("The capital of France is")
-    greedy = engine.generate(prompt, gate="none", temperature=0.0, max_tokens=8, seed=0).token_ids
-    own = continuation_log_probs(engine.base, prompt, greedy)
-    shuffled = continuation_log_probs(engine.base, prompt, greedy[::-1])
-    assert own.shape == (len(greedy),) and np.all(own <= 0) and np.all(np.isfinite(own))
-    assert own.mean() > shuffled.mean()
+def test_eval_perplexity_is_the_log_probability_the_loop_records(engine):
+    """The perplexity of an eval sample is the unsteered model's: the log-probabilities the loop records while it
+    steers equal those of a stepwise re-read of the finished text, computed in float64."""
+    prompt = "My neighbour asked me whether"
+    output = next(engine.generate_many([prompt], gate="dense", seeds=[3], max_tokens=12, log_probs=True))
+    recorded = np.array([e.log_prob for e in output.events if e.token_id >= 0])
+    base = engine.base
+    base.reset()  # no reused KV prefix: decode the prompt in one piece, as the loop did
+    base.prefill(engine.tokenize(prompt))
+    reread = []
+    for token in output.result.token_ids:
+        logits = base.logits().astype(np.float64)
+        reread.append(logits[token] - logits.max() - math.log(np.exp(logits - logits.max()).sum()))
+        base.step(token)
+    assert recorded.shape == (12,) and np.all(recorded <= 0)
+    assert recorded == pytest.approx(np.array(reread), abs=1e-4)  # one sequence decodes exactly like `generate`
 
 
 @pytest.fixture(scope="module")
