@@ -1,6 +1,8 @@
 """Best-of-N: draw N generations (seeds seed, seed+1, ...), score each full text with the value model, keep the best.
 
 It composes with SIA: the N samples are drawn with whatever gate the settings name (`none` = plain Best-of-N).
+The samples are decoded as one batch, so sample i reproduces for the same N and seed, but need not equal
+`generate --seed seed+i` token for token (batched logits differ in the last float digits).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import click
 from .decoder import without_leading_bos
 from .errors import InvalidSettingError, ValueModelError
 from .settings import GenerationSettings
+
+MAX_BATCH = 8  # samples decoded together; more gain little on 2 cores (docs/results.md)
 
 best_of_option = click.option(
     "--best-of", "best_of", type=click.IntRange(min=1), default=1, show_default=True,
@@ -80,11 +84,10 @@ def best_of(engine, prompt: str | list[int], n: int, settings: GenerationSetting
     seed = settings.seed if settings.seed is not None else secrets.randbits(32)
     start = time.perf_counter()
     calls_before = engine.value_model.calls
-    results = []
-    for i in range(n):
-        results.append(engine.generate(prompt, settings.with_(seed=(seed + i) % 2**63), cancel=cancel))
-        if results[-1].stop_reason == "cancelled":
-            break
+    # the N samples are decoded together (batch.py): ~2x faster than one after another on 2 cores
+    outputs = engine.generate_many([prompt] * n, settings, seeds=[(seed + i) % 2**63 for i in range(n)],
+                                   batch_size=min(n, MAX_BATCH), cancel=cancel)
+    results = [output.result for output in sorted(outputs, key=lambda output: output.index)]
     prompt_tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
     scores = engine.value_model.score_sequences([scored_tokens(engine, prompt_tokens, r) for r in results])
     scores = [float(s) for s in scores]

@@ -17,7 +17,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .batch import DEFAULT_BATCH_SIZE
 from .cli import model_options
+from .gate import SIGNAL_HELP, SIGNALS
 from .errors import CalibrationError, InvalidSettingError, PromptError
 from .settings import GenerationSettings
 
@@ -63,17 +65,18 @@ def parse_ratios(text: str) -> list[float]:
 
 
 def collect_entropies(engine, prompts: list[str], settings: GenerationSettings, seeds: int,
-                      progress: bool = False) -> list[float]:
-    """Every step's entropy over unsteered generations: each prompt with seeds 0..seeds-1."""
+                      progress: bool = False, batch_size: int = DEFAULT_BATCH_SIZE) -> list[float]:
+    """Every step's gate signal over unsteered generations: each prompt with seeds 0..seeds-1, decoded batched."""
     from tqdm import tqdm
 
     unsteered = settings.with_(gate="none")
     entropies: list[float] = []
     jobs = [(prompt, seed) for prompt in prompts for seed in range(seeds)]
-    for prompt, seed in tqdm(jobs, desc="calibrate", unit="gen", disable=not progress, leave=False):
-        for event in engine.stream(prompt, unsteered, seed=seed):
-            if event.token_id >= 0:  # token_id -1 is a held-back stop-string tail, not a decoding step
-                entropies.append(float(event.entropy))
+    outputs = engine.generate_many([prompt for prompt, _ in jobs], unsteered, seeds=[seed for _, seed in jobs],
+                                   batch_size=batch_size)
+    for output in tqdm(outputs, total=len(jobs), desc="calibrate", unit="gen", disable=not progress, leave=False):
+        # token_id -1 is a held-back stop-string tail, not a decoding step
+        entropies += [float(event.entropy) for event in output.events if event.token_id >= 0]
     return entropies
 
 
@@ -247,8 +250,8 @@ def sampling_options(func):
                      help="Candidates per step, as steering will use."),
         click.option("-t", "--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
                      help="Sampling temperature, as steering will use."),
-        click.option("--entropy-over", type=click.Choice(["top-k", "full"]), default="top-k", show_default=True,
-                     help="Entropy of the top-k candidates (the paper) or of the whole vocabulary."),
+        click.option("--entropy-over", type=click.Choice(SIGNALS), default="top-k", show_default=True,
+                     help=SIGNAL_HELP),
     ]
     for option in reversed(options):
         func = option(func)

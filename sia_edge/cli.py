@@ -13,7 +13,7 @@ import click
 
 from .best_of import best_of_option
 from .errors import InvalidSettingError, SiaError
-from .gate import GATE_NAMES
+from .gate import GATE_NAMES, SIGNAL_HELP, SIGNALS
 from .settings import DEFAULT_TAU, GenerationSettings
 
 EXIT_USAGE = 2
@@ -124,8 +124,8 @@ def generation_options(func):
                      help="Reward weight w in s = logit + w * value."),
         click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
                      help="Sampling temperature; 0 is greedy."),
-        click.option("--entropy-over", type=click.Choice(["top-k", "full"]), default="top-k", show_default=True,
-                     help="Entropy of the top-k candidates (the paper) or of the whole vocabulary."),
+        click.option("--entropy-over", type=click.Choice(SIGNALS), default="top-k", show_default=True,
+                     help=SIGNAL_HELP),
         click.option("-n", "--max-tokens", type=int, default=128, show_default=True, help="Most tokens to generate."),
         click.option("--stop", multiple=True, help="Stop when this text appears (repeatable); it is not printed."),
         click.option("-s", "--seed", type=int, default=None,

@@ -81,13 +81,31 @@ def full_vocab_entropy(logits: np.ndarray) -> float:
     return max(math.log(total) - weighted / total, 0.0)
 
 
+def top_two_ratio(sorted_logits: np.ndarray) -> float:
+    """p2 / p1 = exp(l2 - l1) for logits sorted largest first: 1 when the top two tie, near 0 when one dominates.
+
+    The margin alternative to entropy: it asks only whether the runner-up is a real contender. In [0, 1], larger
+    means less certain, so every threshold, calibration and quantile built for entropy works on it unchanged.
+    """
+    if sorted_logits.shape[0] < 2 or not np.isfinite(sorted_logits[0]):
+        return 0.0
+    return float(math.exp(sorted_logits[1] - sorted_logits[0]))
+
+
+# The uncertainty signal a gate thresholds (settings.entropy_over): the paper's top-k entropy, the entropy of the
+# whole vocabulary, or the top-two probability ratio.
+SIGNALS = ("top-k", "full", "top2")
+SIGNAL_HELP = ("The uncertainty the gate thresholds: 'top-k' entropy of the k candidates (the paper), 'full' entropy "
+               "of the whole vocabulary, or 'top2' the runner-up/top probability ratio p2/p1.")
+
+
 @dataclass(frozen=True)
 class StepStats:
     """The cheap statistics of one decoding step."""
 
     candidate_ids: np.ndarray  # (k,) int64, best first
     candidate_logits: np.ndarray  # (k,) float64 raw logits
-    entropy: float  # nats, over the k candidates (or the full vocabulary, see Gate.entropy_over)
+    entropy: float  # the uncertainty signal: nats over the k candidates, over the vocabulary, or p2/p1 (SIGNALS)
 
 
 def step_stats(logits: np.ndarray, k: int, entropy_over: str = "top-k", scratch: np.ndarray | None = None) -> StepStats:
@@ -96,6 +114,8 @@ def step_stats(logits: np.ndarray, k: int, entropy_over: str = "top-k", scratch:
     values64 = values.astype(np.float64)
     if entropy_over == "full":
         entropy = full_vocab_entropy(logits)
+    elif entropy_over == "top2":
+        entropy = top_two_ratio(values64)
     else:
         entropy = softmax_entropy(values64)
     return StepStats(ids, values64, entropy)

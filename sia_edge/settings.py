@@ -6,7 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 from .errors import InvalidSettingError
-from .gate import DenseGate, EntropyGate, FirstNGate, GATE_NAMES, NoneGate, OnlineRatioGate, RandomGate
+from .gate import (SIGNALS, DenseGate, EntropyGate, FirstNGate, GATE_NAMES, NoneGate, OnlineRatioGate,
+                   RandomGate)
 
 # Calibrated on Gemma 3 270M base (sia_edge/models/calibration-*.json): with k=10, T=1 this threshold steers half
 # of the steps of unsteered text; in the reduced evaluation (docs/results.md) it kept ~90% of dense steering's
@@ -26,7 +27,7 @@ class GenerationSettings:
     top_k: int = 10  # candidates per step (the paper's k)
     weight: float = 1.0  # w in s = l + w * r
     temperature: float = 1.0  # T; 0 means greedy
-    entropy_over: str = "top-k"  # top-k (the paper) | full (whole vocabulary)
+    entropy_over: str = "top-k"  # the gate's signal (gate.SIGNALS): top-k (the paper) | full | top2
     max_tokens: int = 128
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None  # None: a fresh one is drawn and reported
@@ -42,7 +43,7 @@ class GenerationSettings:
         _check(math.isfinite(self.weight), "weight must be a finite number", self.weight)
         _check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0",
                self.temperature)
-        _check(self.entropy_over in ("top-k", "full"), "entropy_over must be 'top-k' or 'full'", self.entropy_over)
+        _check(self.entropy_over in SIGNALS, f"entropy_over must be one of {', '.join(SIGNALS)}", self.entropy_over)
         _check(self.max_tokens >= 1, "max_tokens must be >= 1", self.max_tokens)
         _check(self.seed is None or 0 <= self.seed < 2**63, "seed must be in [0, 2**63)", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty", self.stop)
@@ -71,7 +72,7 @@ class GenerationSettings:
 
     def describe(self) -> str:
         """One line, like llama.cpp's sampler-chain print."""
-        entropy = "entropy" if self.entropy_over == "top-k" else "full-entropy"
+        entropy = {"top-k": "entropy", "full": "full-entropy", "top2": "top2-ratio"}[self.entropy_over]
         return (f"logits -> top-k({self.top_k}) -> {entropy} -> {self.build_gate().describe()} -> "
                 f"value(w={self.weight:g}) -> sample(T={self.temperature:g})")
 

@@ -30,8 +30,10 @@ def test_best_is_the_argmax_of_independent_scores(gemma):
     assert out.base_steps == sum(r.stats.tokens for r in out.results)
     assert out.value_model_calls == sum(r.stats.value_model_calls for r in out.results) + 1
     assert out.seconds > 0
-    # sample i is exactly the generation with seed + i
-    assert gemma.generate(PROMPT, settings, seed=22).text == out.results[1].text
+    # the same N and seed draw the same samples again; another seed draws others
+    assert [r.token_ids for r in best_of(gemma, PROMPT, 3, settings).results] == [r.token_ids for r in out.results]
+    assert [r.token_ids for r in best_of(gemma, PROMPT, 3, settings.with_(seed=5)).results] != \
+        [r.token_ids for r in out.results]
 
 
 def test_plain_best_of_n_and_stop_strings(gemma):

@@ -154,3 +154,20 @@ def test_top_k_with_a_reused_scratch_mask_is_exact_and_leaves_input_alone():
         np.testing.assert_array_equal(ids, ref_ids)
         np.testing.assert_array_equal(values, ref_values)
         np.testing.assert_array_equal(x, before)
+
+
+def test_top_two_ratio_against_float64_reference():
+    from sia_edge.gate import step_stats, top_two_ratio
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        logits = (rng.normal(size=300) * rng.uniform(0.1, 8)).astype(np.float32)
+        stats = step_stats(logits, 10, "top2")
+        ordered = np.sort(logits.astype(np.float64))[::-1]
+        expected = math.exp(ordered[1] - ordered[0])  # p2 / p1
+        assert stats.entropy == pytest.approx(expected, rel=1e-6)
+        assert 0.0 < stats.entropy <= 1.0
+    assert top_two_ratio(np.array([3.0, 3.0])) == 1.0  # a tie: as uncertain as it gets
+    assert top_two_ratio(np.array([0.0, -1000.0])) == 0.0  # one token dominates
+    assert top_two_ratio(np.array([2.0])) == 0.0  # k = 1: nothing to choose between
+    assert top_two_ratio(np.array([-np.inf, -np.inf])) == 0.0
