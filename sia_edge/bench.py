@@ -123,6 +123,34 @@ def summarise(samples: list[Sample], arms) -> list[dict]:
     return rows
 
 
+def batch_throughput(engine, batch_sizes, n_requests: int, max_tokens: int, seed: int, progress) -> list[dict]:
+    """Tokens/s of `generate_many` at each batch size against `generate` one request after another, same run.
+
+    Each configuration decodes the same requests (BENCH_PROMPTS cycled, SIA at ratio 0.2); configurations are
+    interleaved over two rounds so drift in machine load hits all of them alike.
+    """
+    prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(n_requests)]
+    seeds = [seed + i for i in range(n_requests)]
+    settings = engine.settings(gate="entropy", ratio=0.2, max_tokens=max_tokens)
+    timings: dict[str, list[float]] = {}
+    tokens: dict[str, int] = {}
+    for _ in range(2):
+        for label in ["sequential"] + [f"batch {b}" for b in batch_sizes]:
+            start = time.perf_counter()
+            if label == "sequential":
+                n = sum(engine.generate(p, settings, seed=s).stats.tokens for p, s in zip(prompts, seeds))
+            else:
+                outputs = engine.generate_many(prompts, settings, seeds=seeds, batch_size=int(label.split()[1]))
+                n = sum(output.result.stats.tokens for output in outputs)
+            timings.setdefault(label, []).append(n / (time.perf_counter() - start))
+            tokens[label] = n
+            progress.update(1)
+    sequential = statistics.median(timings["sequential"])
+    return [{"mode": label, "requests": n_requests, "tokens": tokens[label],
+             "tokens_per_second": statistics.median(rates), "vs_sequential": statistics.median(rates) / sequential}
+            for label, rates in timings.items()]
+
+
 def gate_costs(engine, n_rows: int = 40) -> dict:
     """Per-step gate cost on real logits rows: our top-k + entropy vs a naive argpartition and a full sort."""
     engine.base.prefill(engine.tokenize(BENCH_PROMPTS[0]))
@@ -219,6 +247,11 @@ def format_table(report: dict) -> str:
                   "|---|---|---|"]
         lines += [f"| {r['prefix_tokens']} | {r['carried_state_ms']:.3f} | {r['from_scratch_ms']:.3f} |"
                   for r in report["value_model_ms"]]
+    if report.get("batched"):
+        lines += ["", f"| many requests ({report['batched'][0]['requests']}, SIA r=0.2) | tok/s (median) | "
+                      f"x sequential |", "|---|---|---|"]
+        lines += [f"| {r['mode']} | {r['tokens_per_second']:.1f} | {r['vs_sequential']:.2f} |"
+                  for r in report["batched"]]
     if report.get("peak_rss_mb"):
         rss = report["peak_rss_mb"]
         lines += ["", f"peak RSS: plain llama-cpp-python {rss['plain']:.0f} MB, sia-edge {rss['sia']:.0f} MB "
@@ -240,25 +273,36 @@ def format_table(report: dict) -> str:
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the first prompt (+1 per prompt).")
 @click.option("--rss/--no-rss", default=True, show_default=True,
               help="Also measure peak RSS of plain llama-cpp-python vs sia-edge in fresh processes.")
+@click.option("--batch-sizes", default="1,4,8,16", show_default=True,
+              help="Batch sizes for the many-requests throughput table (comma-separated; '' skips it).")
+@click.option("--batch-requests", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests decoded in the many-requests table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also write a PNG of cost per token against the realised steering ratio (needs matplotlib).")
-def bench_command(model, value_model, n_ctx, threads, max_tokens, repetitions, seed, rss, as_json, plot):
+def bench_command(model, value_model, n_ctx, threads, max_tokens, repetitions, seed, rss, batch_sizes,
+                  batch_requests, as_json, plot):
     """Tokens/s of sia-edge's gates against raw llama.cpp decoding and llama-cpp-python, in one run."""
     from tqdm import tqdm
 
     from .engine import Engine
 
+    sizes = parse_batch_sizes(batch_sizes)
     engine = Engine(model=model, value_model=value_model, n_ctx=n_ctx, threads=threads)
     arms = list(DEFAULT_ARMS)
     with tqdm(total=repetitions * len(arms) * len(BENCH_PROMPTS), desc="bench", unit="gen", file=sys.stderr) as bar:
         samples = run_arms(engine, arms, list(BENCH_PROMPTS), max_tokens, repetitions, seed, bar)
+    batched = []
+    if sizes and engine.value_model is not None:
+        with tqdm(total=2 * (len(sizes) + 1), desc="bench batched", unit="run", file=sys.stderr) as bar:
+            batched = batch_throughput(engine, sizes, batch_requests, max_tokens, seed, bar)
     report = {
         "model": engine.base.name,
         "value_model": engine.value_model.path.name if engine.value_model else None,
         "max_tokens": max_tokens, "repetitions": repetitions, "threads": threads or "all",
         "arms": summarise(samples, arms),
         "samples": [vars(s) for s in samples],
+        "batched": batched,
         "gate_ms": gate_costs(engine),
         "value_model_ms": value_model_costs(engine) if engine.value_model else [],
         "peak_rss_mb": peak_rss_mb(str(engine.base.path), n_ctx) if rss else None,
@@ -267,6 +311,16 @@ def bench_command(model, value_model, n_ctx, threads, max_tokens, repetitions, s
     click.echo(json.dumps(report, indent=1) if as_json else format_table(report))
     if plot:
         plot_cost(report, plot)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--batch-sizes")
+    if any(size < 1 for size in sizes):
+        raise click.BadParameter(f"batch sizes must be >= 1, got {text!r}", param_hint="--batch-sizes")
+    return sizes
 
 
 def plot_cost(report: dict, path: str) -> None:

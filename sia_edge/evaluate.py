@@ -248,7 +248,7 @@ def _is_number(value) -> bool:
 def summarize(samples: list[dict], arms: list[Arm]) -> dict:
     """Per-arm aggregates with CIs, paired differences and the three goals, as a JSON-ready dict."""
     by_arm = {arm.name: [s for s in samples if s["arm"] == arm.name] for arm in arms}
-    out = {"arms": {}, "paired_vs_none": {}, "entropy_vs_random": {}, "goals": {}}
+    out = {"arms": {}, "paired_vs_none": {}, "entropy_vs_random": {}, "entropy_vs_first_n": {}, "goals": {}}
     for arm in arms:
         rows = by_arm[arm.name]
         if not rows:
@@ -264,11 +264,12 @@ def summarize(samples: list[dict], arms: list[Arm]) -> dict:
             out["paired_vs_none"][name] = {m: _ci(paired_differences(rows, by_arm["none"], m).values())
                                            for m in ("value_score", "judge", "log_ppl")}
     for arm in arms:
-        random_name = f"random@{arm.ratio:g}" if arm.family == "entropy" else None
-        if random_name and by_arm.get(random_name) and by_arm[arm.name]:
-            out["entropy_vs_random"][arm.name] = {
-                m: _ci(paired_differences(by_arm[arm.name], by_arm[random_name], m).values())
-                for m in ("value_score", "judge", "log_ppl")}
+        for control in MATCHED:  # entropy@R against the controls matched to it: does *which* steps matter?
+            control_name = f"{control}@{arm.ratio:g}" if arm.family == "entropy" else None
+            if control_name and by_arm.get(control_name) and by_arm[arm.name]:
+                out[f"entropy_vs_{control.replace('-', '_')}"][arm.name] = {
+                    m: _ci(paired_differences(by_arm[arm.name], by_arm[control_name], m).values())
+                    for m in ("value_score", "judge", "log_ppl")}
     out["goals"] = goals(by_arm, out)
     return out
 
@@ -378,12 +379,16 @@ def markdown_report(summary: dict, config: dict) -> str:
               "| arm | Δ judge | Δ value score | Δ log-perplexity (nats/token) |", "|---|---|---|---|"]
     for name, diff in summary["paired_vs_none"].items():
         lines.append(f"| {name} | {_fmt(diff['judge'])} | {_fmt(diff['value_score'])} | {_fmt(diff['log_ppl'])} |")
-    if summary["entropy_vs_random"]:
-        lines += ["", "## Entropy gate vs random gate at the same realised ratio (the key question)", "",
-                  "| entropy arm − random arm | Δ judge | Δ value score | Δ log-perplexity |", "|---|---|---|---|"]
-        for name, diff in summary["entropy_vs_random"].items():
-            lines.append(f"| {name} − random@{name.split('@')[1]} | {_fmt(diff['judge'])} "
-                         f"| {_fmt(diff['value_score'])} | {_fmt(diff['log_ppl'])} |")
+    for control, title in (("random", "Entropy gate vs random gate at the same realised ratio (the key question)"),
+                           ("first-n", "Entropy gate vs first-n (the positional control) at the same junction count")):
+        comparisons = summary.get(f"entropy_vs_{control.replace('-', '_')}", {})
+        if comparisons:
+            lines += ["", f"## {title}", "",
+                      f"| entropy arm − {control} arm | Δ judge | Δ value score | Δ log-perplexity |",
+                      "|---|---|---|---|"]
+            for name, diff in comparisons.items():
+                lines.append(f"| {name} − {control}@{name.split('@')[1]} | {_fmt(diff['judge'])} "
+                             f"| {_fmt(diff['value_score'])} | {_fmt(diff['log_ppl'])} |")
     lines += ["", "## Ratio control (per generation)", "",
               "| arm | target | realised mean | sd | min–max | mean abs. error | within ±0.1 | mean H at junctions |",
               "|---|---|---|---|---|---|---|---|"]
@@ -421,7 +426,7 @@ def goal_lines(verdict: dict) -> list[str]:
 
 
 def plot_tradeoff(summary: dict, path: Path) -> None:
-    """Judge score vs realised ratio and vs cost, one marker style per arm family."""
+    """Judge score vs realised ratio and vs cost (value-model calls per token), one marker style per arm family."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -439,12 +444,14 @@ def plot_tradeoff(summary: dict, path: Path) -> None:
         yerr = [[judge["mean"] - judge["low"]], [judge["high"] - judge["mean"]]]
         label = arm["family"] if arm["family"] not in seen else None
         seen.add(arm["family"])
-        for axis, x in ((axes[0], arm["junction_ratio"]["mean"]), (axes[1], arm["ms_per_token"]["mean"])):
+        for axis, x in ((axes[0], arm["junction_ratio"]["mean"]), (axes[1], arm["value_calls_per_token"]["mean"])):
             axis.errorbar([x], [judge["mean"]], yerr=yerr, fmt=marker, color=colour, markersize=9, capsize=3,
                           label=label if axis is axes[0] else None)
             axis.annotate(name, (x, judge["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=7)
     axes[0].set_xlabel("realised junction ratio")
-    axes[1].set_xlabel("wall time per token (ms)")
+    # the cost that carries over to any value model; wall ms/token is noise on a shared machine, and in a
+    # batched run it measures the batch, not the arm
+    axes[1].set_xlabel("value-model calls per token (cost)")
     axes[0].set_ylabel("judge score (95% CI)")
     axes[0].legend(fontsize=8)
     for axis in axes:

@@ -15,7 +15,8 @@ def test_bench_runs_end_to_end_and_emits_json(gemma_path, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIA_EDGE_")}
     plot = tmp_path / "cost.png"
     proc = subprocess.run([sys.executable, "-m", "sia_edge", "bench", "--model", str(gemma_path), "-n", "8",
-                           "--repetitions", "1", "--no-rss", "--json", "--plot", str(plot)],
+                           "--repetitions", "1", "--no-rss", "--json", "--plot", str(plot),
+                           "--batch-sizes", "1,3", "--batch-requests", "3"],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -31,6 +32,11 @@ def test_bench_runs_end_to_end_and_emits_json(gemma_path, tmp_path):
     assert set(report["gate_ms"]) >= {"top-k + entropy (sia-edge)", "argpartition top-k (naive)"}
     assert [r["prefix_tokens"] for r in report["value_model_ms"]] == [32, 128, 512, 1024]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    batched = {row["mode"]: row for row in report["batched"]}
+    assert set(batched) == {"sequential", "batch 1", "batch 3"}
+    assert batched["sequential"]["vs_sequential"] == 1.0
+    for row in batched.values():
+        assert row["requests"] == 3 and 0 < row["tokens"] <= 3 * 8 and row["tokens_per_second"] > 0
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +70,14 @@ def test_positive_text_scores_above_negative(value_model):
                  ("What a wonderful day, I loved every minute of it!", "This was awful, I hated every minute of it."))
     scores = value_model.score_sequences([good, bad])
     assert scores[0] > scores[1]
+
+
+def test_batch_sizes_option_parses_and_refuses_nonsense():
+    import click
+
+    from sia_edge.bench import parse_batch_sizes
+
+    assert parse_batch_sizes("1,4, 8") == [1, 4, 8] and parse_batch_sizes("") == []
+    for bad in ("0,4", "two", "4,-1"):
+        with pytest.raises(click.BadParameter):
+            parse_batch_sizes(bad)

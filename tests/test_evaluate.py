@@ -118,7 +118,7 @@ def test_eval_end_to_end_and_resume(engine, synthetic_calibration, tmp_path):
         assert arm["judge"]["low"] <= arm["judge"]["mean"] <= arm["judge"]["high"]
     assert results["arms"]["none"]["junction_ratio"]["mean"] == 0.0
     assert results["arms"]["dense"]["junction_ratio"]["mean"] == 1.0
-    assert set(results["entropy_vs_random"]) == {"entropy@0.2"}
+    assert set(results["entropy_vs_random"]) == set(results["entropy_vs_first_n"]) == {"entropy@0.2"}
     samples = read_samples(out / "samples.jsonl")
     q = [s["settings"]["q"] for s in samples if s["arm"] == "random@0.2"][0]
     entropy = [s for s in samples if s["arm"] == "entropy@0.2"]

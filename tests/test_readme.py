@@ -14,7 +14,8 @@ def test_readme_python_example_runs():
     proc = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[-1].strip() in ("length", "eos")  # the stream's stop reason is printed last
+    assert lines[-3].strip() in ("length", "eos")  # the stream's stop reason, then the two batched results
+    assert sorted(line.split(" ", 1)[0] for line in lines[-2:]) == ["0", "1"]
 
 
 def test_readme_first_screen_has_the_install_and_test_commands():
