@@ -252,7 +252,6 @@ class BatchContext:
             self._batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
         self.n_ctx_per_slot = int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx))
         self.slots = [SequenceSlot(self, seq_id) for seq_id in range(n_slots)]
-        self.decode_seconds = 0.0
 
     def flush(self) -> None:
         """Decode every slot's queued token in one batch; each such slot then holds its next logits."""
@@ -286,7 +285,6 @@ class BatchContext:
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status} in a batch of {n} tokens")
         seconds = time.perf_counter() - start
-        self.decode_seconds += seconds
         for (slot, tokens), row in zip(work, last_rows):
             pointer = _llama().llama_get_logits_ith(self._ctx.ctx, row)
             slot._logits[:] = np.ctypeslib.as_array(pointer, shape=(self.base.n_vocab,))

@@ -135,12 +135,12 @@ def batch_throughput(engine, batch_sizes, n_requests: int, max_tokens: int, seed
     timings: dict[str, list[float]] = {}
     tokens: dict[str, int] = {}
     for _ in range(2):
-        for label in ["sequential"] + [f"batch {b}" for b in batch_sizes]:
+        for label, size in [("sequential", None)] + [(f"batch {b}", b) for b in batch_sizes]:
             start = time.perf_counter()
-            if label == "sequential":
+            if size is None:
                 n = sum(engine.generate(p, settings, seed=s).stats.tokens for p, s in zip(prompts, seeds))
             else:
-                outputs = engine.generate_many(prompts, settings, seeds=seeds, batch_size=int(label.split()[1]))
+                outputs = engine.generate_many(prompts, settings, seeds=seeds, batch_size=size)
                 n = sum(output.result.stats.tokens for output in outputs)
             timings.setdefault(label, []).append(n / (time.perf_counter() - start))
             tokens[label] = n

@@ -136,12 +136,12 @@ class Decoding:
                 rewards = None
                 if junction and steer:
                     # counted here, not as a difference of the value model's totals: batched decodings interleave
-                    calls_before = self.value_model.calls
+                    calls_before, seconds_before = self.value_model.calls, self.value_model.seconds
                     value_prefix = self.value_model.extend(value_prefix, unscored)
                     unscored = []
                     rewards = self.value_model.score_candidates(value_prefix, step.candidate_ids)
                     stats.value_model_calls += self.value_model.calls - calls_before
-                    stats.value_model_seconds += time.perf_counter() - t1
+                    stats.value_model_seconds += self.value_model.seconds - seconds_before
                 t2 = time.perf_counter()
                 scores = steered_scores(step.candidate_logits, rewards, s.weight)
                 rank = choose(scores, s.temperature, rng.random())

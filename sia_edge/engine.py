@@ -87,7 +87,8 @@ class Engine:
                       log_probs: bool = False, **overrides) -> Iterator[BatchOutput]:
         """Generate from every prompt (prompt i with seeds[i]), `batch_size` sequences decoded together.
 
-        Yields a BatchOutput (index, result, events) as each finishes, in finishing order. Same loop and settings
+        Returns an iterator of BatchOutput (index, result, events), one as each finishes, in finishing order; bad
+        arguments raise here, before any decoding. Same loop and settings
         as `generate`, ~2.5x the throughput on 2 cores; a seed reproduces a batched sample, but not bit for bit the
         sample `generate` draws with it (batched logits differ in the last float digits). Holds the engine lock.
         """
@@ -101,9 +102,11 @@ class Engine:
             raise InvalidSettingError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         requests = [BatchRequest(self._prompt_tokens(p, chosen), chosen.with_(seed=s), s)
                     for p, s in zip(prompts, seeds)]
+        return self._run_batched(requests, batch_size, _as_callable(cancel), log_probs)
+
+    def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool):
         with self._lock:
-            yield from run_batched(self.base, self.value_model, requests, batch_size, _as_callable(cancel),
-                                   log_probs)
+            yield from run_batched(self.base, self.value_model, requests, batch_size, cancel, log_probs)
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         return self.base.tokenize(text, add_bos=add_bos)

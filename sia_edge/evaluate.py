@@ -245,10 +245,15 @@ def _is_number(value) -> bool:
 # --- aggregation -------------------------------------------------------------------------------------------
 
 
+def comparison_key(control: str) -> str:
+    """Where the summary keeps entropy@R minus a matched control: 'entropy_vs_random', 'entropy_vs_first_n'."""
+    return f"entropy_vs_{control.replace('-', '_')}"
+
+
 def summarize(samples: list[dict], arms: list[Arm]) -> dict:
     """Per-arm aggregates with CIs, paired differences and the three goals, as a JSON-ready dict."""
     by_arm = {arm.name: [s for s in samples if s["arm"] == arm.name] for arm in arms}
-    out = {"arms": {}, "paired_vs_none": {}, "entropy_vs_random": {}, "entropy_vs_first_n": {}, "goals": {}}
+    out = {"arms": {}, "paired_vs_none": {}, **{comparison_key(control): {} for control in MATCHED}, "goals": {}}
     for arm in arms:
         rows = by_arm[arm.name]
         if not rows:
@@ -267,7 +272,7 @@ def summarize(samples: list[dict], arms: list[Arm]) -> dict:
         for control in MATCHED:  # entropy@R against the controls matched to it: does *which* steps matter?
             control_name = f"{control}@{arm.ratio:g}" if arm.family == "entropy" else None
             if control_name and by_arm.get(control_name) and by_arm[arm.name]:
-                out[f"entropy_vs_{control.replace('-', '_')}"][arm.name] = {
+                out[comparison_key(control)][arm.name] = {
                     m: _ci(paired_differences(by_arm[arm.name], by_arm[control_name], m).values())
                     for m in ("value_score", "judge", "log_ppl")}
     out["goals"] = goals(by_arm, out)
@@ -381,7 +386,7 @@ def markdown_report(summary: dict, config: dict) -> str:
         lines.append(f"| {name} | {_fmt(diff['judge'])} | {_fmt(diff['value_score'])} | {_fmt(diff['log_ppl'])} |")
     for control, title in (("random", "Entropy gate vs random gate at the same realised ratio (the key question)"),
                            ("first-n", "Entropy gate vs first-n (the positional control) at the same junction count")):
-        comparisons = summary.get(f"entropy_vs_{control.replace('-', '_')}", {})
+        comparisons = summary.get(comparison_key(control), {})
         if comparisons:
             lines += ["", f"## {title}", "",
                       f"| entropy arm − {control} arm | Δ judge | Δ value score | Δ log-perplexity |",

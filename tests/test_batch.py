@@ -32,9 +32,21 @@ def stepwise_log_probs(base, prompt_tokens, tokens):
     return np.array(out)
 
 
+def test_eval_perplexity_is_the_log_probability_the_loop_records(engine):
+    """The perplexity of an eval sample is the unsteered model's: the log-probabilities the loop records while it
+    steers equal those of a stepwise re-read of the finished text, computed in float64."""
+    prompt = "My neighbour asked me whether"
+    output = next(engine.generate_many([prompt], gate="dense", seeds=[3], max_tokens=12, log_probs=True))
+    recorded = np.array([e.log_prob for e in output.events if e.token_id >= 0])
+    reread = stepwise_log_probs(engine.base, engine.tokenize(prompt), output.result.token_ids)
+    assert recorded.shape == (12,) and np.all(recorded <= 0)
+    assert recorded == pytest.approx(reread, abs=1e-4)  # one sequence decodes exactly like `generate`
+
+
 def test_one_slot_draws_exactly_what_generate_draws(engine):
     settings = dict(gate="entropy", tau=1.5, max_tokens=20)
     [output] = run(engine, [PROMPTS[1]], [11], batch_size=1, **settings)
+    engine.base.reset()  # no KV prefix to reuse: `generate` decodes the whole prompt in one piece, as a slot does
     single = engine.generate(PROMPTS[1], seed=11, **settings)
     assert output.result.token_ids == single.token_ids
     assert output.result.stats.junctions == single.stats.junctions > 0
