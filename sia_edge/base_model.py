@@ -54,7 +54,10 @@ class BaseModel:
         n_ctx: int = DEFAULT_CONTEXT,
         n_threads: int | None = None,
         vocab_only: bool = False,
+        gpu_layers: int = 0,
     ) -> None:
+        """`gpu_layers`: layers to offload to a GPU (-1 = all), honoured by a Metal or CUDA build of llama.cpp;
+        a CPU-only build accepts it and runs on the CPU (`gpu_offload_supported()` tells which)."""
         self.path = Path(path)
         check_gguf_file(self.path)
         llama_cpp = _llama()
@@ -67,6 +70,7 @@ class BaseModel:
                     n_batch=min(512, n_ctx),
                     n_threads=threads,
                     n_threads_batch=threads,
+                    n_gpu_layers=gpu_layers,
                     vocab_only=vocab_only,
                     logits_all=False,
                     verbose=False,
@@ -76,6 +80,7 @@ class BaseModel:
                 f"llama.cpp could not load {self.path} (truncated or corrupt GGUF?): {exc}"
             ) from exc
         self.vocab_only = vocab_only
+        self.gpu_layers = gpu_layers
         self._vocab = self._llm._model.vocab
         self.n_vocab = int(self._llm.n_vocab())
         self.bos_id = int(llama_cpp.llama_vocab_bos(self._vocab))
@@ -86,6 +91,7 @@ class BaseModel:
         self.n_ctx = 0 if vocab_only else min(int(self._llm.n_ctx()), len(self._llm.input_ids))
         self._fingerprint: str | None = None
         self.decode_seconds = 0.0
+        self.decoded_tokens = 0  # tokens actually fed to llama.cpp (what KV-cache reuse saves shows here)
         self.n_threads = threads
 
     # --- metadata ------------------------------------------------------------------------------------------
@@ -124,7 +130,12 @@ class BaseModel:
 
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
         bos = self.add_bos if add_bos is None else add_bos
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: undecodable bytes from argv, or "\ud800" in JSON
+            raise PromptError(f"the text is not valid UTF-8 (at character {exc.start}); "
+                              "pass UTF-8 text") from None
+        return self._llm.tokenize(data, add_bos=bos, special=special)
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes a token renders as (special tokens render as nothing)."""
@@ -187,6 +198,7 @@ class BaseModel:
         start = time.perf_counter()
         self._llm.eval(tokens)
         self.decode_seconds += time.perf_counter() - start
+        self.decoded_tokens += len(tokens)
 
     # --- baselines for `sia-edge bench` (here because only this module may touch llama_cpp) -------------------
 
@@ -250,7 +262,8 @@ class BatchContext:
         with _quiet_stderr():
             self._ctx = _internals.LlamaContext(model=base._llm._model, params=params, verbose=False)
             self._batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
-        self.n_ctx_per_slot = int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx))
+        # llama.cpp may round a slot up; a slot holds what was asked for, as BaseModel.n_ctx does
+        self.n_ctx_per_slot = min(int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx)), n_ctx_per_slot)
         self.slots = [SequenceSlot(self, seq_id) for seq_id in range(n_slots)]
 
     def flush(self) -> None:
@@ -349,6 +362,11 @@ class SequenceSlot:
         _llama().llama_memory_seq_rm(_llama().llama_get_memory(self.context._ctx.ctx), self.seq_id, -1, -1)
         self._tokens = []
         self._queued = None
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (Metal, CUDA, ...)."""
+    return bool(_llama().llama_supports_gpu_offload())
 
 
 def tokenizer_fingerprint(n_vocab: int, bos: int, eos: int, text_of, attr_of) -> str:

@@ -41,16 +41,19 @@ class _Active:
 
 
 def run_batched(base, value_model, requests: Iterable[BatchRequest], batch_size: int = DEFAULT_BATCH_SIZE,
-                cancel: Callable[[], bool] | None = None, log_probs: bool = False) -> Iterator[BatchOutput]:
+                cancel: Callable[[], bool] | None = None, log_probs: bool = False,
+                max_context: int | None = None) -> Iterator[BatchOutput]:
     """Yield one BatchOutput per request, in the order they finish. `base` is a BaseModel (not used for anything
-    else meanwhile); `cancel` stops every request (each ends with stop_reason 'cancelled')."""
+    else meanwhile); `cancel` stops every request (each ends with stop_reason 'cancelled'). A slot holds at most
+    `max_context` tokens (the engine's context size), so a generation that would outgrow it stops with
+    'context' exactly as `Engine.generate` does."""
     from .base_model import BatchContext
 
     waiting = deque(enumerate(requests))
     if not waiting:
         return
-    longest = max(len(r.prompt_tokens) + r.settings.max_tokens for _, r in waiting)
-    context = BatchContext(base, min(batch_size, len(waiting)), longest + SLOT_CONTEXT_MARGIN)
+    longest = max(len(r.prompt_tokens) + r.settings.max_tokens for _, r in waiting) + SLOT_CONTEXT_MARGIN
+    context = BatchContext(base, min(batch_size, len(waiting)), min(longest, max_context or longest))
     active: dict[int, _Active] = {}  # seq_id -> the decoding in that slot
     try:
         while waiting or active:

@@ -7,23 +7,15 @@ The samples are decoded as one batch, so sample i reproduces for the same N and 
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass
 
-import click
-
-from .decoder import without_leading_bos
+from .decoder import value_model_tokens
 from .errors import InvalidSettingError, ValueModelError
 from .settings import GenerationSettings
 
 MAX_BATCH = 8  # samples decoded together; more gain little on 2 cores (docs/results.md)
-
-best_of_option = click.option(
-    "--best-of", "best_of", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Generate N samples (seeds seed..seed+N-1) and print the one the value model scores highest; "
-         "with --json, all N texts and their scores.")
 
 
 @dataclass
@@ -68,8 +60,8 @@ def scored_tokens(engine, prompt_tokens: list[int], result) -> list[int]:
     """What the value model scores: the prompt without BOS, then the tokens that spell the returned text."""
     from .chat import kept_tokens
 
-    return without_leading_bos(prompt_tokens, engine.base.bos_id) + kept_tokens(engine.base, result.token_ids,
-                                                                                 result.text)
+    return value_model_tokens(prompt_tokens, kept_tokens(engine.base, result.token_ids, result.text),
+                              engine.base.bos_id)
 
 
 def best_of(engine, prompt: str | list[int], n: int, settings: GenerationSettings | None = None,
@@ -94,28 +86,3 @@ def best_of(engine, prompt: str | list[int], n: int, settings: GenerationSetting
     best = max(range(len(scores)), key=scores.__getitem__)
     return BestOfResult(results, scores, best, sum(r.stats.tokens for r in results),
                         engine.value_model.calls - calls_before, time.perf_counter() - start, seed)
-
-
-def run_best_of_cli(engine, text: str, settings: GenerationSettings, n: int, as_json: bool, out) -> BestOfResult:
-    """`sia-edge generate --best-of N`: the best text on `out` (or one JSON object), a summary line on stderr.
-
-    Ctrl-C stops the sample being drawn; the best of those drawn so far is printed. Returns the BestOfResult.
-    """
-    from .cli import CtrlC, summary_line
-
-    with CtrlC() as cancelled:
-        result = best_of(engine, text, n, settings, cancel=cancelled)
-    if as_json:
-        payload = result.as_dict()
-        payload["model"] = str(engine.base.path)
-        payload["value_model"] = str(engine.value_model.path)
-        out.write(json.dumps(payload) + "\n")
-    else:
-        out.write(result.text + "\n")
-    out.flush()
-    click.echo(f"sia-edge: best of {len(result.results)}: sample {result.best} "
-               f"(score {result.scores[result.best]:.3f}; all {' '.join(f'{s:.3f}' for s in result.scores)}) | "
-               f"{result.base_steps} base steps | {result.value_model_calls} value-model calls | "
-               f"{result.seconds:.1f} s", err=True)
-    click.echo(summary_line(result.best_result), err=True)
-    return result

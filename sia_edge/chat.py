@@ -28,12 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterator
 
-import click
-
 from .base_model import common_prefix
-from .cli import CtrlC, generation_options, model_options, settings_from
 from .errors import PromptError, SiaError
-from .gate import GATE_NAMES
+from .gate import GATE_NAMES, GATES, PARAMETERS
 from .settings import GenerationSettings
 
 PLAIN_SYSTEM = "A conversation between a user and a helpful assistant."
@@ -44,9 +41,10 @@ HELP = """commands:
   /help               this text
   /reset              forget the conversation (keeps the system text)
   /stats              junctions, junction ratio, tokens/s and KV-cache reuse of the last reply
-  /gate NAME [X]      change the gate: entropy [tau], dense, none, random [q], first-n [N], online [ratio]
+  /gate NAME [X]      change the gate: {gates}
   /exit               leave (Ctrl-D too)
-Ctrl-C stops the current reply; the conversation is kept."""
+Ctrl-C stops the current reply; the conversation is kept.""".format(gates=", ".join(f"{name} [{spec.parameter}]" if spec.parameter else name
+                            for name, spec in GATES.items() if spec.listed))
 
 
 # --- formats -----------------------------------------------------------------------------------------------------
@@ -199,9 +197,9 @@ class ChatSession:
     def __post_init__(self) -> None:
         self.base = self.engine.base
         self.format = chat_format(self.base, self.system, self.plain)
-        if self.settings.gate != "none" and self.engine.value_model is None:
+        if self.settings.steers and self.engine.value_model is None:
             self.notify(f"no value model for {self.base.name}: chatting unsteered (gate none)")
-            self.settings = self.settings.with_(gate="none")
+            self.settings = self.settings.with_gate("none")
         self.messages: list[dict] = []
         self.last: Turn | None = None
         self.turns = 0  # replies so far; with a fixed --seed, reply i uses seed + i
@@ -307,89 +305,18 @@ class ChatSession:
         return "\n".join(lines)
 
     def _gate(self, args: list[str]) -> str:
-        if not args or args[0] not in GATE_NAMES:
+        if not args or args[0] not in GATES or len(args) > 2:
             return f"usage: /gate NAME [X] with NAME one of {', '.join(GATE_NAMES)}"
         name = args[0]
-        if name != "none" and self.engine.value_model is None:
+        if GATES[name].steers and self.engine.value_model is None:
             return f"no value model is loaded for {self.base.name}: only /gate none is possible"
-        changes = {"gate": name}
-        if len(args) > 1:
-            try:
-                number = float(args[1])
-            except ValueError:
-                return f"not a number: {args[1]}"
-            key = {"entropy": "tau", "random": "q", "online": "ratio", "first-n": "first_n"}.get(name)
-            if key is None:
-                return f"gate {name} takes no number"
-            changes[key] = int(number) if key == "first_n" else number
         try:
-            self.settings = self.settings.with_(**changes)
+            parameter = GATES[name].parameter
+            if len(args) > 1 and parameter is None:
+                return f"gate {name} takes no number"
+            value = PARAMETERS[parameter].parse(args[1]) if len(args) > 1 else None
+            # a new gate starts from its defaults: /gate online 0.3 then /gate entropy 0.7 must not keep ratio 0.3
+            self.settings = self.engine.settings(self.settings.with_gate(name, value))
         except SiaError as exc:
             return f"not changed: {exc}"
         return f"gate: {self.settings.describe()}"
-
-
-# --- the terminal shell ------------------------------------------------------------------------------------------
-
-
-@click.command()
-@generation_options
-@model_options
-@click.option("--system", default=None,
-              help=f"System text at the top of the conversation [default: none with a chat template, "
-                   f"'{PLAIN_SYSTEM}' with the plain format].")
-@click.option("--plain", is_flag=True, help="Use the plain User:/Assistant: format even if the model has a chat template.")
-def chat(model, value_model, n_ctx, threads, system, plain, **options):
-    """Chat with the model in the terminal; steering on by default. Type /help for the commands.
-
-    Reads one message per line (also from a pipe); Ctrl-C stops a reply, Ctrl-D or /exit leaves.
-    """
-    from .engine import Engine
-
-    settings = settings_from(options)
-    engine = Engine(model=model, value_model=value_model, n_ctx=n_ctx, threads=threads,
-                    use_value_model=True)
-    session = ChatSession(engine, settings, system=system, plain=plain)
-    interactive = sys.stdin.isatty()
-    out = click.get_text_stream("stdout")
-    if interactive:
-        click.echo(f"sia-edge chat with {engine.base.name} ({session.format.name}); /help for commands", err=True)
-    while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            break
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh line, like a shell
-            out.write("\n")
-            continue
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("/"):
-            answer = session.command(line)
-            if answer.exit:
-                break
-            out.write(answer.text + "\n")
-            out.flush()
-            continue
-        try:
-            with CtrlC() as cancelled:
-                for piece in session.send(line, cancel=cancelled):
-                    out.write(piece)
-                    out.flush()
-        except SiaError as exc:
-            click.echo(f"sia-edge: error: {exc}", err=True)
-            continue
-        except KeyboardInterrupt:  # a second Ctrl-C outside the decoding loop
-            pass
-        out.write("\n")
-        out.flush()
-        if session.last is not None and session.last.result.stop_reason == "cancelled":
-            click.echo("sia-edge: reply stopped", err=True)
-    engine.close()
-
-
-if __name__ == "__main__":  # `python -m sia_edge.chat ...` until `chat` is attached to the sia-edge group
-    from .cli import main
-
-    main.add_command(chat)
-    main(["chat", *sys.argv[1:]], prog_name="sia-edge")

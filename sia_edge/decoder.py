@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .gate import step_stats
+from .errors import ModelOutputError
+from .signals import step_stats
 from .settings import GenerationSettings
 from .steering import choose, steered_scores
 from .text_stream import Utf8Stream
@@ -32,6 +33,7 @@ class TokenEvent:
     rank: int = 0  # rank of the chosen token among the top-k (0 = the base model's favourite)
     seconds: float = 0.0  # wall time of this step
     log_prob: float | None = None  # log p(token) under the unsteered base model (T = 1, full vocabulary), if asked
+    end: bool = False  # this step chose end-of-generation (the token is not part of the text)
 
     def as_dict(self) -> dict:
         return {"type": "token", **asdict(self)}
@@ -88,13 +90,37 @@ class GenerationResult:
         }
 
 
-class Decoding:
-    """One generation. Iterate it for TokenEvents; `result` is set when the iteration ends."""
+class Base(Protocol):
+    """What the loop needs of a base model: BaseModel, and each slot of a BatchContext, provide it."""
 
-    def __init__(self, base, value_model, prompt_tokens: list[int], settings: GenerationSettings, seed: int,
+    n_vocab: int
+    n_ctx: int
+    n_past: int
+    bos_id: int
+    decode_seconds: float
+
+    def prefill(self, tokens: list[int]) -> None: ...
+
+    def step(self, token: int) -> None: ...
+
+    def logits(self) -> np.ndarray: ...
+
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+
+class Decoding:
+    """One generation. Iterate it for TokenEvents; `result` is set when the iteration ends.
+
+    Every decoding step yields one event, including the step that chose end-of-generation (its text is "" and
+    `end` is set), so the events, `stats.tokens`, calibration and perplexity all count the same steps.
+    """
+
+    def __init__(self, base: Base, value_model, prompt_tokens: list[int], settings: GenerationSettings, seed: int,
                  cancel: Callable[[], bool] | None = None, log_probs: bool = False) -> None:
-        """`base` is a BaseModel or a SequenceSlot of a BatchContext; `log_probs` fills TokenEvent.log_prob
-        (one log-sum-exp over the vocabulary per step, ~0.3 ms for Gemma, so it is off unless asked)."""
+        """`log_probs` fills TokenEvent.log_prob (one log-sum-exp over the vocabulary per step, ~0.3 ms for
+        Gemma, so it is off unless asked)."""
         self.base = base
         self.log_probs = log_probs
         self.value_model = value_model
@@ -106,20 +132,15 @@ class Decoding:
 
     def __iter__(self) -> Iterator[TokenEvent]:
         s = self.settings
-        stats = GenerationStats(prompt_tokens=len(self.prompt_tokens), seed=self.seed)
-        start = time.perf_counter()
-        base_before = self.base.decode_seconds
+        self.stats = stats = GenerationStats(prompt_tokens=len(self.prompt_tokens), seed=self.seed)
+        start, base_before = time.perf_counter(), self.base.decode_seconds
         self.base.prefill(self.prompt_tokens)
         stats.prefill_seconds = time.perf_counter() - start
-        gate = s.build_gate()
+        gate, rng = s.build_gate(), np.random.default_rng(self.seed)
         gate.reset(self.seed)
-        rng = np.random.default_rng(self.seed)
-        steer = self.value_model is not None and s.weight != 0.0
-        value_prefix = self.value_model.empty_prefix() if steer else None
-        # The value model sees prompt + continuation without BOS; it folds them in lazily, at junctions only.
-        unscored = without_leading_bos(self.prompt_tokens, self.base.bos_id)
-        utf8 = Utf8Stream()
-        stops = StopMatcher(s.stop)
+        self._view = ValueView(self.value_model, self.prompt_tokens, self.base.bos_id) if (
+            s.steers and self.value_model is not None) else None
+        utf8, stops = Utf8Stream(), StopMatcher(s.stop)
         scratch = np.empty(self.base.n_vocab, dtype=bool)  # the top-k pre-filter's mask, reused every step
         generated: list[int] = []
         stop_reason = "length"
@@ -129,52 +150,17 @@ class Decoding:
                     stop_reason = "cancelled"
                     break
                 t0 = time.perf_counter()
-                logits = self.base.logits()
-                step = step_stats(logits, s.top_k, s.entropy_over, scratch)
-                junction = gate.decide(index, step.entropy)
-                t1 = time.perf_counter()
-                rewards = None
-                if junction and steer:
-                    # counted here, not as a difference of the value model's totals: batched decodings interleave
-                    calls_before, seconds_before = self.value_model.calls, self.value_model.seconds
-                    value_prefix = self.value_model.extend(value_prefix, unscored)
-                    unscored = []
-                    rewards = self.value_model.score_candidates(value_prefix, step.candidate_ids)
-                    stats.value_model_calls += self.value_model.calls - calls_before
-                    stats.value_model_seconds += self.value_model.seconds - seconds_before
-                t2 = time.perf_counter()
-                scores = steered_scores(step.candidate_logits, rewards, s.weight)
-                rank = choose(scores, s.temperature, rng.random())
-                token = int(step.candidate_ids[rank])
-                t3 = time.perf_counter()
-                stats.gate_seconds += t1 - t0
-                stats.sample_seconds += t3 - t2
-                stats.tokens += 1
-                stats.junctions += junction
-                if self.base.is_end_of_generation(token):
+                event = self._step(index, gate, rng, scratch)
+                if event.end:
                     stop_reason = "eos"
-                    break
-                generated.append(token)
-                unscored.append(token)
-                released, hit = stops.push(utf8.push(self.base.token_bytes(token)))
-                event = TokenEvent(index, token, released, step.entropy, junction,
-                                   step.candidate_ids.tolist() if junction else None,
-                                   rewards.tolist() if rewards is not None else None, rank, 0.0,
-                                   base_log_prob(logits, token) if self.log_probs else None)
-                if hit:
-                    stop_reason = "stop"
-                    event.seconds = time.perf_counter() - t0
-                    yield event
-                    break
-                if index + 1 < s.max_tokens:
-                    if self.base.n_past + 1 > self.base.n_ctx:
-                        stop_reason = "context"
-                        event.seconds = time.perf_counter() - t0
-                        yield event
-                        break
-                    self.base.step(token)
+                else:
+                    generated.append(event.token_id)
+                    event.text, hit = stops.push(utf8.push(self.base.token_bytes(event.token_id)))
+                    stop_reason = "stop" if hit else self._advance(index, event.token_id)
                 event.seconds = time.perf_counter() - t0
                 yield event
+                if stop_reason != "length":
+                    break
         except KeyboardInterrupt:
             stop_reason = "cancelled"
         text = stops.finish(utf8.flush() if stop_reason != "stop" else "")
@@ -184,19 +170,88 @@ class Decoding:
         if stops.tail:  # text held back for a possible stop string that never completed
             yield TokenEvent(len(generated), -1, stops.tail, 0.0, False)
 
+    def _step(self, index: int, gate, rng, scratch) -> TokenEvent:
+        """Read the logits, gate, steer if a junction, choose: the event of one step, its text still empty."""
+        s, stats = self.settings, self.stats
+        t0 = time.perf_counter()
+        logits = self.base.logits()
+        try:
+            step = step_stats(logits, s.top_k, s.signal, scratch)
+        except ModelOutputError as exc:
+            raise ModelOutputError(f"step {index}: {exc}") from None
+        junction = gate.decide(index, step.entropy)
+        t1 = time.perf_counter()
+        rewards = self._score_junction(step.candidate_ids) if junction and self._view is not None else None
+        t2 = time.perf_counter()
+        rank = choose(steered_scores(step.candidate_logits, rewards, s.weight), s.temperature, rng.random())
+        token = int(step.candidate_ids[rank])
+        stats.gate_seconds += t1 - t0
+        stats.sample_seconds += time.perf_counter() - t2
+        stats.tokens += 1
+        stats.junctions += junction
+        if self._view is not None:
+            self._view.append(token)
+        return TokenEvent(index, token, "", step.entropy, junction,
+                          step.candidate_ids.tolist() if junction else None,
+                          rewards.tolist() if rewards is not None else None, rank, 0.0,
+                          base_log_prob(logits, token) if self.log_probs else None,
+                          end=self.base.is_end_of_generation(token))
+
+    def _score_junction(self, candidate_ids: np.ndarray) -> np.ndarray:
+        """The value model's scores of the k candidates. Its calls and seconds are counted here, per decoding,
+        not as a difference of the value model's totals: batched decodings interleave."""
+        vm, stats = self.value_model, self.stats
+        calls_before, seconds_before = vm.calls, vm.seconds
+        rewards = self._view.score(candidate_ids)
+        stats.value_model_calls += vm.calls - calls_before
+        stats.value_model_seconds += vm.seconds - seconds_before
+        return rewards
+
+    def _advance(self, index: int, token: int) -> str:
+        """Feed the chosen token to the base model, unless this was the last step; 'context' if it cannot fit."""
+        if index + 1 >= self.settings.max_tokens:
+            return "length"
+        if self.base.n_past + 1 > self.base.n_ctx:
+            return "context"
+        self.base.step(token)
+        return "length"
+
+
+class ValueView:
+    """The text the value model sees for one generation, folded into its state lazily: only at junctions.
+
+    What it sees is `value_model_tokens(...)`: the prompt without its leading BOS, then every generated token.
+    """
+
+    def __init__(self, value_model, prompt_tokens: list[int], bos_id: int) -> None:
+        self.value_model = value_model
+        self.prefix = value_model.empty_prefix()
+        self.unscored = value_model_tokens(prompt_tokens, (), bos_id)
+
+    def append(self, token: int) -> None:
+        self.unscored.append(token)
+
+    def score(self, candidate_ids: np.ndarray) -> np.ndarray:
+        self.prefix = self.value_model.extend(self.prefix, self.unscored)
+        self.unscored = []
+        return self.value_model.score_candidates(self.prefix, candidate_ids)
+
+
+def value_model_tokens(prompt_tokens, continuation, bos_id: int) -> list[int]:
+    """What a value model sees of a text (models/README.md): the prompt without the BOS the tokenizer put first,
+    then the continuation. The one definition used by the loop, Best-of-N, evaluation and distillation.
+
+    Only a leading BOS goes: for chat models the BOS id can be a turn marker that appears again later. A byte-level
+    value model turns these ids into their bytes itself, so special tokens contribute nothing there.
+    """
+    prompt = list(prompt_tokens)
+    return (prompt[1:] if prompt and prompt[0] == bos_id else prompt) + list(continuation)
+
 
 def base_log_prob(logits: np.ndarray, token: int) -> float:
     """log softmax(logits)[token] at T = 1 over the full vocabulary; the sum accumulates in float64."""
     peak = float(logits.max())
     return float(logits[token]) - peak - math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
-
-
-def without_leading_bos(tokens: list[int], bos_id: int) -> list[int]:
-    """The tokens the value model sees (models/README.md): the text without the BOS the tokenizer put first.
-
-    Only a leading BOS goes: for chat models the BOS id can be a turn marker that appears again later.
-    """
-    return list(tokens[1:] if tokens and tokens[0] == bos_id else tokens)
 
 
 class StopMatcher:

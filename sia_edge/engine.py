@@ -34,13 +34,14 @@ class Engine:
         value_model: str | os.PathLike | None = None,
         n_ctx: int = DEFAULT_CONTEXT,
         threads: int | None = None,
+        gpu_layers: int = 0,
         value_threads: int = 1,
         use_value_model: bool = True,
         calibration: str | os.PathLike | None = None,
     ) -> None:
         if n_ctx < 16:
             raise InvalidSettingError(f"n_ctx must be >= 16, got {n_ctx}")
-        self.base = BaseModel(resolve_base_model(model), n_ctx=n_ctx, n_threads=threads)
+        self.base = BaseModel(resolve_base_model(model), n_ctx=n_ctx, n_threads=threads, gpu_layers=gpu_layers)
         self.fingerprint = cached_fingerprint(self.base.path, lambda: self.base.fingerprint)
         self.value_model = None
         if use_value_model:
@@ -53,16 +54,16 @@ class Engine:
         self.calibration = calibration  # explicit calibration file for `ratio`; else cache, else shipped
         self._lock = threading.Lock()
 
-    def settings(self, settings: GenerationSettings | None = None, **overrides) -> GenerationSettings:
-        """Defaults, then `settings`, then keyword overrides; validated. A target `ratio` with the entropy gate
-        takes its tau from the calibration for this model (CalibrationError if there is none)."""
-        from .calibrate import settings_for_ratio
+    def settings(self, settings: GenerationSettings | None = None, calibration: str | os.PathLike | None = None,
+                 **overrides) -> GenerationSettings:
+        """Defaults, then `settings`, then keyword overrides (GenerationSettings.updated: naming another gate resets
+        the gate parameters, tau and ratio replace each other, both at once is refused); validated. A target
+        `ratio` takes its tau from the calibration for this model (CalibrationError if the entropy gate has none):
+        the `calibration` file, else the engine's, else the cached or shipped one."""
+        from .calibration import resolve_ratio
 
-        base = settings or GenerationSettings()
-        if "stop" in overrides and overrides["stop"] is not None:
-            overrides["stop"] = tuple(overrides["stop"])
-        chosen = base.with_(**{k: v for k, v in overrides.items() if v is not None})
-        return settings_for_ratio(chosen, self.fingerprint, self.calibration)
+        chosen = (settings or GenerationSettings()).updated(**overrides)
+        return resolve_ratio(chosen, self.fingerprint, calibration or self.calibration)
 
     def stream(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,
                log_probs: bool = False, **overrides) -> "Stream":
@@ -106,7 +107,8 @@ class Engine:
 
     def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool):
         with self._lock:
-            yield from run_batched(self.base, self.value_model, requests, batch_size, cancel, log_probs)
+            yield from run_batched(self.base, self.value_model, requests, batch_size, cancel, log_probs,
+                                   max_context=self.base.n_ctx)
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         return self.base.tokenize(text, add_bos=add_bos)
@@ -117,9 +119,12 @@ class Engine:
                 raise PromptError("the prompt is empty: give some text to continue")
             tokens = self.base.tokenize(prompt)
         else:
-            tokens = list(prompt)
+            tokens = [int(t) for t in prompt]
             if not tokens:
                 raise PromptError("the prompt is empty: give some text to continue")
+            outside = [t for t in tokens if not 0 <= t < self.base.n_vocab]
+            if outside:  # llama.cpp would read out of bounds
+                raise PromptError(f"prompt token id {outside[0]} is outside the vocabulary (0..{self.base.n_vocab - 1})")
         if len(tokens) >= self.base.n_ctx:
             raise PromptError(f"the prompt is {len(tokens)} tokens but the context holds {self.base.n_ctx}; "
                               f"shorten it or raise the context size (--ctx)")
@@ -129,7 +134,7 @@ class Engine:
         return tokens
 
     def _check_steerable(self, settings: GenerationSettings) -> None:
-        if settings.gate != "none" and settings.weight != 0.0 and self.value_model is None:
+        if settings.steers and self.value_model is None:
             raise ValueModelError(
                 f"gate {settings.gate!r} needs a value model and none ships for {self.base.name}; "
                 f"pass --value-model (train one with `sia-edge vm train`) or use --gate none"

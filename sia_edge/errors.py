@@ -31,3 +31,7 @@ class CalibrationError(SiaError):
 
 class TrainingDataError(SiaError):
     """Value-model training data is missing, unreadable or unusable (names the file, row and column)."""
+
+
+class ModelOutputError(SiaError):
+    """The base model produced something unusable (e.g. NaN or infinite logits)."""

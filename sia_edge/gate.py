@@ -1,133 +1,91 @@
-"""Per-step uncertainty statistics and the junction policies (pure numpy).
+"""The junction policies ("gates") and their registry (pure numpy).
 
-Every step the decoder asks for the top-k candidates and their entropy (cheap, always computed), then asks a
-gate policy whether this step is a junction (only then does the expensive value model run) -- the same
-"cheap path first" split llama.cpp uses for its grammar check.
+Shaped like llama.cpp's samplers: each gate is a small class with a name, one `decide(step, signal)` call per
+step and `reset(seed)` per generation. GATES is the one table of gates: each entry names the settings field the
+gate reads (tau, q, first_n or ratio), how an evaluation arm parameterises it, and its help text. The settings,
+the CLI, chat's /gate, the server's request fields and eval's arm parser all read it, so a new gate is one class
+and one entry. The uncertainty signals the gates threshold live in signals.py.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import numpy as np
 
 from .errors import InvalidSettingError
 
-# Logits further than this below the maximum are pre-filtered away before partitioning. Most steps keep a few
-# hundred survivors out of Gemma's 262,144 tokens; when fewer than k survive we widen once, then sort exactly.
-_PREFILTER_MARGINS = (12.0, 24.0)
+# Calibrated on Gemma 3 270M base (sia_edge/models/calibration-*.json): with k=10, T=1 this threshold steers half
+# of the steps of unsteered text. Other models should calibrate: `sia-edge calibrate`, then `generate --ratio R`.
+DEFAULT_TAU = 1.67
 
 
-def top_k(logits: np.ndarray, k: int, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest logits, largest first, ties broken by the lower token id (exactly `argsort(-x, stable)[:k]`).
+class Gate(Protocol):
+    name: str
 
-    Returns (ids (k,) int64, values (k,) float32). The input is never modified. A full sort over a 262k
-    vocabulary costs milliseconds, so the candidates are first cut down to those within a margin of the max.
-    `scratch`, a bool array shaped like `logits`, saves allocating the pre-filter mask at every step.
-    """
-    n = logits.shape[0]
-    k = min(k, n)
-    peak = logits.max()
-    if np.isfinite(peak):
-        mask = scratch if scratch is not None else np.empty(n, dtype=bool)
-        for margin in _PREFILTER_MARGINS:
-            np.greater_equal(logits, peak - margin, out=mask)
-            survivors = np.flatnonzero(mask)  # ascending ids
-            if survivors.size >= k:
-                return _exact_top_k(survivors, logits[survivors], k)
-    order = np.argsort(-logits, kind="stable")[:k]  # fallback: -inf/NaN present or a very flat distribution
-    return order.astype(np.int64), logits[order]
+    def reset(self, seed: int) -> None: ...
+
+    def decide(self, step: int, signal: float) -> bool: ...
+
+    def describe(self) -> str: ...
 
 
-def _exact_top_k(ids: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of a candidate subset whose ids are ascending; ties at the k-th value keep the lowest ids."""
-    if ids.size > k:
-        kth_value = np.partition(values, ids.size - k)[ids.size - k]  # the k-th largest
-        above = values > kth_value
-        n_ties_needed = k - int(above.sum())
-        tied = np.flatnonzero(values == kth_value)[:n_ties_needed]
-        keep = np.sort(np.concatenate([np.flatnonzero(above), tied]))
-        ids, values = ids[keep], values[keep]
-    order = np.lexsort((ids, -values))  # by value descending, then id ascending
-    return ids[order].astype(np.int64), values[order]
-
-
-def softmax_entropy(logits: np.ndarray) -> float:
-    """Entropy in nats of softmax(logits), computed in float64 without forming log-probabilities.
-
-    H = log S - sum(e * z) / S with z = x - max(x), e = exp(z), S = sum(e). Entries at -inf contribute nothing.
-    """
-    x = np.asarray(logits, dtype=np.float64)
-    peak = x.max()
-    if not np.isfinite(peak):
-        return 0.0 if peak == -np.inf else math.nan
-    z = x - peak
-    e = np.exp(z)
-    total = e.sum()
-    live = e > 0.0  # entries at -inf: 0 * -inf must count as 0, not NaN
-    weighted = (e[live] * z[live]).sum()
-    return float(max(math.log(total) - weighted / total, 0.0))
-
-
-def full_vocab_entropy(logits: np.ndarray) -> float:
-    """Entropy over the whole vocabulary, fused in float32 for speed (one exp pass)."""
-    peak = logits.max()
-    z = logits - peak
-    e = np.exp(z)
-    total = float(e.sum(dtype=np.float64))
-    finite = np.isfinite(z)
-    weighted = float(np.dot(e[finite], z[finite]))
-    return max(math.log(total) - weighted / total, 0.0)
-
-
-def top_two_ratio(sorted_logits: np.ndarray) -> float:
-    """p2 / p1 = exp(l2 - l1) for logits sorted largest first: 1 when the top two tie, near 0 when one dominates.
-
-    The margin alternative to entropy: it asks only whether the runner-up is a real contender. In [0, 1], larger
-    means less certain, so every threshold, calibration and quantile built for entropy works on it unchanged.
-    """
-    if sorted_logits.shape[0] < 2 or not np.isfinite(sorted_logits[0]):
-        return 0.0
-    return float(math.exp(sorted_logits[1] - sorted_logits[0]))
-
-
-# The uncertainty signal a gate thresholds (settings.entropy_over): the paper's top-k entropy, the entropy of the
-# whole vocabulary, or the top-two probability ratio.
-SIGNALS = ("top-k", "full", "top2")
-SIGNAL_HELP = ("The uncertainty the gate thresholds: 'top-k' entropy of the k candidates (the paper), 'full' entropy "
-               "of the whole vocabulary, or 'top2' the runner-up/top probability ratio p2/p1.")
+# --- the parameters gates read -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class StepStats:
-    """The cheap statistics of one decoding step."""
+class GateParameter:
+    """A GenerationSettings field that parameterises a gate, with its range and help text."""
 
-    candidate_ids: np.ndarray  # (k,) int64, best first
-    candidate_logits: np.ndarray  # (k,) float64 raw logits
-    entropy: float  # the uncertainty signal: nats over the k candidates, over the vocabulary, or p2/p1 (SIGNALS)
+    name: str
+    kind: type  # float or int
+    low: float
+    high: float  # inclusive bounds; math.inf for none
+    help: str
+
+    def check(self, value) -> None:
+        """InvalidSettingError naming the parameter and echoing the value, unless it is in range."""
+        if self.kind is int:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            ok = ok and self.low <= value <= self.high
+        else:
+            ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value) and self.low <= value <= self.high
+        if not ok:
+            bounds = f">= {self.low:g}" if self.high == math.inf else f"in [{self.low:g}, {self.high:g}]"
+            kind = " (a whole number)" if self.kind is int else ""
+            raise InvalidSettingError(f"{self.name} must be {bounds}{kind}, got {value!r}")
+
+    def parse(self, text: str):
+        """A value typed by a person ('0.3', '12'); a fraction for a whole-number parameter is refused."""
+        try:
+            number = float(text)
+        except ValueError:
+            raise InvalidSettingError(f"{self.name} must be a number, got {text!r}") from None
+        if self.kind is int:
+            if not number.is_integer():
+                raise InvalidSettingError(f"{self.name} must be a whole number, got {text!r}")
+            number = int(number)
+        self.check(number)
+        return number
 
 
-def step_stats(logits: np.ndarray, k: int, entropy_over: str = "top-k", scratch: np.ndarray | None = None) -> StepStats:
-    """Top-k candidates and the entropy the gate looks at, for one logits row."""
-    ids, values = top_k(logits, k, scratch)
-    values64 = values.astype(np.float64)
-    if entropy_over == "full":
-        entropy = full_vocab_entropy(logits)
-    elif entropy_over == "top2":
-        entropy = top_two_ratio(values64)
-    else:
-        entropy = softmax_entropy(values64)
-    return StepStats(ids, values64, entropy)
+PARAMETERS: dict[str, GateParameter] = {p.name: p for p in (
+    GateParameter("tau", float, 0.0, math.inf, f"threshold on the signal (nats for entropy) [default: {DEFAULT_TAU}]"),
+    GateParameter("ratio", float, 0.0, 1.0, "target share of steered tokens; tau comes from the model's calibration"),
+    GateParameter("q", float, 0.0, 1.0, "steering probability per token"),
+    GateParameter("first_n", int, 0, math.inf, "number of leading tokens to steer"),
+)}
 
 
-# --- junction policies -------------------------------------------------------------------------------------
-# Shaped like llama.cpp samplers: a frozen config, a name, one decide() call per step, reset() per generation.
+# --- the gates ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class EntropyGate:
-    """SIA's gate (Hu et al. 2026, arXiv 2602.21215): steer iff the step's entropy H >= tau.
+    """SIA's gate (Hu et al. 2026, arXiv 2602.21215): steer iff the step's signal H >= tau.
 
     tau = inf never steers; tau = 0 steers every step.
     """
@@ -136,14 +94,14 @@ class EntropyGate:
     name: str = field(default="entropy", init=False)
 
     def __post_init__(self) -> None:
-        if not (self.tau >= 0.0):  # also rejects NaN
-            raise InvalidSettingError(f"tau must be >= 0 nats, got {self.tau}")
+        if self.tau != math.inf:
+            PARAMETERS["tau"].check(self.tau)
 
     def reset(self, seed: int) -> None:
         pass
 
-    def decide(self, step: int, entropy: float) -> bool:
-        return entropy >= self.tau
+    def decide(self, step: int, signal: float) -> bool:
+        return signal >= self.tau
 
     def describe(self) -> str:
         return f"entropy-gate(tau={self.tau:g})"
@@ -158,7 +116,7 @@ class DenseGate:
     def reset(self, seed: int) -> None:
         pass
 
-    def decide(self, step: int, entropy: float) -> bool:
+    def decide(self, step: int, signal: float) -> bool:
         return True
 
     def describe(self) -> str:
@@ -174,7 +132,7 @@ class NoneGate:
     def reset(self, seed: int) -> None:
         pass
 
-    def decide(self, step: int, entropy: float) -> bool:
+    def decide(self, step: int, signal: float) -> bool:
         return False
 
     def describe(self) -> str:
@@ -183,7 +141,7 @@ class NoneGate:
 
 @dataclass
 class RandomGate:
-    """Steer each step with probability q, independent of entropy: the matched-sparsity control.
+    """Steer each step with probability q, independent of the signal: the matched-sparsity control.
 
     Its random stream is derived from the generation seed but separate from the sampler's, so switching the
     gate never changes which uniform numbers the sampler draws.
@@ -193,14 +151,13 @@ class RandomGate:
     name: str = field(default="random", init=False)
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.q <= 1.0):
-            raise InvalidSettingError(f"q must be in [0, 1], got {self.q}")
+        PARAMETERS["q"].check(self.q)
         self._rng = np.random.default_rng(0)
 
     def reset(self, seed: int) -> None:
         self._rng = np.random.default_rng([seed, 0x5EED])
 
-    def decide(self, step: int, entropy: float) -> bool:
+    def decide(self, step: int, signal: float) -> bool:
         return bool(self._rng.random() < self.q)
 
     def describe(self) -> str:
@@ -215,13 +172,12 @@ class FirstNGate:
     name: str = field(default="first-n", init=False)
 
     def __post_init__(self) -> None:
-        if self.n < 0:
-            raise InvalidSettingError(f"first_n must be >= 0, got {self.n}")
+        PARAMETERS["first_n"].check(self.n)
 
     def reset(self, seed: int) -> None:
         pass
 
-    def decide(self, step: int, entropy: float) -> bool:
+    def decide(self, step: int, signal: float) -> bool:
         return step < self.n
 
     def describe(self) -> str:
@@ -232,9 +188,9 @@ class FirstNGate:
 class OnlineRatioGate:
     """Hold the realised junction ratio near a target on every prompt (an improvement over the paper).
 
-    The threshold is a running quantile of the entropies seen so far in this generation, seeded with a prior
+    The threshold is a running quantile of the signals seen so far in this generation, seeded with a prior
     threshold (e.g. from calibration) so that the first steps behave like the fixed gate. A small integral
-    correction keeps the realised ratio itself on target as the text drifts.
+    correction keeps the realised ratio itself on target as the text drifts. Ratio 0 never steers.
     """
 
     ratio: float
@@ -242,10 +198,8 @@ class OnlineRatioGate:
     name: str = field(default="online", init=False)
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.ratio <= 1.0):
-            raise InvalidSettingError(f"ratio must be in [0, 1], got {self.ratio}")
-        if not (self.prior_tau >= 0.0):
-            raise InvalidSettingError(f"tau must be >= 0 nats, got {self.prior_tau}")
+        PARAMETERS["ratio"].check(self.ratio)
+        PARAMETERS["tau"].check(self.prior_tau)
         self.reset(0)
 
     def reset(self, seed: int) -> None:
@@ -257,13 +211,15 @@ class OnlineRatioGate:
             return self.prior_tau
         return float(np.quantile(self._seen, 1.0 - self.ratio))
 
-    def decide(self, step: int, entropy: float) -> bool:
+    def decide(self, step: int, signal: float) -> bool:
         tau = self.threshold()
-        self._seen.append(entropy)
+        self._seen.append(signal)
+        if self.ratio == 0.0:  # nothing to hold: without this the +-1 slack below still let two junctions through
+            return False
         n = len(self._seen)
         behind = self._steered < self.ratio * n - 1.0  # steered too little so far: take this one if uncertain
         ahead = self._steered > self.ratio * n + 1.0
-        junction = (entropy >= tau and not ahead) or (behind and entropy > 0.0)
+        junction = (signal >= tau and not ahead) or (behind and signal > 0.0)
         self._steered += junction
         return junction
 
@@ -272,21 +228,20 @@ class OnlineRatioGate:
 
 
 class BudgetQuantileGate:
-    """Proposed replacement for OnlineRatioGate: hold `ratio` on every prompt without steering confident steps.
+    """Hold `ratio` on every prompt without ever steering a step for being late in the budget alone.
 
     OnlineRatioGate thresholds at a running quantile, then overrides it: when it is more than one junction behind
-    it steers the next step whatever its entropy (even H ~ 0, where steering changes nothing and wastes a value-model
+    it steers the next step whatever its signal (even H ~ 0, where steering changes nothing and wastes a value-model
     call), and when more than one ahead it refuses any step. Here the budget error moves the *quantile level*
     instead: owing junctions lowers the threshold smoothly (over `horizon` steps), being ahead raises it, and a
-    step is only ever steered for ranking high among this text's own entropies. Not yet behind a --gate name: measured by replay
-    (tools/replay_gates.py), not yet by a full evaluation.
+    step is only ever steered for ranking high among this text's own signals. Ratio 0 never steers.
     """
 
     name = "online-budget"
 
     def __init__(self, ratio: float, prior_tau: float, warmup: int = 8, horizon: float = 16.0) -> None:
-        if not 0.0 <= ratio <= 1.0:
-            raise InvalidSettingError(f"ratio must be in [0, 1], got {ratio}")
+        PARAMETERS["ratio"].check(ratio)
+        PARAMETERS["tau"].check(prior_tau)
         self.ratio, self.prior_tau, self.warmup, self.horizon = ratio, prior_tau, warmup, horizon
         self.reset(0)
 
@@ -296,15 +251,17 @@ class BudgetQuantileGate:
 
     def threshold(self) -> float:
         n = len(self._seen)
+        if self.ratio == 0.0:
+            return math.inf
         if n < self.warmup:
             return self.prior_tau
         owed = self.ratio * (n + 1) - self._steered  # junctions owed, counting the step being decided
         level = min(1.0, max(0.0, self.ratio + owed / self.horizon))
         return math.inf if level <= 0.0 else float(np.quantile(self._seen, 1.0 - level))
 
-    def decide(self, step: int, entropy: float) -> bool:
-        junction = entropy >= self.threshold()
-        self._seen.append(entropy)
+    def decide(self, step: int, signal: float) -> bool:
+        junction = signal >= self.threshold()
+        self._seen.append(signal)
         self._steered += junction
         return junction
 
@@ -312,4 +269,43 @@ class BudgetQuantileGate:
         return f"online-budget-gate(r={self.ratio:g}, prior_tau={self.prior_tau:g})"
 
 
-GATE_NAMES = ("entropy", "dense", "none", "random", "first-n", "online")
+# --- the registry ------------------------------------------------------------------------------------------
+
+# How an evaluation arm `NAME@R` sets a gate's parameter:
+#   fixed       the arm takes no @R (none, dense)
+#   calibrated  R is a target ratio; tau comes from the calibration (entropy; the online gates' prior)
+#   matched     the arm copies the realised behaviour of entropy@R in the same run (random: q, first-n: N)
+ARM_KINDS = ("fixed", "calibrated", "matched")
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    name: str
+    help: str  # one line: what it steers, for --help, /gate and the docs
+    parameter: str | None  # the settings field it reads (a key of PARAMETERS), or None
+    build: Callable[[object], Gate]  # GenerationSettings -> a fresh gate
+    arm: str  # one of ARM_KINDS
+    steers: bool = True  # False only for the gate that never steers
+    listed: bool = True  # False: experimental, accepted by name but not offered in --help choices
+
+
+def _tau(settings) -> float:
+    return settings.threshold
+
+
+GATES: dict[str, GateSpec] = {spec.name: spec for spec in (
+    GateSpec("entropy", "steps whose signal H >= --tau, the paper's SIA", "tau", lambda s: EntropyGate(_tau(s)), "calibrated"),
+    GateSpec("dense", "every step, ARGS", None, lambda s: DenseGate(), "fixed"),
+    GateSpec("none", "no step, the unsteered arm with the same sampler", None, lambda s: NoneGate(), "fixed",
+             steers=False),
+    GateSpec("random", "each step with probability --q, the matched-sparsity control", "q",
+             lambda s: RandomGate(s.q), "matched"),
+    GateSpec("first-n", "the first --first-n tokens, the positional control", "first_n",
+             lambda s: FirstNGate(s.first_n), "matched"),
+    GateSpec("online", "holds --ratio on every prompt", "ratio",
+             lambda s: OnlineRatioGate(s.ratio, _tau(s)), "calibrated"),
+    GateSpec("online-budget", "experimental online controller (docs/results.md)", "ratio",
+             lambda s: BudgetQuantileGate(s.ratio, _tau(s)), "calibrated", listed=False),
+)}
+GATE_NAMES = tuple(name for name, spec in GATES.items() if spec.listed)
+GATE_HELP = "When to steer: " + "; ".join(f"{spec.name}: {spec.help}" for spec in GATES.values() if spec.listed) + "."

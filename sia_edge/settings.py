@@ -1,80 +1,128 @@
-"""One settings object behind the CLI options, the Python API and the docs."""
+"""One settings object behind the CLI options, the Python API, the server and the docs. Defaults and checks live
+here once; the gates and signals it names come from their registries (gate.GATES, signals.SIGNALS)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import InvalidSettingError
-from .gate import (SIGNALS, DenseGate, EntropyGate, FirstNGate, GATE_NAMES, NoneGate, OnlineRatioGate,
-                   RandomGate)
+from .gate import DEFAULT_TAU, GATES, PARAMETERS
+from .signals import SIGNALS
 
-# Calibrated on Gemma 3 270M base (sia_edge/models/calibration-*.json): with k=10, T=1 this threshold steers half
-# of the steps of unsteered text; in the reduced evaluation (docs/results.md) it kept ~90% of dense steering's
-# judge-score gain. Other models should calibrate: `sia-edge calibrate`, then `generate --ratio R`.
-DEFAULT_TAU = 1.67
+TAU_AND_RATIO = ("give tau or ratio, not both: a ratio takes tau from the model's calibration "
+                 "(the online gate uses it as its prior)")
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """How to generate: sampling, gate, steering and stop conditions. Validated on construction."""
 
-    gate: str = "entropy"  # entropy | dense | none | random | first-n | online
-    tau: float = DEFAULT_TAU  # entropy threshold in nats (entropy gate; prior for the online gate)
-    ratio: float | None = None  # target junction ratio (online gate; or to look tau up in a calibration)
+    gate: str = "entropy"  # a name in gate.GATES
+    tau: float | None = None  # threshold on the signal (entropy gate; the online gate's prior); None: DEFAULT_TAU
+    ratio: float | None = None  # target junction ratio: the online gate holds it; the entropy gate looks tau up
     q: float = 0.2  # steering probability of the random gate
     first_n: int = 32  # steered positions of the first-n gate
     top_k: int = 10  # candidates per step (the paper's k)
     weight: float = 1.0  # w in s = l + w * r
     temperature: float = 1.0  # T; 0 means greedy
-    entropy_over: str = "top-k"  # the gate's signal (gate.SIGNALS): top-k (the paper) | full | top2
+    signal: str = "top-k"  # what the gate thresholds: a name in signals.SIGNALS
     max_tokens: int = 128
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None  # None: a fresh one is drawn and reported
+    calibrated_tau: float | None = None  # tau the Engine looked up for `ratio`; not for users to set
 
     def __post_init__(self) -> None:
-        if self.gate not in GATE_NAMES:
-            raise InvalidSettingError(f"gate must be one of {', '.join(GATE_NAMES)}, got {self.gate!r}")
-        _check(self.top_k >= 1, "top_k must be >= 1", self.top_k)
-        _check(math.isfinite(self.tau) and self.tau >= 0, "tau must be a finite number >= 0 nats", self.tau)
-        _check(0.0 <= self.q <= 1.0, "q must be in [0, 1]", self.q)
-        _check(self.ratio is None or 0.0 <= self.ratio <= 1.0, "ratio must be in [0, 1]", self.ratio)
-        _check(self.first_n >= 0, "first_n must be >= 0", self.first_n)
+        if self.gate not in GATES:
+            known = ", ".join(GATES)
+            raise InvalidSettingError(f"gate must be one of {known}, got {self.gate!r}")
+        for name, parameter in PARAMETERS.items():
+            value = getattr(self, name)
+            if value is not None:
+                parameter.check(value)
+        if self.tau is not None and self.ratio is not None:
+            raise InvalidSettingError(TAU_AND_RATIO)
+        _check(isinstance(self.top_k, int) and self.top_k >= 1, "top_k must be >= 1", self.top_k)
         _check(math.isfinite(self.weight), "weight must be a finite number", self.weight)
         _check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0",
                self.temperature)
-        _check(self.entropy_over in SIGNALS, f"entropy_over must be one of {', '.join(SIGNALS)}", self.entropy_over)
-        _check(self.max_tokens >= 1, "max_tokens must be >= 1", self.max_tokens)
+        _check(self.signal in SIGNALS, f"signal must be one of {', '.join(SIGNALS)}", self.signal)
+        _check(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be >= 1", self.max_tokens)
         _check(self.seed is None or 0 <= self.seed < 2**63, "seed must be in [0, 2**63)", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty", self.stop)
-        if self.gate == "online" and self.ratio is None:
-            raise InvalidSettingError("the online gate needs a target ratio, got ratio=None")
+        if GATES[self.gate].parameter == "ratio" and self.ratio is None:
+            raise InvalidSettingError(f"the {self.gate} gate needs a target ratio, got ratio=None")
+
+    # --- derived facts, asked everywhere -----------------------------------------------------------------
+
+    @property
+    def steers(self) -> bool:
+        """Whether this generation can call the value model at all."""
+        return GATES[self.gate].steers and self.weight != 0.0
+
+    @property
+    def needs_calibration(self) -> bool:
+        """A ratio on a gate that thresholds the signal: tau must be looked up (Engine.settings does it)."""
+        return self.ratio is not None and GATES[self.gate].arm == "calibrated"
+
+    @property
+    def threshold(self) -> float:
+        """The tau the gate uses: looked up for the ratio, else the given tau, else DEFAULT_TAU."""
+        if self.calibrated_tau is not None:
+            return self.calibrated_tau
+        return self.tau if self.tau is not None else DEFAULT_TAU
+
+    # --- changes -----------------------------------------------------------------------------------------
 
     def with_(self, **changes) -> "GenerationSettings":
         return replace(self, **changes)
+
+    def updated(self, **changes) -> "GenerationSettings":
+        """These settings with the given (non-None) changes, as a person means them: naming another gate resets
+        every gate parameter to its default; naming tau drops an inherited ratio and naming ratio drops an
+        inherited tau (both at once is refused). A calibration lookup made for other settings is dropped."""
+        changes = {key: value for key, value in changes.items() if value is not None}
+        if "stop" in changes:
+            changes["stop"] = tuple(changes["stop"])
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if "gate" in changes and changes["gate"] != self.gate:
+            values.update({name: _DEFAULTS[name] for name in PARAMETERS})
+        if "tau" in changes and "ratio" not in changes:
+            values["ratio"] = None
+        if "ratio" in changes and "tau" not in changes:
+            values["tau"] = None
+        if any(name in changes for name in _CALIBRATION_KEY):
+            values["calibrated_tau"] = None  # looked up for other settings: stale
+        return GenerationSettings(**{**values, **changes})
+
+    def with_gate(self, name: str, value=None) -> "GenerationSettings":
+        """Switch to gate `name`, with its parameter set to `value` if given (chat's `/gate NAME X`)."""
+        if name not in GATES:
+            raise InvalidSettingError(f"gate must be one of {', '.join(GATES)}, got {name!r}")
+        parameter = GATES[name].parameter
+        if value is not None and parameter is None:
+            raise InvalidSettingError(f"gate {name} takes no parameter")
+        return self.updated(gate=name, **({parameter: value} if value is not None else {}))
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def build_gate(self):
         """The junction policy these settings describe."""
-        if self.gate == "entropy":
-            return EntropyGate(self.tau)
-        if self.gate == "dense":
-            return DenseGate()
-        if self.gate == "none":
-            return NoneGate()
-        if self.gate == "random":
-            return RandomGate(self.q)
-        if self.gate == "first-n":
-            return FirstNGate(self.first_n)
-        return OnlineRatioGate(self.ratio, self.tau)
+        if self.needs_calibration and self.calibrated_tau is None and self.gate == "entropy":
+            raise InvalidSettingError(f"ratio {self.ratio:g} needs the model's calibration to become a tau: "
+                                      "build the settings through Engine.settings(...)")
+        return GATES[self.gate].build(self)
 
     def describe(self) -> str:
         """One line, like llama.cpp's sampler-chain print."""
-        entropy = {"top-k": "entropy", "full": "full-entropy", "top2": "top2-ratio"}[self.entropy_over]
-        return (f"logits -> top-k({self.top_k}) -> {entropy} -> {self.build_gate().describe()} -> "
+        return (f"logits -> top-k({self.top_k}) -> {SIGNALS[self.signal].label} -> {self.build_gate().describe()} -> "
                 f"value(w={self.weight:g}) -> sample(T={self.temperature:g})")
+
+
+# what a calibrated tau depends on: changing any of these makes a looked-up tau stale
+_CALIBRATION_KEY = ("gate", "tau", "ratio", "top_k", "temperature", "signal")
+_DEFAULTS = {f.name: f.default for f in fields(GenerationSettings) if f.name in PARAMETERS}
 
 
 def _check(ok: bool, message: str, value) -> None:

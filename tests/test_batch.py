@@ -110,10 +110,12 @@ def test_slot_contract(engine):
         with pytest.raises(RuntimeError, match="flush"):
             slot.logits()
         context.flush()
-        assert not np.array_equal(slot.logits(), first)
+        after_step = slot.logits().copy()
+        assert not np.array_equal(after_step, first)
         context.slots[1].prefill(engine.tokenize("Soup"))  # another slot's prefill leaves this slot's row alone
         assert slot.n_past == len(engine.tokenize("The movie was")) + 1
-        assert np.array_equal(slot.logits(), slot.logits())
+        assert np.array_equal(slot.logits(), after_step)
+        assert not np.array_equal(context.slots[1].logits(), after_step)  # the other slot did get its own row
     finally:
         context.close()
 
@@ -124,3 +126,21 @@ def test_bad_batch_requests_are_refused(engine):
     with pytest.raises(InvalidSettingError, match="seeds"):
         list(engine.generate_many(PROMPTS[:2], seeds=[1]))
     assert list(engine.generate_many([], seeds=[])) == []
+
+
+def test_batched_generation_stops_at_the_engines_context_like_generate(gemma_path):
+    """A slot holds no more than the engine's --ctx: a batched run that outgrows it stops with 'context' at the
+    same token as `generate`, instead of running on past the context the user asked for."""
+    from sia_edge.engine import Engine
+
+    small = Engine(gemma_path, n_ctx=32, use_value_model=False)
+    try:
+        prompt = "The longest story I ever heard began like this:"
+        prompt_tokens = len(small.tokenize(prompt))
+        single = small.generate(prompt, gate="none", max_tokens=64, seed=2)
+        [output] = run(small, [prompt], [2], batch_size=2, gate="none", max_tokens=64)
+        assert single.stop_reason == output.result.stop_reason == "context"
+        # the last token is chosen from the last position's logits but no longer fits to be fed back
+        assert len(single.token_ids) == len(output.result.token_ids) == small.base.n_ctx - prompt_tokens + 1
+    finally:
+        small.close()

@@ -24,9 +24,10 @@ def test_bench_runs_end_to_end_and_emits_json(gemma_path, tmp_path):
     assert set(arms) == {"raw decode", "llama-cpp-python", "sia none", "sia entropy r=0.2", "sia entropy r=0.5",
                          "sia dense"}
     for row in arms.values():
-        assert row["tokens_per_second"] > 0
-        assert row["vs_raw_decode"] == pytest.approx(row["tokens_per_second"] / arms["raw decode"]["tokens_per_second"])
+        assert row["min"] <= row["tokens_per_second"] <= row["max"] and row["min"] > 0
+        assert row["tokens"] > 0
     assert arms["sia none"]["junction_ratio"] == 0.0 and arms["sia dense"]["junction_ratio"] == 1.0
+    assert 0.0 < arms["sia entropy r=0.2"]["junction_ratio"] < arms["sia entropy r=0.5"]["junction_ratio"] < 1.0
     assert arms["sia none"]["value_model_ms_per_token"] == 0.0
     assert arms["sia dense"]["value_model_ms_per_token"] > 0.0
     assert set(report["gate_ms"]) >= {"top-k + entropy (sia-edge)", "argpartition top-k (naive)"}
@@ -34,7 +35,6 @@ def test_bench_runs_end_to_end_and_emits_json(gemma_path, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     batched = {row["mode"]: row for row in report["batched"]}
     assert set(batched) == {"sequential", "batch 1", "batch 3"}
-    assert batched["sequential"]["vs_sequential"] == 1.0
     for row in batched.values():
         assert row["requests"] == 3 and 0 < row["tokens"] <= 3 * 8 and row["tokens_per_second"] > 0
 
@@ -75,7 +75,7 @@ def test_positive_text_scores_above_negative(value_model):
 def test_batch_sizes_option_parses_and_refuses_nonsense():
     import click
 
-    from sia_edge.bench import parse_batch_sizes
+    from sia_edge.commands.bench import parse_batch_sizes
 
     assert parse_batch_sizes("1,4, 8") == [1, 4, 8] and parse_batch_sizes("") == []
     for bad in ("0,4", "two", "4,-1"):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sia_edge.calibrate import (build_calibration, cache_calibration_path, calibrate_command, parse_ratios,
-                                read_prompt_file, settings_for_ratio, tau_for_ratio, tau_from_calibration,
+from sia_edge.commands.calibrate import calibrate_command
+from sia_edge.calibration import (build_calibration, cache_calibration_path, parse_ratios,
+                                  read_prompt_file, resolve_ratio, tau_for_ratio, tau_from_calibration,
                                 taus_from_entropies, write_json)
 from sia_edge.errors import CalibrationError, InvalidSettingError, PromptError
 from sia_edge.settings import GenerationSettings
@@ -77,25 +78,25 @@ def test_calibration_is_well_formed_and_monotone(calibration_file, engine):
     assert all(0.0 <= tau <= np.log(10) + 1e-9 for tau in taus)
 
 
-def test_settings_for_ratio_takes_tau_from_the_calibration(calibration_file, engine):
+def test_resolve_ratio_takes_tau_from_the_calibration(calibration_file, engine):
     taus = json.loads(calibration_file.read_text())["taus"]
-    entropy = settings_for_ratio(GenerationSettings(ratio=0.2), engine.fingerprint, calibration_file)
-    assert entropy.tau == pytest.approx(taus["0.2"])
-    online = settings_for_ratio(GenerationSettings(gate="online", ratio=0.5), engine.fingerprint, calibration_file)
-    assert (online.ratio, online.tau) == (0.5, pytest.approx(taus["0.5"]))
+    entropy = resolve_ratio(GenerationSettings(ratio=0.2), engine.fingerprint, calibration_file)
+    assert entropy.threshold == pytest.approx(taus["0.2"])
+    online = resolve_ratio(GenerationSettings(gate="online", ratio=0.5), engine.fingerprint, calibration_file)
+    assert (online.ratio, online.threshold) == (0.5, pytest.approx(taus["0.5"]))
     plain = GenerationSettings(tau=1.1)
-    assert settings_for_ratio(plain, engine.fingerprint) is plain  # no ratio asked: nothing to look up
+    assert resolve_ratio(plain, engine.fingerprint) is plain  # no ratio asked: nothing to look up
 
 
-def test_settings_for_ratio_errors_clearly_without_calibration(calibration_file, tmp_path, monkeypatch):
+def test_resolve_ratio_errors_clearly_without_calibration(calibration_file, tmp_path, monkeypatch):
     monkeypatch.setenv("SIA_EDGE_CACHE_DIR", str(tmp_path))
     with pytest.raises(CalibrationError, match=r"no calibration for .*sia-edge calibrate --prompts FILE"):
-        settings_for_ratio(GenerationSettings(ratio=0.2), FAKE_FINGERPRINT)
+        resolve_ratio(GenerationSettings(ratio=0.2), FAKE_FINGERPRINT)
     with pytest.raises(CalibrationError, match="does not match"):  # an explicit file for another model
-        settings_for_ratio(GenerationSettings(ratio=0.2), FAKE_FINGERPRINT, calibration_file)
+        resolve_ratio(GenerationSettings(ratio=0.2), FAKE_FINGERPRINT, calibration_file)
     # the online gate adapts on its own, so it may run without a calibration
-    online = GenerationSettings(gate="online", ratio=0.3, tau=1.2)
-    assert settings_for_ratio(online, FAKE_FINGERPRINT) == online
+    online = GenerationSettings(gate="online", ratio=0.3)
+    assert resolve_ratio(online, FAKE_FINGERPRINT) == online
 
 
 def test_calibration_is_found_in_the_cache(calibration_file, engine, tmp_path, monkeypatch):
@@ -110,7 +111,7 @@ def test_calibration_is_found_in_the_cache(calibration_file, engine, tmp_path, m
 
 def test_online_gate_holds_the_ratio_on_every_prompt(calibration_file, engine):
     target = 0.3
-    settings = settings_for_ratio(GenerationSettings(gate="online", ratio=target, max_tokens=48),
+    settings = resolve_ratio(GenerationSettings(gate="online", ratio=target, max_tokens=48),
                                   engine.fingerprint, calibration_file)
     for seed, prompt in enumerate(read_prompt_file(PROMPTS / "dev.txt")[:3]):
         stats = engine.generate(prompt, settings, seed=seed).stats
@@ -131,12 +132,12 @@ def test_calibrate_command_writes_the_file(gemma_path, tmp_path):
 
 
 def test_proposed_budget_gate_holds_the_ratio_and_prefers_uncertain_steps():
-    from sia_edge.calibrate import replay_gate
     from sia_edge.gate import BudgetQuantileGate
 
     rng = np.random.default_rng(0)
     for drift in (0.0, -1.0):  # stationary entropies, and a text that grows more confident as it goes
         trace = np.clip(rng.uniform(0, 2.3, 200) + np.linspace(0, drift, 200), 0, None).tolist()
-        chosen = replay_gate(BudgetQuantileGate(0.3, prior_tau=1.6), trace)
+        gate = BudgetQuantileGate(0.3, prior_tau=1.6)
+        chosen = [gate.decide(step, h) for step, h in enumerate(trace)]
         assert abs(np.mean(chosen) - 0.3) <= 0.05
         assert np.mean([h for h, j in zip(trace, chosen) if j]) > np.mean(trace) + 0.3

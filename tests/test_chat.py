@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sia_edge.chat import ChatSession, PlainFormat, Trimmed, kept_tokens, render_tokens
@@ -58,19 +59,41 @@ def test_trimmed_stream_drops_whitespace_at_both_ends():
         ["", "Hello", " world", "", "", "\n\nagain", ""]
 
 
+def log_softmax(logits):
+    x = logits.astype(np.float64)
+    return x - x.max() - np.log(np.exp(x - x.max()).sum())
+
+
 def test_second_turn_only_decodes_the_new_turn(gemma):
     session = ChatSession(gemma, GenerationSettings(max_tokens=12, seed=1), system=LONG_SYSTEM)
     first = "".join(session.send("Hello! What is your favourite food?"))
     assert first and "User:" not in first
     after_first = len(session.tokens)
     assert session.last.reused_tokens <= 2  # a fresh conversation: nothing to reuse
-    assert "".join(session.send("And your favourite city?"))
+    fed_before = gemma.base.decoded_tokens
+    second = "".join(session.send("And your favourite city?"))
+    assert second
     reused = session.last
     # everything up to the last reply (minus the final token, never decoded) came from the KV cache
     assert reused.reused_tokens >= after_first - 3
     decoded = reused.prompt_tokens - reused.reused_tokens
     assert decoded < 25 < reused.prompt_tokens // 4
-    assert gemma.base.tokens[: reused.reused_tokens] == session.tokens[: reused.reused_tokens]
+    # what llama.cpp was actually fed for this turn: the new prompt tokens, then one per generated token
+    fed = gemma.base.decoded_tokens - fed_before
+    last_not_fed = reused.result.stop_reason in ("length", "stop", "context")  # chosen, then the loop ended
+    assert fed == decoded + len(reused.result.token_ids) - last_not_fed
+    # and the reused cache is right: the next-token distribution after prefilling this turn's prompt on top of it
+    # is the one a cold cache gives (to float tolerance: one big prefill rounds differently from several pieces)
+    prompt = session.tokens[: reused.prompt_tokens]
+    fed_before = gemma.base.decoded_tokens
+    gemma.base.prefill(prompt)
+    assert gemma.base.decoded_tokens - fed_before < len(prompt) // 4  # most of it came from the cache
+    warm = log_softmax(gemma.base.logits())
+    gemma.base.reset()
+    gemma.base.prefill(prompt)
+    cold = log_softmax(gemma.base.logits())
+    top = np.argsort(-cold)[:10]
+    assert warm.argmax() == cold.argmax() and np.abs(warm[top] - cold[top]).max() < 0.1
     assert "last reply:" in session.stats_text() and f"{reused.reused_tokens} reused" in session.stats_text()
 
 
@@ -116,6 +139,12 @@ def test_commands(gemma):
     assert "no reply yet" in session.command("/stats").text
     assert "tau=0.7" in session.command("/gate entropy 0.7").text and session.settings.tau == 0.7
     assert "online" in session.command("/gate online 0.3").text and session.settings.ratio == 0.3
+    # switching gates starts from the new gate's defaults: no ratio left over to override the explicit tau
+    assert "tau=0.7" in session.command("/gate entropy 0.7").text and session.settings.ratio is None
+    "".join(session.send("Hi"))
+    assert "entropy-gate(tau=0.7)" in session.last.result.pipeline
+    assert "not changed" in session.command("/gate first-n 3.7").text and session.settings.gate == "entropy"
+    assert "first-n-gate(n=3)" in session.command("/gate first-n 3").text
     assert "not changed" in session.command("/gate random 3").text
     assert "usage" in session.command("/gate sideways").text
     assert session.command("/gate none").text.endswith("sample(T=1)") and session.settings.gate == "none"

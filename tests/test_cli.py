@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -33,6 +34,35 @@ def test_generate_json_carries_text_and_stats(gemma_path):
     assert stats["value_model_calls"] == 2 * stats["junctions"]
     assert payload["value_model"].endswith("gemma3-270m-sentiment.onnx")
     assert "seed 3" in proc.stderr  # the summary line on stderr always reports the seed
+
+
+def test_generate_with_a_ratio_takes_tau_from_the_shipped_calibration(gemma_path):
+    from sia_edge.calibration import tau_from_calibration
+
+    proc = run_cli("generate", "The movie was", "--json", "-n", "12", "--seed", "3", "--model", str(gemma_path),
+                   "--ratio", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    calibration = json.loads(next(shipped_value_model_dir().glob("calibration-*-top-k.json")).read_text())
+    tau = tau_from_calibration(calibration, 0.2)
+    assert payload["settings"]["ratio"] == 0.2 and payload["settings"]["tau"] is None
+    assert payload["settings"]["calibrated_tau"] == pytest.approx(tau)
+    assert f"entropy-gate(tau={tau:g})" in payload["pipeline"]
+
+
+def test_gpu_layers_are_accepted_and_reported_inactive_on_a_cpu_build(gemma_path):
+    from sia_edge.base_model import gpu_offload_supported
+
+    proc = run_cli("info", "--json", "--gpu-layers", "all", "--model", str(gemma_path))
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["gpu_offload_supported"] == gpu_offload_supported()
+    if not facts["gpu_offload_supported"]:
+        assert facts["gpu_layers"] == 0
+    proc = run_cli("generate", "Hi", "-n", "2", "--gate", "none", "--gpu-layers", "4", "--model", str(gemma_path))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("generate", "Hi", "--gpu-layers", "some", "--model", str(gemma_path))
+    assert proc.returncode == 2 and "layer count" in proc.stderr
 
 
 def test_console_script_is_installed_and_prints_help():
@@ -112,7 +142,7 @@ BAD_INPUTS = [
     ("T < 0", lambda f, g, s: ["x", "--model", g, "--temperature", "-0.5"], "temperature must be >= 0"),
     ("q > 1", lambda f, g, s: ["x", "--model", g, "--gate", "random", "--q", "1.5"], "q must be in [0, 1]"),
     ("online without ratio", lambda f, g, s: ["x", "--model", g, "--gate", "online"], "needs a target ratio"),
-    ("tau and ratio", lambda f, g, s: ["x", "--model", g, "--tau", "1", "--ratio", "0.2"], "give --tau or --ratio"),
+    ("tau and ratio", lambda f, g, s: ["x", "--model", g, "--tau", "1", "--ratio", "0.2"], "give tau or ratio, not both"),
 ]
 
 
@@ -125,6 +155,41 @@ def test_bad_input_is_one_line_and_exit_2(bad_files, gemma_path, smollm_path, na
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("sia-edge: error: ")
     assert message in lines[0]
+
+
+@pytest.mark.parametrize("how", ["argument", "stdin"])
+def test_text_that_is_not_utf8_is_one_line_and_exit_2(gemma_path, how):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIA_EDGE_")}
+    prompt, stdin = (b"caf\xe9 au lait", None) if how == "argument" else (b"-", b"caf\xe9 au lait")
+    proc = subprocess.run([sys.executable, "-m", "sia_edge", "generate", prompt, "-n", "2", "--gate", "none",
+                           "--model", str(gemma_path)], input=stdin, capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == b""
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "not valid UTF-8" in lines[0] and lines[0].startswith("sia-edge: error: ")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc): progress that a busy machine cannot fake."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc to see the process working")
+def test_ctrl_c_during_best_of_prints_the_best_partial_sample(gemma_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIA_EDGE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "sia_edge", "generate", "Once upon a time", "--json", "-n", "1500",
+                             "--best-of", "2", "--seed", "5", "--gate", "none", "--model", str(gemma_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    while proc.poll() is None and cpu_seconds(proc.pid) < 6.0:  # loaded and generating (2 x 1500 tokens is ~1 min)
+        threading.Event().wait(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    payload = json.loads(out)
+    assert [s["stop_reason"] for s in payload["samples"]] == ["cancelled", "cancelled"]
+    assert all(0 < s["tokens"] < 1500 for s in payload["samples"])
+    assert payload["best"] == max(range(2), key=payload["scores"].__getitem__)
+    assert "Traceback" not in err
 
 
 def test_ctrl_c_ends_cleanly_with_what_was_generated(gemma_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sia_edge.errors import InvalidSettingError
-from sia_edge.gate import (DenseGate, EntropyGate, FirstNGate, NoneGate, OnlineRatioGate, RandomGate,
-                           full_vocab_entropy, softmax_entropy, step_stats, top_k)
+from sia_edge.gate import DenseGate, EntropyGate, FirstNGate, NoneGate, OnlineRatioGate, RandomGate
+from sia_edge.signals import full_vocab_entropy, softmax_entropy, step_stats, top_k
 
 
 def reference_entropy(x) -> float:
@@ -157,7 +157,7 @@ def test_top_k_with_a_reused_scratch_mask_is_exact_and_leaves_input_alone():
 
 
 def test_top_two_ratio_against_float64_reference():
-    from sia_edge.gate import step_stats, top_two_ratio
+    from sia_edge.signals import step_stats, top_two_ratio
 
     rng = np.random.default_rng(5)
     for _ in range(50):

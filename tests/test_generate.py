@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sia_edge.errors import InvalidSettingError, PromptError
-from sia_edge.gate import softmax_entropy
+from sia_edge.signals import softmax_entropy
 from sia_edge.steering import choose
 
 PROMPT = "The movie was"
@@ -16,7 +16,7 @@ GATES = [
     dict(gate="none"),
     dict(gate="random", q=0.5),
     dict(gate="first-n", first_n=4),
-    dict(gate="online", ratio=0.5, tau=1.0),
+    dict(gate="online", ratio=0.5),
 ]
 
 
@@ -29,8 +29,9 @@ def test_every_gate_generates(engine, gate):
     assert 1 <= result.stats.tokens <= 12
     assert "".join(e.text for e in events) == result.text
     assert result.text.strip()
-    steps_shown = sum(e.junction for e in events)  # the EOS step, if any, is counted but not shown
-    assert steps_shown <= result.stats.junctions <= steps_shown + (result.stop_reason == "eos")
+    # every step has an event, the end-of-generation one too: the counts are the events
+    assert sum(e.junction for e in events) == result.stats.junctions
+    assert len(events) == result.stats.tokens and events[-1].end == (result.stop_reason == "eos")
     steered = [e for e in events if e.junction]
     for event in steered:  # steered events carry the candidates and their rewards
         assert len(event.candidates) == 10 and len(event.rewards) == 10
@@ -181,6 +182,30 @@ def test_context_overflow_stops_cleanly(gemma_path):
             assert len(small.tokenize(prompt)) + len(result.token_ids) - 1 == n_ctx
     with pytest.raises(PromptError, match=f"context holds {n_ctx}"):
         small.generate("word " * (n_ctx + 5), max_tokens=4)
+
+
+def test_out_of_range_prompt_ids_are_refused_by_the_api(engine):
+    for bad in ([5, engine.base.n_vocab], [-1, 5]):
+        with pytest.raises(PromptError, match="outside the vocabulary"):
+            engine.generate(bad, max_tokens=2)
+
+
+def test_tau_and_ratio_together_are_refused_by_the_api(engine):
+    with pytest.raises(InvalidSettingError, match="give tau or ratio, not both"):
+        engine.generate(PROMPT, tau=1.0, ratio=0.2, max_tokens=2)
+
+
+@pytest.mark.parametrize("signal, tau", [("top-k", 1.2), ("full", 2.5), ("top2", 0.3)])
+def test_the_entropy_gate_steers_exactly_where_the_signal_reaches_tau(engine, signal, tau):
+    """On the real model, for each signal the decoder can threshold: junction == (signal >= tau) at every step."""
+    stream = engine.stream(PROMPT, gate="entropy", tau=tau, signal=signal, max_tokens=24, seed=4)
+    events = list(stream)
+    assert 0 < sum(e.junction for e in events) < len(events)
+    for event in events:
+        assert event.junction == (event.entropy >= tau)
+        if signal == "top2":
+            assert 0.0 <= event.entropy <= 1.0
+    assert f"tau={tau:g}" in stream.result.pipeline
 
 
 @pytest.mark.parametrize("prompt", ["", "   \n"])

@@ -57,8 +57,11 @@ def client(server):
 def test_models_and_health(server, client, gemma_path):
     ids = {m.id for m in client.models.list()}
     assert {"sia-edge-default", gemma_path.stem} <= ids
-    health = httpx.get(server + "/health").json()
-    assert health["status"] == "ok" and "cancelled" in health
+    before = httpx.get(server + "/health").json()
+    assert before["status"] == "ok" and before["active"] == 0
+    client.completions.create(model="sia-edge-default", prompt="Hello", max_tokens=2, seed=1)
+    after = httpx.get(server + "/health").json()
+    assert after["generations"] == before["generations"] + 1 and after["cancelled"] == before["cancelled"]
 
 
 def test_completion_reports_sia_settings_and_replays_by_seed(client):
@@ -134,6 +137,11 @@ def test_errors_are_openai_shaped(server, client):
         error = response.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
     assert httpx.get(server + "/v1/nothing-here").json()["error"]["message"]
+    response = httpx.post(server + "/v1/completions", content=b'{"prompt": "caf\\ud800", "max_tokens": 2}',
+                          headers={"content-type": "application/json"})  # a lone surrogate: not text
+    assert response.status_code == 400 and "UTF-8" in response.json()["error"]["message"]
+    response = httpx.get(server + "/v1/completions")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
 
 
 def test_disconnect_mid_stream_stops_generation(server, client):
@@ -145,14 +153,47 @@ def test_disconnect_mid_stream_stops_generation(server, client):
             lines = response.iter_lines()
             got = [line for _, line in zip(range(6), (l for l in lines if l.startswith("data:")))]
             assert len(got) == 6  # generation is under way; now hang up
-    deadline = time.time() + 15
-    while httpx.get(server + "/health").json()["cancelled"] == before:
-        assert time.time() < deadline, "the abandoned generation was not cancelled"
-        time.sleep(0.2)
+    wait_for_counter(server, "cancelled", before + 1)
     health = httpx.get(server + "/health").json()
     assert health["active"] == 0  # the 1500-token generation no longer holds the model
     out = client.completions.create(model="sia-edge-default", prompt="Hello", max_tokens=4, seed=1)
-    assert out.choices[0].text is not None
+    assert 1 <= out.usage.completion_tokens <= 4 and out.model_extra["sia"]["stop_reason"] != "cancelled"
+
+
+def wait_for_counter(server, name, value, polls=600):
+    """Poll /health until a counter reaches `value`: a bounded number of polls, not a wall-clock deadline that a
+    busy 2-core machine may miss."""
+    for _ in range(polls):
+        if httpx.get(server + "/health", timeout=30).json()[name] >= value:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"/health {name} never reached {value}")
+
+
+def test_disconnect_during_a_non_streaming_request_stops_generation(server):
+    before = httpx.get(server + "/health").json()["cancelled"]
+    body = {"model": "sia-edge-default", "prompt": "Chapter Two\n\nThe rain had not stopped", "max_tokens": 1500,
+            "seed": 2, "gate": "none"}
+    with pytest.raises(httpx.TimeoutException):  # the client gives up and hangs up mid-generation
+        httpx.post(server + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=2.0))
+    wait_for_counter(server, "cancelled", before + 1)
+    assert httpx.get(server + "/health").json()["active"] == 0
+
+
+def test_tau_with_ratio_is_refused_and_a_ratio_takes_the_calibrated_tau(client):
+    from sia_edge.calibration import tau_from_calibration
+    from sia_edge.settings import TAU_AND_RATIO
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="sia-edge-default", prompt="Hi", max_tokens=4,
+                                  extra_body={"tau": 1.0, "ratio": 0.2})
+    assert err.value.body["message"] == TAU_AND_RATIO  # the same message as the Python API
+    out = client.completions.create(model="sia-edge-default", prompt="The movie was", max_tokens=8, seed=3,
+                                    extra_body={"ratio": 0.2})
+    sia = out.model_extra["sia"]
+    calibration = json.loads(next((REPO / "sia_edge" / "models").glob("calibration-*-top-k.json")).read_text())
+    assert sia["ratio"] == 0.2 and sia["tau"] == pytest.approx(tau_from_calibration(calibration, 0.2))
+    assert sia["pipeline"].count(f"tau={sia['tau']:g}") == 1
 
 
 def test_two_concurrent_clients_get_their_own_answers(server, client):
@@ -173,9 +214,29 @@ def test_two_concurrent_clients_get_their_own_answers(server, client):
     threads = [threading.Thread(target=streamed_chat), threading.Thread(target=plain_completion)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    health = httpx.get(server + "/health", timeout=30).json()  # the event loop answers while generating
-    assert health["status"] == "ok"
+    for _ in range(300):  # the event loop answers while a generation is under way
+        health = httpx.get(server + "/health", timeout=30).json()
+        if health["active"] >= 1:
+            break
+        time.sleep(0.05)
+    assert health["status"] == "ok" and health["active"] >= 1
     for t in threads:
         t.join(timeout=120)
     assert results == {"chat": reference_chat, "text": reference_text}
+
+
+def test_request_fields_follow_the_settings_rules(engine):
+    """In-process: a request's tau replaces a --ratio default (it used to be silently overridden by it), a
+    request naming another gate starts from that gate's defaults, and both at once is a 400."""
+    from sia_edge.commands.serve import ApiError, CompletionRequest, Server
+    from sia_edge.settings import GenerationSettings
+
+    server = Server([engine], GenerationSettings(ratio=0.2), notify=lambda message: None)
+    served = server.served(None)
+    settings = server.settings(served, CompletionRequest(prompt="x", tau=0.9), max_tokens=8)
+    assert (settings.tau, settings.ratio, settings.build_gate().tau) == (0.9, None, 0.9)
+    settings = server.settings(served, CompletionRequest(prompt="x", gate="random"), max_tokens=8)
+    assert (settings.gate, settings.ratio, settings.q) == ("random", None, 0.2)
+    with pytest.raises(ApiError) as err:
+        server.settings(served, CompletionRequest(prompt="x", tau=0.9, ratio=0.3), max_tokens=8)
+    assert err.value.status == 400 and "not both" in err.value.message

@@ -12,8 +12,14 @@ import json
 
 import numpy as np
 
-from sia_edge.calibrate import replay_gate, shipped_calibration_path, tau_from_calibration
+from sia_edge.calibration import shipped_calibration_path, tau_from_calibration
 from sia_edge.gate import BudgetQuantileGate, EntropyGate, OnlineRatioGate
+
+
+def replay_gate(gate, entropies: list[float], seed: int = 0) -> list[bool]:
+    """The junction decisions a gate makes on a recorded entropy trace (no steering feedback)."""
+    gate.reset(seed)
+    return [gate.decide(step, h) for step, h in enumerate(entropies)]
 
 
 def hindsight_top(entropies: list[float], ratio: float) -> set[int]:

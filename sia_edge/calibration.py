@@ -4,7 +4,8 @@ Run the base model unsteered (gate none, same k, T and entropy measure as steeri
 collect every step's entropy H, and set tau(r) = quantile_{1-r}(H): the entropy gate H >= tau then steers a share r
 of unsteered steps. Steering changes the text, so the *realised* ratio drifts from r; always report it.
 
-A calibration is one JSON file, valid for one (tokenizer fingerprint, top_k, temperature, entropy_over).
+A calibration is one JSON file, valid for one (tokenizer fingerprint, top_k, temperature, signal). Its key for the
+signal is `entropy_over`, the name of the option before `top2` joined (kept so shipped and cached files stay valid).
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ import math
 import os
 from pathlib import Path
 
-import click
 import numpy as np
 
 from .batch import DEFAULT_BATCH_SIZE
-from .cli import model_options
-from .gate import SIGNAL_HELP, SIGNALS
 from .errors import CalibrationError, InvalidSettingError, PromptError
 from .settings import GenerationSettings
 
@@ -105,7 +103,7 @@ def build_calibration(engine, prompts: list[str], prompt_file: str | None, setti
         "value_model": str(engine.value_model.path) if engine.value_model is not None else None,
         "top_k": settings.top_k,
         "temperature": settings.temperature,
-        "entropy_over": settings.entropy_over,
+        "entropy_over": settings.signal,
         "prompts": len(prompts),
         "prompt_file": prompt_file,
         "seeds": seeds,
@@ -122,39 +120,39 @@ def build_calibration(engine, prompts: list[str], prompt_file: str | None, setti
 # --- finding a calibration ---------------------------------------------------------------------------------
 
 
-def calibration_name(fingerprint: str, top_k: int, temperature: float, entropy_over: str) -> str:
-    return f"{fingerprint[:16]}-k{top_k}-T{temperature:g}-{entropy_over}.json"
+def calibration_name(fingerprint: str, top_k: int, temperature: float, signal: str) -> str:
+    return f"{fingerprint[:16]}-k{top_k}-T{temperature:g}-{signal}.json"
 
 
-def cache_calibration_path(fingerprint: str, top_k: int, temperature: float, entropy_over: str) -> Path:
+def cache_calibration_path(fingerprint: str, top_k: int, temperature: float, signal: str) -> Path:
     from .models import cache_dir
 
-    return cache_dir() / "calibrations" / calibration_name(fingerprint, top_k, temperature, entropy_over)
+    return cache_dir() / "calibrations" / calibration_name(fingerprint, top_k, temperature, signal)
 
 
-def shipped_calibration_path(fingerprint: str, top_k: int, temperature: float, entropy_over: str) -> Path:
+def shipped_calibration_path(fingerprint: str, top_k: int, temperature: float, signal: str) -> Path:
     from .models import shipped_value_model_dir
 
     return shipped_value_model_dir() / ("calibration-" + calibration_name(fingerprint, top_k, temperature,
-                                                                          entropy_over))
+                                                                          signal))
 
 
-def load_calibration(fingerprint: str, top_k: int, temperature: float, entropy_over: str,
+def load_calibration(fingerprint: str, top_k: int, temperature: float, signal: str,
                      path: str | os.PathLike | None = None) -> dict:
     """The calibration for these settings: the explicit path, else the cache, else the one shipped for the model."""
-    wanted = f"tokenizer {fingerprint[:16]}, k={top_k}, T={temperature:g}, entropy over {entropy_over}"
+    wanted = f"tokenizer {fingerprint[:16]}, k={top_k}, T={temperature:g}, signal {signal}"
     if path is not None:
         calibration = _read_calibration(Path(path))
-        mismatch = _mismatch(calibration, fingerprint, top_k, temperature, entropy_over)
+        mismatch = _mismatch(calibration, fingerprint, top_k, temperature, signal)
         if mismatch:
             raise CalibrationError(f"calibration {path} does not match ({mismatch}); it must be for {wanted}; "
                                    f"run `sia-edge calibrate --prompts FILE` with these settings")
         return calibration
-    for candidate in (cache_calibration_path(fingerprint, top_k, temperature, entropy_over),
-                      shipped_calibration_path(fingerprint, top_k, temperature, entropy_over)):
+    for candidate in (cache_calibration_path(fingerprint, top_k, temperature, signal),
+                      shipped_calibration_path(fingerprint, top_k, temperature, signal)):
         if candidate.is_file():
             calibration = _read_calibration(candidate)
-            if not _mismatch(calibration, fingerprint, top_k, temperature, entropy_over):
+            if not _mismatch(calibration, fingerprint, top_k, temperature, signal):
                 return calibration
     raise CalibrationError(f"no calibration for {wanted}; run `sia-edge calibrate --prompts FILE` "
                            f"with the same --top-k, --temperature and --entropy-over")
@@ -172,7 +170,7 @@ def _read_calibration(path: Path) -> dict:
     return calibration
 
 
-def _mismatch(calibration: dict, fingerprint: str, top_k: int, temperature: float, entropy_over: str) -> str:
+def _mismatch(calibration: dict, fingerprint: str, top_k: int, temperature: float, signal: str) -> str:
     """'' if the calibration fits these settings, else what differs."""
     problems = []
     if calibration.get("model_fingerprint") != fingerprint:
@@ -181,8 +179,8 @@ def _mismatch(calibration: dict, fingerprint: str, top_k: int, temperature: floa
         problems.append(f"k={calibration.get('top_k')}")
     if not math.isclose(float(calibration.get("temperature", math.nan)), temperature, abs_tol=1e-9):
         problems.append(f"T={calibration.get('temperature')}")
-    if calibration.get("entropy_over") != entropy_over:
-        problems.append(f"entropy over {calibration.get('entropy_over')}")
+    if calibration.get("entropy_over") != signal:
+        problems.append(f"signal {calibration.get('entropy_over')}")
     return ", ".join(problems)
 
 
@@ -202,34 +200,32 @@ def tau_from_calibration(calibration: dict, ratio: float) -> float:
     return float(np.interp(ratio, ratios, [points[r] for r in ratios]))
 
 
-def tau_for_ratio(ratio: float, fingerprint: str, top_k: int, temperature: float, entropy_over: str,
+def tau_for_ratio(ratio: float, fingerprint: str, top_k: int, temperature: float, signal: str,
                   path: str | os.PathLike | None = None) -> float:
     """The entropy threshold that steers a share `ratio` of unsteered steps (see load_calibration for lookup)."""
-    return tau_from_calibration(load_calibration(fingerprint, top_k, temperature, entropy_over, path), ratio)
+    return tau_from_calibration(load_calibration(fingerprint, top_k, temperature, signal, path), ratio)
 
 
-def settings_for_ratio(settings: GenerationSettings, fingerprint: str,
-                       path: str | os.PathLike | None = None) -> GenerationSettings:
-    """Turn a target ratio into gate parameters, for `generate --ratio R`.
+def resolve_ratio(settings: GenerationSettings, fingerprint: str,
+                  path: str | os.PathLike | None = None) -> GenerationSettings:
+    """Turn a target ratio into the tau the gate thresholds (settings.calibrated_tau), for `--ratio R`.
 
     - gate entropy: tau from the calibration (CalibrationError if there is none).
-    - gate online: keeps the ratio as its target and takes the calibrated tau as its prior; without a
-      calibration the online gate still works (it adapts), so it keeps settings.tau rather than failing.
+    - gates that hold the ratio online: the calibrated tau is their prior; without a calibration they still work
+      (they adapt), so they keep the default prior rather than fail, unless an explicit calibration file does not fit.
     - other gates, or no ratio: unchanged (the ratio means nothing to them).
     """
-    if settings.ratio is None:
-        return settings
-    lookup = (settings.ratio, fingerprint, settings.top_k, settings.temperature, settings.entropy_over, path)
+    if not settings.needs_calibration or settings.calibrated_tau is not None:
+        return settings  # nothing to look up, or already looked up (settings.updated drops a stale lookup)
+    lookup = (settings.ratio, fingerprint, settings.top_k, settings.temperature, settings.signal, path)
     if settings.gate == "entropy":
-        return settings.with_(tau=tau_for_ratio(*lookup))
-    if settings.gate == "online":
-        try:
-            return settings.with_(tau=tau_for_ratio(*lookup))
-        except CalibrationError:
-            if path is not None:  # an explicit calibration that does not fit is a mistake worth reporting
-                raise
-            return settings
-    return settings
+        return settings.with_(calibrated_tau=tau_for_ratio(*lookup))
+    try:
+        return settings.with_(calibrated_tau=tau_for_ratio(*lookup))
+    except CalibrationError:
+        if path is not None:  # an explicit calibration that does not fit is a mistake worth reporting
+            raise
+        return settings
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -238,62 +234,3 @@ def write_json(path: Path, payload: dict) -> None:
     scratch = path.with_name(path.name + ".tmp")
     scratch.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     scratch.replace(path)
-
-
-# --- CLI ---------------------------------------------------------------------------------------------------
-
-
-def sampling_options(func):
-    """-k, -t and --entropy-over: what a calibration is valid for (shared by calibrate and eval)."""
-    options = [
-        click.option("-k", "--top-k", type=click.IntRange(min=1), default=10, show_default=True,
-                     help="Candidates per step, as steering will use."),
-        click.option("-t", "--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
-                     help="Sampling temperature, as steering will use."),
-        click.option("--entropy-over", type=click.Choice(SIGNALS), default="top-k", show_default=True,
-                     help=SIGNAL_HELP),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-@click.command("calibrate")
-@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False), required=True,
-              help="Text file with one prompt per line (use prompts you will not evaluate on).")
-@click.option("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS), show_default=True,
-              help="Comma-separated target junction ratios to compute tau for.")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Generations per prompt (seeds 0..N-1).")
-@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Tokens generated per prompt and seed.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the calibration JSON [default: <cache>/calibrations/<fingerprint>-k-T-entropy.json, "
-                   "where generate --ratio finds it].")
-@sampling_options
-@model_options
-def calibrate_command(prompt_file, ratios, seeds, max_tokens, out, top_k, temperature, entropy_over,
-                      model, value_model, n_ctx, threads):
-    """Compute entropy thresholds for target junction ratios from unsteered generations over a prompt set."""
-    from .cli import build_engine
-
-    prompts = read_prompt_file(prompt_file)
-    chosen_ratios = parse_ratios(ratios)
-    settings = GenerationSettings(gate="none", top_k=top_k, temperature=temperature, entropy_over=entropy_over,
-                                  max_tokens=max_tokens)
-    engine = build_engine(model, value_model, n_ctx, threads, gate="none")
-    calibration = build_calibration(engine, prompts, str(prompt_file), settings, chosen_ratios, seeds, progress=True)
-    target = Path(out) if out else cache_calibration_path(engine.fingerprint, top_k, temperature, entropy_over)
-    write_json(target, calibration)
-    click.echo(json.dumps(calibration["taus"]))
-    click.echo(f"sia-edge: {calibration['tokens']} steps from {len(prompts)} prompts x {seeds} seeds -> {target}",
-               err=True)
-
-
-# --- a proposed online controller (for gate.py's owner to adopt or not) ------------------------------------
-
-
-def replay_gate(gate, entropies: list[float], seed: int = 0) -> list[bool]:
-    """The junction decisions a gate makes on a recorded entropy trace (no steering feedback)."""
-    gate.reset(seed)
-    return [gate.decide(step, h) for step, h in enumerate(entropies)]

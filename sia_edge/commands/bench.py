@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import click
 import numpy as np
 
-from .gate import step_stats
+from ..signals import step_stats
+from .common import DEFAULTS, build_engine, model_options
 
 BENCH_PROMPTS = (
     "The movie was",
@@ -56,7 +57,8 @@ def run_arm(engine, arm: Arm, prompt: str, continuation: list[int], max_tokens: 
     if arm.kind == "raw":
         return len(continuation), engine.base.raw_decode(engine.tokenize(prompt), continuation), {}
     if arm.kind == "completion":
-        tokens, seconds = engine.base.plain_completion(prompt, max_tokens, top_k=10, temperature=1.0, seed=seed)
+        tokens, seconds = engine.base.plain_completion(prompt, max_tokens, top_k=DEFAULTS.top_k,
+                                                       temperature=DEFAULTS.temperature, seed=seed)
         return tokens, seconds, {}
     result = engine.generate(prompt, max_tokens=max_tokens, seed=seed, **arm.settings)
     st = result.stats
@@ -160,10 +162,10 @@ def gate_costs(engine, n_rows: int = 40) -> dict:
         rows.append(logits.copy())
         engine.base.step(int(np.argmax(logits)))
     candidates = {
-        "top-k + entropy (sia-edge)": lambda x: step_stats(x, 10),
+        "top-k + entropy (sia-edge)": lambda x: step_stats(x, DEFAULTS.top_k),
         "argpartition top-k (naive)": lambda x: np.argpartition(-x, 10)[:10],
         "argsort (full sort)": lambda x: np.argsort(-x, kind="stable")[:10],
-        "full-vocabulary entropy": lambda x: step_stats(x, 10, "full"),
+        "full-vocabulary entropy": lambda x: step_stats(x, DEFAULTS.top_k, "full"),
     }
     return {name: _median_ms(func, rows) for name, func in candidates.items()}
 
@@ -260,12 +262,7 @@ def format_table(report: dict) -> str:
 
 
 @click.command("bench")
-@click.option("-m", "--model", type=click.Path(dir_okay=False), default=None,
-              help="GGUF base model [default: $SIA_EDGE_MODEL, else the built-in one].")
-@click.option("--value-model", type=click.Path(dir_okay=False), default=None,
-              help="ONNX value model [default: the one shipped for the base model].")
-@click.option("--ctx", "n_ctx", type=click.IntRange(min=64), default=2048, show_default=True, help="Context size.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="llama.cpp threads [default: all cores].")
+@model_options
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="New tokens per generation.")
 @click.option("--repetitions", type=click.IntRange(min=1), default=3, show_default=True,
@@ -280,15 +277,13 @@ def format_table(report: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also write a PNG of cost per token against the realised steering ratio (needs matplotlib).")
-def bench_command(model, value_model, n_ctx, threads, max_tokens, repetitions, seed, rss, batch_sizes,
+def bench_command(model, value_model, n_ctx, threads, gpu_layers, max_tokens, repetitions, seed, rss, batch_sizes,
                   batch_requests, as_json, plot):
     """Tokens/s of sia-edge's gates against raw llama.cpp decoding and llama-cpp-python, in one run."""
     from tqdm import tqdm
 
-    from .engine import Engine
-
     sizes = parse_batch_sizes(batch_sizes)
-    engine = Engine(model=model, value_model=value_model, n_ctx=n_ctx, threads=threads)
+    engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True, gpu_layers=gpu_layers)
     arms = list(DEFAULT_ARMS)
     with tqdm(total=repetitions * len(arms) * len(BENCH_PROMPTS), desc="bench", unit="gen", file=sys.stderr) as bar:
         samples = run_arms(engine, arms, list(BENCH_PROMPTS), max_tokens, repetitions, seed, bar)

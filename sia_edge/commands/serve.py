@@ -1,0 +1,443 @@
+"""`sia-edge serve`: a local OpenAI-compatible HTTP server on the ordinary decoding loop.
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `"stream": true` server-sent events),
+GET /v1/models, GET /health. SIA settings ride along as extra request fields (gate, tau, ratio, q, first_n,
+weight, top_k, best_of, seed) and come back in an extra `sia` object of every response.
+
+One Engine per model; its lock serialises requests (they queue, the shared llama.cpp context is never used by
+two generations at once). Generation runs in a worker thread so the event loop keeps answering; a client that
+disconnects stops its generation through the Engine's cancel Event.
+"""
+
+
+import asyncio
+import json
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from pydantic import BaseModel, ValidationError
+
+from ..chat import Trimmed, chat_format, render_tokens
+from ..errors import InvalidSettingError, PromptError, SiaError
+from ..gate import DEFAULT_TAU
+from ..settings import GenerationSettings
+from .common import build_engine, generation_options, model_options, settings_from
+from .serve_api import REQUEST_SETTINGS, ApiError, ChatRequest, CompletionRequest, SiaRequest
+
+DEFAULT_ALIAS = "sia-edge-default"
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
+
+
+# --- the server --------------------------------------------------------------------------------------------------
+
+
+class Counters:
+    """What /health reports; updated from worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values = {"generations": 0,  # finished generations (a Best-of-N request counts once)
+                       "cancelled": 0,  # of which stopped because their client went away
+                       "active": 0}  # requests generating or queued for their engine's lock
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for key, delta in deltas.items():
+                self.values[key] += delta
+
+
+@dataclass
+class ServedModel:
+    name: str  # the GGUF file stem
+    engine: object
+    defaults: GenerationSettings
+    format: object = None  # chat format
+    aliases: list[str] = field(default_factory=list)
+
+
+class Server:
+    """Holds the engines and builds the FastAPI app. `models[0]` also answers to the name sia-edge-default."""
+
+    def __init__(self, engines: list, defaults: GenerationSettings | None = None,
+                 notify=lambda m: print(f"sia-edge: {m}", file=sys.stderr, flush=True)) -> None:
+        defaults = defaults or GenerationSettings()
+        self.models: dict[str, ServedModel] = {}
+        for i, engine in enumerate(engines):
+            own = defaults
+            if defaults.steers and engine.value_model is None:
+                notify(f"no value model for {engine.base.name}: serving it unsteered unless a request names a gate")
+                own = defaults.with_gate("none")
+            served = ServedModel(Path(engine.base.name).stem, engine, own, chat_format(engine.base),
+                                 [DEFAULT_ALIAS] if i == 0 else [])
+            for name in [served.name, *served.aliases]:
+                self.models.setdefault(name, served)
+        self.counters = Counters()
+        self.started = int(time.time())
+
+    # -- request -> generation --
+
+    def served(self, name: str | None) -> ServedModel:
+        if not name:
+            return self.models[DEFAULT_ALIAS]
+        if name not in self.models:
+            raise ApiError(404, f"The model '{name}' does not exist; GET /v1/models lists the models served here",
+                           "model", "model_not_found")
+        return self.models[name]
+
+    def settings(self, served: ServedModel, req: SiaRequest, max_tokens: int, extra_stops: tuple = ()) -> GenerationSettings:
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        changes = {k: getattr(req, k) for k in REQUEST_SETTINGS}
+        stop = tuple(dict.fromkeys([*extra_stops, *served.defaults.stop, *stops]))
+        try:  # the same rules as everywhere: another gate resets gate parameters; tau with ratio is refused
+            settings = served.defaults.updated(max_tokens=max_tokens, stop=stop, **changes)
+        except InvalidSettingError as exc:
+            raise ApiError(400, str(exc), _param_of(str(exc)), "invalid_value") from exc
+        steering = settings.steers
+        if (steering or (req.best_of or 1) > 1) and served.engine.value_model is None:
+            raise ApiError(400, f"no value model is loaded for {served.name}: steering and best_of need one; "
+                                f"send gate='none'", "gate" if steering else "best_of", "no_value_model")
+        return settings
+
+    def check_length(self, served: ServedModel, tokens: list[int], max_tokens: int | None, default: int,
+                     param: str) -> int:
+        """The max_tokens to use; a request that cannot fit is refused like OpenAI does."""
+        n_ctx = served.engine.base.n_ctx
+        if not tokens:
+            raise ApiError(400, "the prompt is empty", param, "invalid_prompt")
+        if max_tokens is None:  # not asked for: whatever fits, up to the server default
+            max_tokens = min(default, n_ctx - len(tokens))
+        if len(tokens) + max_tokens > n_ctx or max_tokens < 1:
+            raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                                f"{len(tokens) + max_tokens} tokens ({len(tokens)} in the prompt, {max_tokens} for "
+                                f"the completion). Please reduce the prompt or the completion length.",
+                           param, "context_length_exceeded")
+        return max_tokens
+
+    def completion_prompt(self, served: ServedModel, req: CompletionRequest) -> list[int]:
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise ApiError(400, "only one prompt per request is supported", "prompt", "unsupported")
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ApiError(400, "the prompt is empty", "prompt", "invalid_prompt")
+            try:
+                return served.engine.tokenize(prompt)
+            except PromptError as exc:  # e.g. a lone surrogate: not text
+                raise ApiError(400, str(exc), "prompt", "invalid_prompt") from exc
+        if any(not 0 <= t < served.engine.base.n_vocab for t in prompt):
+            raise ApiError(400, "a prompt token id is outside the vocabulary", "prompt", "invalid_prompt")
+        return list(prompt)
+
+    def chat_prompt(self, served: ServedModel, req: ChatRequest) -> list[int]:
+        messages = [m.as_dict() for m in req.messages]
+        try:
+            text = served.format.render(messages, add_generation_prompt=True)
+        except PromptError as exc:
+            raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
+        try:
+            return render_tokens(served.engine.base, served.format, text, whole=True)
+        except PromptError as exc:
+            raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
+
+    def check_common(self, req: SiaRequest) -> None:
+        if req.n != 1:
+            raise ApiError(400, "only n=1 is supported (use best_of to draw several samples)", "n", "unsupported")
+        if req.stream and (req.best_of or 1) > 1:
+            raise ApiError(400, "best_of cannot be combined with stream", "best_of", "unsupported")
+
+    @staticmethod
+    def open_stream(served: ServedModel, tokens: list[int], settings: GenerationSettings, cancel: threading.Event):
+        """The Stream for this request, checked now (prompt, settings) so errors go out as 400 before any text."""
+        try:
+            return served.engine.stream(tokens, settings, cancel=cancel)
+        except SiaError as exc:
+            raise ApiError(400, str(exc), None, "invalid_request") from exc
+
+    def generate(self, served: ServedModel, stream, tokens: list[int], settings: GenerationSettings, n: int,
+                 cancel: threading.Event):
+        """Blocking, in a worker thread: drain `stream`, or draw Best-of-N. Returns (result, BestOfResult or None)."""
+        from ..best_of import best_of
+
+        result = None
+        try:
+            if n > 1:
+                chosen = best_of(served.engine, tokens, n, settings, cancel=cancel)
+                result = chosen.results[-1]  # the last one drawn is the one a disconnect would have cut short
+                return chosen.best_result, chosen
+            for _ in stream:
+                pass
+            result = stream.result
+            return result, None
+        finally:
+            self.finished(result)
+
+    def finished(self, result) -> None:
+        cancelled = result is not None and result.stop_reason == "cancelled"
+        self.counters.add(generations=1, cancelled=int(cancelled), active=-1)
+
+    def app(self):
+        """The FastAPI app: thin routes over the module-level handlers below."""
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse
+        from starlette.exceptions import HTTPException
+
+        app = FastAPI(title="sia-edge", version="0.1.0")
+
+        @app.exception_handler(ApiError)
+        async def api_error(request, exc: ApiError):
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+        @app.exception_handler(HTTPException)
+        async def http_error(request, exc: HTTPException):
+            return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=None).body(),
+                                status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+        @app.exception_handler(Exception)
+        async def unexpected(request, exc: Exception):
+            return JSONResponse(ApiError(500, f"internal error: {exc}", type="server_error").body(), status_code=500)
+
+        @app.get("/health")
+        async def health():
+            return {"status": "ok", "models": sorted(self.models), **self.counters.values}
+
+        @app.get("/v1/models")
+        async def models():
+            return list_models(self)
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            return await complete(self, request)
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request):
+            return await chat_complete(self, request)
+
+        return app
+
+
+# --- the handlers --------------------------------------------------------------------------------------------------
+
+
+def list_models(server: Server) -> dict:
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": server.started, "owned_by": "sia-edge",
+         "sia": {"file": str(s.engine.base.path), "n_ctx": s.engine.base.n_ctx,
+                 "value_model": str(s.engine.value_model.path) if s.engine.value_model else None,
+                 "chat_template": s.engine.base.chat_template is not None}}
+        for name, s in server.models.items()]}
+
+
+async def complete(server: Server, request):
+    """POST /v1/completions."""
+    req = await parse(request, CompletionRequest)
+    if req.echo:
+        raise ApiError(400, "echo is not supported", "echo", "unsupported")
+    served = server.served(req.model)
+    server.check_common(req)
+    tokens = server.completion_prompt(served, req)
+    max_tokens = server.check_length(served, tokens, req.max_tokens, served.defaults.max_tokens, "prompt")
+    settings = server.settings(served, req, max_tokens)
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model or served.name}
+    if req.stream:
+        def chunk(text, finish=None, result=None):
+            out = {**meta, "object": "text_completion",
+                   "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            return with_final_fields(out, tokens, result)
+
+        return streaming_response(server, served, tokens, settings, chunk, None)
+    result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1)
+    return {**meta, "object": "text_completion",
+            "choices": [{"index": 0, "text": result.text, "logprobs": None,
+                         "finish_reason": FINISH_REASONS[result.stop_reason]}],
+            "usage": usage(len(tokens), result, chosen), "sia": sia_object(result, chosen)}
+
+
+async def chat_complete(server: Server, request):
+    """POST /v1/chat/completions."""
+    req = await parse(request, ChatRequest)
+    served = server.served(req.model)
+    server.check_common(req)
+    tokens = server.chat_prompt(served, req)
+    asked = req.max_completion_tokens or req.max_tokens
+    max_tokens = server.check_length(served, tokens, asked, served.defaults.max_tokens, "messages")
+    settings = server.settings(served, req, max_tokens, served.format.stops)
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model or served.name}
+    if req.stream:
+        trim = Trimmed()
+
+        def chunk(text, finish=None, result=None):
+            delta = {"role": "assistant", "content": ""} if text is None else {"content": trim.push(text)}
+            if finish is not None:
+                delta = {}
+            elif delta["content"] == "" and text is not None:
+                return None  # only whitespace so far: nothing to send yet
+            out = {**meta, "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return with_final_fields(out, tokens, result)
+
+        return streaming_response(server, served, tokens, settings, chunk, chunk(None))
+    result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1)
+    return {**meta, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text.strip()},
+                         "logprobs": None, "finish_reason": FINISH_REASONS[result.stop_reason]}],
+            "usage": usage(len(tokens), result, chosen), "sia": sia_object(result, chosen)}
+
+
+async def parse(request, model: type[BaseModel]):
+    """The request body as `model`, or a 400 in OpenAI's error shape."""
+    try:
+        data = json.loads(await request.body())
+    except ValueError as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}", None, "invalid_json") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", None, "invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise ApiError(400, f"invalid request: {param}: {first['msg']}", param, "invalid_value") from exc
+
+
+def sia_object(result, chosen=None) -> dict:
+    """What a response reports about steering, in its `sia` field."""
+    st, s = result.stats, result.settings
+    tau = s.get("calibrated_tau") if s.get("calibrated_tau") is not None else s.get("tau")
+    out = {"gate": s.get("gate"), "tau": tau if tau is not None else DEFAULT_TAU, "ratio": s.get("ratio"),
+           "junctions": st.junctions, "junction_ratio": st.junction_ratio, "tokens": st.tokens, "seed": st.seed,
+           "stop_reason": result.stop_reason, "value_model_calls": st.value_model_calls,
+           "tokens_per_second": st.tokens_per_second, "pipeline": result.pipeline}
+    if chosen is not None:
+        out["best_of"] = {"n": len(chosen.results), "best": chosen.best, "scores": chosen.scores,
+                          "seeds": [r.stats.seed for r in chosen.results]}
+    return out
+
+
+def usage(prompt_tokens: int, result, chosen=None) -> dict:
+    done = sum(len(r.token_ids) for r in chosen.results) if chosen else len(result.token_ids)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
+
+
+def with_final_fields(out: dict, tokens: list[int], result) -> dict:
+    """The last chunk of a stream also carries the usage and the `sia` statistics."""
+    if result is not None:
+        out["sia"] = sia_object(result)
+        out["usage"] = usage(len(tokens), result)
+    return out
+
+
+async def run_cancellable(server: Server, request, served, tokens, settings, n):
+    """Generate in a worker thread; stop it if the client disconnects before it is done."""
+    cancel = threading.Event()
+    stream = server.open_stream(served, tokens, settings, cancel)
+
+    async def watch():
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.2)
+        cancel.set()
+
+    watcher = asyncio.create_task(watch())
+    server.counters.add(active=1)
+    try:
+        return await asyncio.to_thread(server.generate, served, stream, tokens, settings, n, cancel)
+    except SiaError as exc:
+        raise ApiError(400, str(exc), None, "invalid_request") from exc
+    finally:
+        watcher.cancel()
+
+
+def streaming_response(server: Server, served, tokens, settings, chunk, first):
+    from fastapi.responses import StreamingResponse
+
+    cancel = threading.Event()  # set when the client goes away
+    stream = server.open_stream(served, tokens, settings, cancel)
+    return StreamingResponse(stream_events(server, stream, cancel, chunk, first), media_type="text/event-stream")
+
+
+async def stream_events(server: Server, stream, cancel: threading.Event, chunk, first):
+    """Server-sent events: one chunk per piece of text, a final chunk with finish_reason + sia, [DONE]."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def put(item):
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            cancel.set()
+
+    def work():
+        try:
+            for event in stream:
+                if event.text:
+                    put(("text", event.text))
+            put(("done", stream.result))
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+            put(("error", exc))
+        finally:
+            server.finished(stream.result)
+
+    server.counters.add(active=1)
+    threading.Thread(target=work, name="sia-edge-generate", daemon=True).start()
+    try:
+        if first is not None:
+            yield sse(first)
+        while True:
+            kind, value = await queue.get()
+            if kind == "text":
+                piece = chunk(value)
+                if piece is not None:
+                    yield sse(piece)
+            elif kind == "done":
+                yield sse(chunk("", FINISH_REASONS[value.stop_reason], value))
+                yield "data: [DONE]\n\n"
+                return
+            else:
+                yield sse(ApiError(500, f"generation failed: {value}", type="server_error").body())
+                return
+    finally:  # also when the client went away: Starlette closes this generator
+        cancel.set()
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _param_of(message: str) -> str | None:
+    first = message.split(" ", 1)[0]
+    return first if first.isidentifier() else None
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@generation_options
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the default accepts local connections only.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
+def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, **options):
+    """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
+
+    The generation options are defaults for requests that do not set the field (e.g. --max-tokens for requests
+    without max_tokens). SIA fields in a request body (gate, tau, ratio, q, first_n, weight, top_k, best_of, seed)
+    override them and are reported back in the response's `sia` object.
+    """
+    import uvicorn
+
+    defaults = settings_from(options)
+    engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True,
+                          calibration=options["calibration"], gpu_layers=gpu_layers)
+    server = Server([engine], defaults)
+    names = ", ".join(sorted(server.models))
+    click.echo(f"sia-edge: serving {names} on http://{host}:{port}/v1 (Ctrl-C stops)", err=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"sia-edge: warning: listening on {host} without authentication", err=True)
+    uvicorn.run(server.app(), host=host, port=port, log_level="warning")

@@ -1,0 +1,236 @@
+"""Evaluation: does steering a few uncertain tokens buy most of the alignment of steering all of them, and does
+choosing them by entropy matter?
+
+Every arm generates from every prompt with every seed; a prompt and seed pair is the same across arms, so arms
+are compared pairwise. Per sample we record the value model's score of the text (the proxy objective being
+steered), an independent judge's score of the continuation, the unsteered base model's perplexity of the
+continuation (distribution preservation), distinct-1/2 (repetition), the realised junction ratio and the cost.
+Samples of an arm are generated batched (`--batch-size` sequences per llama.cpp decode), and the loop records each
+token's base log-probability as it goes, so perplexity needs no second pass. Aggregates carry 95% percentile-bootstrap confidence intervals over prompts (seeds are averaged within a prompt
+first, so a prompt is the unit of resampling).
+
+The package, one module per job: arms.py (which arms, their settings), run.py (this file: generating and
+recording samples, resumable), stats.py (bootstrap intervals, paired differences, verdicts), report.py (results.md,
+tradeoff.png). The `sia-edge eval` command is sia_edge/commands/evaluate.py.
+
+Output directory: run.json (settings; a restart with other settings is refused), samples.jsonl (appended as it
+goes; a restart skips samples already there), results.json, results.md, tradeoff.png.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..batch import DEFAULT_BATCH_SIZE
+from ..calibration import load_calibration, write_json
+from ..decoder import value_model_tokens
+from ..errors import InvalidSettingError, SiaError
+from ..gate import GATES
+from ..settings import GenerationSettings
+from .arms import Arm, arm_settings
+from .report import markdown_report, plot_tradeoff
+from .stats import summarize
+
+FORMAT = 2  # 2: perplexity recorded by the (batched) generation loop instead of a second stepwise pass
+EVAL_BATCH_SIZE = 16  # ~2.4x the tokens/s of one sequence on 2 cores; see docs/results.md
+_DEFAULTS = GenerationSettings()
+
+
+# --- per-sample measurements -------------------------------------------------------------------------------
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def distinct_n(tokens: list[int], n: int) -> float:
+    """Share of the n-grams of a text that are distinct (1.0 = no repetition); nan if it has none."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def sample_record(engine, judge, prompt: str, result, events) -> dict:
+    """Everything measured about one finished generation. Perplexity comes from the log-probabilities the loop
+    recorded (the unsteered base model's, T = 1, full vocabulary), so no second pass over the text is needed."""
+    steps = [event for event in events if event.token_id >= 0]  # -1: a held-back stop-string tail, not a step
+    # every decoding step has an event, the end-of-generation step too, so these match stats.tokens
+    entropies = [event.entropy for event in steps]
+    junction_entropies = [event.entropy for event in steps if event.junction]
+    log_probs = np.asarray([event.log_prob for event in steps], dtype=np.float64)
+    stats = result.stats
+    continuation = list(result.token_ids)
+    scored = value_model_tokens(engine.tokenize(prompt), continuation, engine.base.bos_id)
+    return {
+        "seed": stats.seed,
+        "text": result.text,
+        "stop_reason": result.stop_reason,
+        "tokens": stats.tokens,
+        "junctions": stats.junctions,
+        "junction_ratio": stats.junction_ratio,
+        "value_model_calls": stats.value_model_calls,
+        "value_calls_per_token": stats.value_model_calls / max(1, stats.tokens),
+        "ms_per_token": 1000.0 * stats.total_seconds / max(1, stats.tokens),
+        "value_score": sigmoid(float(engine.value_model.score_sequences([scored])[0])),
+        "judge": float(judge.score([result.text])[0]),
+        "log_ppl": float(-log_probs.mean()) if log_probs.size else math.nan,
+        "distinct_1": distinct_n(continuation, 1),
+        "distinct_2": distinct_n(continuation, 2),
+        "entropy_mean": float(np.mean(entropies)) if entropies else math.nan,
+        "junction_entropy_mean": float(np.mean(junction_entropies)) if junction_entropies else math.nan,
+        "entropies": [round(float(h), 4) for h in entropies],  # per step, for offline replays of gate policies
+        "junction_steps": [event.index for event in steps if event.junction],
+        "gate": GenerationSettings(**result.settings).build_gate().describe(),  # as it ran: entropy-gate(tau=1.88)
+        "settings": {key: result.settings[key] for key in ("gate", "tau", "ratio", "q", "first_n", "calibrated_tau")},
+    }
+
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalConfig:
+    prompt_file: str
+    prompts: list[str]
+    seeds: int
+    max_tokens: int
+    arms: list[Arm]
+    judge: str = "vader"
+    top_k: int = _DEFAULTS.top_k
+    weight: float = _DEFAULTS.weight
+    temperature: float = _DEFAULTS.temperature
+    signal: str = _DEFAULTS.signal
+    calibration: str | None = None  # explicit calibration file, else the cache / shipped one
+    batch_size: int = DEFAULT_BATCH_SIZE  # sequences decoded together (throughput only; not part of the run)
+
+    def base_settings(self) -> GenerationSettings:
+        return GenerationSettings(top_k=self.top_k, weight=self.weight, temperature=self.temperature,
+                                  signal=self.signal, max_tokens=self.max_tokens)
+
+
+def run_config(config: EvalConfig, engine, calibration: dict | None) -> dict:
+    """What run.json records: everything that must not change when a run is resumed."""
+    return {
+        "format": FORMAT, "prompt_file": config.prompt_file, "n_prompts": len(config.prompts),
+        "prompts_sha256": hashlib.sha256("\n".join(config.prompts).encode()).hexdigest(),
+        "seeds": config.seeds, "max_tokens": config.max_tokens, "judge": config.judge, "top_k": config.top_k,
+        "weight": config.weight, "temperature": config.temperature, "entropy_over": config.signal,
+        "model": engine.base.name, "model_fingerprint": engine.fingerprint,
+        "value_model": engine.value_model.path.name, "value_model_sha256": _sha256(engine.value_model.path),
+        "calibration_taus": calibration["taus"] if calibration else None,
+    }
+
+
+def json_safe(value):
+    """NaN and infinities become null: strict JSON readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_or_write_run(out_dir: Path, config: dict) -> None:
+    """A directory holds one run: resuming with different settings would mix incomparable samples."""
+    path = out_dir / "run.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in config if previous.get(k) != config[k])
+        if changed:
+            raise InvalidSettingError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); "
+                                      f"use another --out or delete it")
+        return
+    write_json(path, config)
+
+
+def read_samples(path: Path) -> list[dict]:
+    """Samples already written. A line cut short by an interruption is dropped (and trimmed off the file)."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):  # interrupted mid-write: drop the partial last line
+        raw = raw[: raw.rfind(b"\n") + 1]
+        path.write_bytes(raw)
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+def sample_seed(prompt_index: int, seed_index: int) -> int:
+    """One seed per (prompt, seed index), the same in every arm (paired samples). Distinct across prompts, because
+    the random gate draws its junctions from the seed: a shared seed would steer the same positions everywhere."""
+    return prompt_index + 10_000 * seed_index
+
+
+def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge=None, progress: bool = True) -> dict:
+    """Generate every missing sample, then write results.json, results.md and tradeoff.png. Returns the summary."""
+    from tqdm import tqdm
+
+    from ..judges import load_judge
+
+    if engine.value_model is None:
+        raise SiaError("evaluation needs a value model (for steering and the value score): pass --value-model")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    judge = judge or load_judge(config.judge)
+    calibration = None
+    if any(GATES[arm.family].arm == "calibrated" for arm in config.arms):  # recorded in run.json
+        calibration = load_calibration(engine.fingerprint, config.top_k, config.temperature, config.signal,
+                                       config.calibration or engine.calibration)
+    run = run_config(config, engine, calibration)
+    check_or_write_run(out_dir, run)
+    samples_path = out_dir / "samples.jsonl"
+    samples = read_samples(samples_path)
+    done = {(s["arm"], s["prompt_index"], s["seed"]) for s in samples}
+    total = len(config.arms) * len(config.prompts) * config.seeds
+    names = {arm.name for arm in config.arms}
+    bar = tqdm(total=total, initial=sum(key[0] in names for key in done), desc="eval", unit="gen", disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    with samples_path.open("a", encoding="utf-8") as sink:
+        for arm in config.arms:
+            todo = [(index, seed) for index in range(len(config.prompts))
+                    for seed in (sample_seed(index, s) for s in range(config.seeds))
+                    if (arm.name, index, seed) not in done]
+            if not todo:
+                continue  # a finished arm needs no calibration lookup or matching
+            bar.set_postfix_str(arm.name)
+            settings = arm_settings(arm, engine, config.base_settings(), samples, config.calibration)
+            outputs = engine.generate_many([config.prompts[i] for i, _ in todo], settings,
+                                           seeds=[seed for _, seed in todo], batch_size=config.batch_size,
+                                           log_probs=True)
+            for output in outputs:  # in finishing order; each is written at once, so an interrupt loses little
+                index = todo[output.index][0]
+                prompt = config.prompts[index]
+                sample = {"arm": arm.name, "prompt_index": index, "prompt": prompt,
+                          **sample_record(engine, judge, prompt, output.result, output.events)}
+                sink.write(json.dumps(json_safe(sample)) + "\n")
+                sink.flush()
+                samples.append(sample)
+                bar.update(1)
+    bar.close()
+    summary = summarize(samples, config.arms)
+    summary["config"] = run
+    summary["seconds_this_session"] = time.perf_counter() - start
+    write_json(out_dir / "results.json", json_safe(summary))
+    (out_dir / "results.md").write_text(markdown_report(summary, run), encoding="utf-8")
+    try:
+        plot_tradeoff(summary, out_dir / "tradeoff.png")
+    except ImportError:
+        print("sia-edge: matplotlib is not installed, so no tradeoff.png (pip install 'sia-edge[eval]')",
+              file=sys.stderr)
+    return summary
+
+

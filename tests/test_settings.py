@@ -1,0 +1,140 @@
+"""GenerationSettings and the gate registry: one table of gates and parameters, checks in one place, and the rules
+for changing settings (a new gate starts from its defaults; tau and ratio replace each other, both is refused)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sia_edge.errors import InvalidSettingError, ModelOutputError
+from sia_edge.gate import (DEFAULT_TAU, GATE_NAMES, GATES, PARAMETERS, BudgetQuantileGate, OnlineRatioGate)
+from sia_edge.settings import TAU_AND_RATIO, GenerationSettings
+from sia_edge.signals import SIGNALS, step_stats
+
+
+def test_registry_entries_are_complete():
+    assert set(GATE_NAMES) == {"entropy", "dense", "none", "random", "first-n", "online"}
+    for name, spec in GATES.items():
+        assert spec.name == name and spec.help and spec.arm in ("fixed", "calibrated", "matched")
+        assert spec.parameter is None or spec.parameter in PARAMETERS
+        settings = GenerationSettings(gate=name, **({"ratio": 0.3} if spec.parameter == "ratio" else {}))
+        if spec.parameter == "ratio":
+            settings = settings.with_(calibrated_tau=1.2)  # as Engine.settings would
+        assert settings.build_gate().name == name
+    assert [n for n, s in GATES.items() if not s.steers] == ["none"]
+
+
+@pytest.mark.parametrize("name, good, bad", [
+    ("tau", [0.0, 1.5, 9.0], [-0.1, math.nan, math.inf, "1"]),
+    ("ratio", [0.0, 0.5, 1.0], [-0.01, 1.01, math.nan]),
+    ("q", [0.0, 0.3, 1.0], [1.5, -1.0]),
+    ("first_n", [0, 3, 100], [-1, 3.7, 2.0, True]),
+])
+def test_parameters_are_checked_once_by_the_registry(name, good, bad):
+    for value in good:
+        PARAMETERS[name].check(value)
+    for value in bad:
+        with pytest.raises(InvalidSettingError, match=name):
+            PARAMETERS[name].check(value)
+        if name != "ratio":  # the same check guards the settings object
+            with pytest.raises(InvalidSettingError, match=name):
+                GenerationSettings(**{name: value})
+
+
+def test_parse_refuses_a_fraction_for_a_count():
+    assert PARAMETERS["first_n"].parse("3") == 3
+    assert PARAMETERS["tau"].parse("0.7") == 0.7
+    with pytest.raises(InvalidSettingError, match="whole number"):
+        PARAMETERS["first_n"].parse("3.7")
+    with pytest.raises(InvalidSettingError, match="number"):
+        PARAMETERS["q"].parse("lots")
+
+
+def test_tau_and_ratio_together_are_refused_by_the_settings():
+    with pytest.raises(InvalidSettingError, match="give tau or ratio, not both"):
+        GenerationSettings(tau=1.0, ratio=0.2)
+    with pytest.raises(InvalidSettingError, match="not both"):
+        GenerationSettings(gate="online", ratio=0.2, tau=1.0)
+    with pytest.raises(InvalidSettingError, match="not both"):
+        GenerationSettings().updated(tau=1.0, ratio=0.2)
+    assert TAU_AND_RATIO.startswith("give tau or ratio, not both")
+
+
+def test_an_explicit_tau_replaces_an_inherited_ratio_and_back():
+    """Bug: a ratio left over from earlier settings silently overrode an explicit tau."""
+    from_ratio = GenerationSettings(ratio=0.3).with_(calibrated_tau=1.92)
+    explicit = from_ratio.updated(tau=0.7)
+    assert (explicit.ratio, explicit.calibrated_tau, explicit.threshold) == (None, None, 0.7)
+    assert explicit.build_gate().tau == 0.7
+    back = explicit.updated(ratio=0.5)
+    assert (back.tau, back.ratio) == (None, 0.5)
+
+
+def test_switching_gates_resets_the_other_gates_parameters():
+    """Chat: `/gate online 0.3` then `/gate entropy 0.7` used to show tau=0.7 but steer with the ratio's tau."""
+    online = GenerationSettings().with_gate("online", 0.3).with_(calibrated_tau=1.92)
+    entropy = online.with_gate("entropy", 0.7)
+    assert (entropy.gate, entropy.tau, entropy.ratio, entropy.calibrated_tau) == ("entropy", 0.7, None, None)
+    assert entropy.build_gate().tau == 0.7
+    plain = online.with_gate("entropy")
+    assert (plain.ratio, plain.threshold) == (None, DEFAULT_TAU)
+    assert GenerationSettings(q=0.9, gate="random").with_gate("first-n").q == 0.2
+    with pytest.raises(InvalidSettingError, match="takes no parameter"):
+        GenerationSettings().with_gate("dense", 0.5)
+    with pytest.raises(InvalidSettingError, match="first_n must be"):
+        GenerationSettings().with_gate("first-n", 3.7)
+
+
+def test_updated_keeps_a_lookup_that_is_still_valid():
+    looked_up = GenerationSettings(ratio=0.2).with_(calibrated_tau=1.9)
+    assert looked_up.updated(max_tokens=5, seed=1).calibrated_tau == 1.9
+    for change in (dict(top_k=5), dict(temperature=0.5), dict(signal="full"), dict(ratio=0.4)):
+        assert looked_up.updated(**change).calibrated_tau is None
+
+
+def test_a_ratio_without_its_lookup_cannot_build_the_entropy_gate():
+    with pytest.raises(InvalidSettingError, match="calibration"):
+        GenerationSettings(ratio=0.2).build_gate()
+
+
+def test_steers_is_the_one_answer():
+    assert GenerationSettings().steers
+    assert not GenerationSettings(gate="none").steers
+    assert not GenerationSettings(weight=0.0).steers
+    assert GenerationSettings(gate="random", q=0.0).steers  # may call the value model; q only makes it unlikely
+
+
+@pytest.mark.parametrize("make", [lambda: OnlineRatioGate(0.0, prior_tau=0.0),
+                                  lambda: BudgetQuantileGate(0.0, prior_tau=0.0)])
+def test_online_gates_with_ratio_zero_never_steer(make):
+    """Bug: ratio 0 still steered up to two junctions (the +-1 slack), and any uncertain step when 'behind'."""
+    gate = make()
+    gate.reset(0)
+    trace = np.random.default_rng(0).uniform(0, 2.3, 300)
+    assert not any(gate.decide(i, h) for i, h in enumerate(trace))
+
+
+def test_online_gate_holds_a_positive_ratio():
+    for gate in (OnlineRatioGate(0.25, prior_tau=1.0), BudgetQuantileGate(0.25, prior_tau=1.0)):
+        gate.reset(0)
+        trace = np.random.default_rng(1).uniform(0, 2.3, 400)
+        assert abs(np.mean([gate.decide(i, h) for i, h in enumerate(trace)]) - 0.25) < 0.03
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_are_an_error_not_a_silent_non_junction(bad):
+    """Bug: a NaN full-vocabulary entropy read as 'no junction'. Such a row has no distribution to sample."""
+    logits = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    logits[17] = bad
+    for signal in SIGNALS:
+        with pytest.raises(ModelOutputError, match="non-finite"):
+            step_stats(logits, 10, signal)
+    logits[17] = -np.inf  # a masked token is fine
+    assert np.isfinite(step_stats(logits, 10, "full").entropy)
+
+
+def test_describe_reads_the_signal_label():
+    assert "top2-ratio" in GenerationSettings(signal="top2").describe()
+    assert "full-entropy" in GenerationSettings(signal="full").describe()
+    with pytest.raises(InvalidSettingError, match="signal must be one of"):
+        GenerationSettings(signal="top-p")
