@@ -230,6 +230,7 @@ def generate(prompt, model, value_model, n_ctx, threads, stream, as_json, jsonl,
         payload = result.as_dict()
         payload["model"] = str(engine.base.path)
         payload["value_model"] = str(engine.value_model.path) if engine.value_model else None
+        payload["value_model_reason"] = engine.value_model_reason
         out.write(json.dumps(payload) + "\n")
     elif stream:
         out.write("\n")
@@ -258,6 +259,8 @@ def info(model, value_model, n_ctx, threads, as_json):
         "chat_template": engine.base.chat_template is not None,
         "value_model": str(engine.value_model.path) if engine.value_model else None,
         "value_model_description": engine.value_model.description if engine.value_model else None,
+        "value_model_input": engine.value_model.input if engine.value_model else None,
+        "value_model_reason": engine.value_model_reason,
     }
     if as_json:
         click.echo(json.dumps(facts, indent=2))
