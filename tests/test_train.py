@@ -79,7 +79,7 @@ def _small_config(data: Path, model: Path, out: Path, **overrides):
 
     settings = dict(text_column="text", label_column="sentiment", positive="positive", weight_column="confidence",
                     objective="positive sentiment", epochs=4, learning_rate=0.01, dim=16, hidden=16, holdout=0.25,
-                    seed=0)
+                    seed=0, arch="bag")  # the bag's own tests; the gru (now the default) has its own below
     settings.update(overrides)
     return TrainingConfig(data=data, model=model, out=out, **settings)
 
@@ -241,8 +241,8 @@ def trained_bytes(tweets_slice, tmp_path_factory):
     from sia_edge.value_model import ValueModel
 
     out = tmp_path_factory.mktemp("vm") / "bytes.onnx"
-    config = _small_config(tweets_slice, None, out, input="bytes", recurrent_size=24, dim=8, hidden=8, epochs=6,
-                           max_tokens=16, learning_rate=0.02, token_dropout=0.0, batch_size=32)
+    config = _small_config(tweets_slice, None, out, input="bytes", arch="gru", recurrent_size=24, dim=8, hidden=8,
+                           epochs=6, max_tokens=16, learning_rate=0.02, token_dropout=0.0, batch_size=32)
     report = train_value_model(config, progress=lambda message: None)
     return report, ValueModel(out)
 
@@ -466,6 +466,7 @@ def test_cli_train_then_info(tweets_slice, gemma_path, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # progress went to stderr; stdout is pure JSON
     assert report["out"] == str(out) and len(report["prefix_metrics"]) == 4
+    assert report["input"] == "tokens" and report["arch"] == "gru"  # the default since it beat the bag
     assert "epoch 1/1" in result.stderr
     info = CliRunner().invoke(vm, ["info", str(out)])
     assert info.exit_code == 0, info.output

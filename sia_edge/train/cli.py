@@ -38,8 +38,8 @@ def vm() -> None:
               help="What the value model reads: the base model's token ids (one tokenizer), or the UTF-8 bytes of "
                    "the text (any GGUF; no --model needed).")
 @click.option("--arch", type=click.Choice(_ARCHS), default=None,
-              help="bag: token embeddings summed plus a recent-token average (order-blind); gru: a GRU over the "
-                   "sequence (order-aware) [default: bag for tokens, gru for bytes].")
+              help="gru: a GRU over the sequence (order-aware); bag: token embeddings summed plus a recent-token "
+                   "average (order-blind, tokens only; what the shipped token models use) [default: gru].")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the ONNX value model.")
 @click.option("--text-column", default="text", show_default=True, help="Column (or JSON key) holding the text.")
@@ -61,7 +61,7 @@ def vm() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True,
               help="Passes over the training texts.")
 @click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
-              help="Token embedding size D; the state has 2D+1 numbers.")
+              help="Token (byte) embedding size D; with --arch bag the state has 2D+1 numbers.")
 @click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
               help="Hidden units of the scoring MLP.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, min_open=True, max_open=True),

@@ -31,7 +31,7 @@ class MissingTrainingExtraError(SiaError):
 
 INPUTS = ("tokens", "bytes")
 ARCHITECTURES = ("bag", "gru")
-DEFAULT_ARCH = {"tokens": "bag", "bytes": "gru"}
+DEFAULT_ARCH = {"tokens": "gru", "bytes": "gru"}  # gru beat bag on Gemma tokens (docs/results.md)
 BYTES_PER_TOKEN = 4  # with --input bytes, --max-tokens and --context-tokens count this many bytes per token
 
 
