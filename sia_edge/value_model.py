@@ -189,6 +189,8 @@ class ValueModel:
                                 np.stack([every_byte[:128], np.zeros(128, np.int64)]),
                                 np.stack([np.ones(128, np.float32), np.zeros(128, np.float32)]))
             second = self._probe(first[0][:1], every_byte[None, 128:], np.ones((1, 128), np.float32))
+        except ValueModelError:
+            raise
         except Exception as exc:  # onnxruntime's own errors (e.g. an embedding table without 256 rows)
             raise ValueModelError(f"{self.path}: metadata says it reads bytes but its graph fails on byte values "
                                   f"0-255: {str(exc).splitlines()[0]}") from exc
@@ -200,6 +202,8 @@ class ValueModel:
         try:
             self._probe(np.zeros((1, self.state_size), np.float32), np.array([[0, n_vocab - 1]], np.int64),
                         np.ones((1, 2), np.float32))
+        except ValueModelError:
+            raise
         except Exception as exc:
             raise ValueModelError(f"{self.path}: metadata says it reads token ids but its graph fails on id "
                                   f"{n_vocab - 1} of this vocabulary: {str(exc).splitlines()[0]}") from exc

@@ -128,6 +128,10 @@ a pair is right when its more positive text scores higher.
 ## Known limits
 
 - Tweet domain: short, informal, mostly US consumer topics; English only. Longer texts are extrapolation.
+- It reads order, but only what the tweets teach: it orders {byte_rows[0]['probes']['all']:.2f} of the word-order
+  pairs (the Gemma bag model {report['models'][0]['probes']['all']:.2f}). "not" counts as a negative word, so "not
+  bad" scores below "bad" ({byte_rows[0]['probes']['negation']:.2f} of the negation pairs, which run both ways);
+  "but" contrasts are near ties. The tweets hold almost no negated negatives (docs/results.md).
 - Reading bytes costs more per junction than a token lookup (a GRU step per byte), still flat in the length of
   the text because the state is carried.
 - A byte model sees the text, not the tokenizer: two tokenizations of the same text score the same.

