@@ -315,6 +315,7 @@ def test_cli_trains_a_byte_model_without_a_gguf(tweets_slice, tmp_path, monkeypa
     info = CliRunner().invoke(vm, ["info", str(out), "--json"])
     facts = json.loads(info.stdout)
     assert facts["input"] == "bytes" and facts["architecture"] == "gru" and facts["state_size"] == 8
+    assert "(256 bytes of other texts first)" in CliRunner().invoke(vm, ["info", str(out)]).stdout
 
 
 def test_bag_over_bytes_is_refused(tweets_slice, tmp_path):

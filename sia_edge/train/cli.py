@@ -148,5 +148,6 @@ def info_command(value_model: Path, as_json: bool) -> None:
     after = training.get("after_context")
     if after:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in after.items() if k != "context_tokens")
-        click.echo(f"{'held out, after context':22} {shown} ({after['context_tokens']} tokens of other texts first)")
+        unit = "bytes" if facts.get("input") == "bytes" else "tokens"
+        click.echo(f"{'held out, after context':22} {shown} ({after['context_tokens']} {unit} of other texts first)")
 
