@@ -116,6 +116,7 @@ def generate(prompt, model, value_model, n_ctx, threads, gpu_layers, stream, as_
         payload = result.as_dict()
         payload["model"] = str(engine.base.path)
         payload["value_model"] = str(engine.value_model.path) if engine.value_model else None
+        payload["value_model_reason"] = engine.value_model_reason
         out.write(json.dumps(payload) + "\n")
     elif stream:
         out.write("\n")
@@ -145,6 +146,8 @@ def info(model, value_model, n_ctx, threads, gpu_layers, as_json):
         "chat_template": engine.base.chat_template is not None,
         "value_model": str(engine.value_model.path) if engine.value_model else None,
         "value_model_description": engine.value_model.description if engine.value_model else None,
+        "value_model_input": engine.value_model.input if engine.value_model else None,
+        "value_model_reason": engine.value_model_reason,
         "gpu_offload_supported": offload,  # a Metal or CUDA build of llama.cpp (README)
         "gpu_layers": gpu_layers if offload else 0,  # what is offloaded: nothing on a CPU-only build
     }

@@ -11,7 +11,7 @@ from .base_model import DEFAULT_CONTEXT, BaseModel
 from .batch import DEFAULT_BATCH_SIZE, BatchOutput, BatchRequest, run_batched
 from .decoder import Decoding, GenerationResult, TokenEvent
 from .errors import InvalidSettingError, PromptError, ValueModelError
-from .models import cached_fingerprint, resolve_base_model, resolve_value_model
+from .models import cached_fingerprint, choose_value_model, resolve_base_model
 from .settings import GenerationSettings
 
 Cancel = Callable[[], bool] | threading.Event | None
@@ -44,13 +44,15 @@ class Engine:
         self.base = BaseModel(resolve_base_model(model), n_ctx=n_ctx, n_threads=threads, gpu_layers=gpu_layers)
         self.fingerprint = cached_fingerprint(self.base.path, lambda: self.base.fingerprint)
         self.value_model = None
+        self.value_model_reason = "not loaded (not needed)"
         if use_value_model:
-            path = resolve_value_model(value_model, self.fingerprint)
-            if path is not None:
+            choice = choose_value_model(value_model, self.fingerprint)
+            self.value_model_reason = choice.reason
+            if choice.path is not None:
                 from .value_model import ValueModel
 
-                self.value_model = ValueModel(path, threads=value_threads)
-                self.value_model.check_tokenizer(self.fingerprint, self.base.name)
+                self.value_model = ValueModel(choice.path, threads=value_threads)
+                self.value_model.bind(self.fingerprint, self.base.name, self.base.token_bytes, self.base.n_vocab)
         self.calibration = calibration  # explicit calibration file for `ratio`; else cache, else shipped
         self._lock = threading.Lock()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +20,17 @@ SHIPPED_VALUE_MODELS = {
     "df22d6d7457320447ac268372307fa0f839d1153575136a297ad7397f812b12e": "gemma3-270m-sentiment.onnx",
     "07e8a0c9f549cc8d2fc1807d51b33ba9f9ad696cf50c64fe613f731e94da8378": "smollm2-135m-sentiment.onnx",
 }
+# The byte-level value model (contract 2, `sia_edge.input = bytes`): reads the bytes of any tokenizer's tokens, so it
+# steers every GGUF for which no token-level model ships.
+SHIPPED_BYTE_VALUE_MODEL = "byte-sentiment.onnx"
+
+
+@dataclass(frozen=True)
+class ValueModelChoice:
+    """Which value model a base model gets, and why (shown by `sia-edge info`)."""
+
+    path: Path | None
+    reason: str
 
 
 def cache_dir() -> Path:
@@ -59,22 +71,40 @@ def shipped_value_model_dir() -> Path:
     return Path(str(resources.files("sia_edge").joinpath("models")))
 
 
-def resolve_value_model(path: str | os.PathLike | None, base_fingerprint: str) -> Path | None:
-    """The ONNX value model: the given path, else $SIA_EDGE_VALUE_MODEL, else the shipped one for this tokenizer.
+def shipped_byte_value_model() -> Path:
+    return shipped_value_model_dir() / SHIPPED_BYTE_VALUE_MODEL
 
-    Returns None when nothing was asked for and nothing ships for this base model (steering then needs one).
+
+def choose_value_model(path: str | os.PathLike | None, base_fingerprint: str) -> ValueModelChoice:
+    """The ONNX value model and the reason: the given path, else $SIA_EDGE_VALUE_MODEL, else the token-level model
+    shipped for this tokenizer, else the shipped byte-level model (any tokenizer).
+
+    The path is None only when nothing was asked for and not even the byte-level model is installed.
     """
-    chosen = path or os.environ.get(VALUE_MODEL_ENV)
-    if chosen:
-        chosen = Path(chosen).expanduser()
-        if not chosen.is_file():
-            raise ValueModelError(f"value model not found: {chosen}")
-        return chosen
+    if path:
+        return ValueModelChoice(_existing(path), "given with --value-model")
+    if os.environ.get(VALUE_MODEL_ENV):
+        return ValueModelChoice(_existing(os.environ[VALUE_MODEL_ENV]), f"given with ${VALUE_MODEL_ENV}")
     name = SHIPPED_VALUE_MODELS.get(base_fingerprint)
-    if name is None:
-        return None
-    shipped = shipped_value_model_dir() / name
-    return shipped if shipped.is_file() else None
+    if name is not None and (shipped_value_model_dir() / name).is_file():
+        return ValueModelChoice(shipped_value_model_dir() / name,
+                                f"shipped token-level model for this tokenizer ({base_fingerprint[:16]})")
+    if shipped_byte_value_model().is_file():
+        return ValueModelChoice(shipped_byte_value_model(), f"shipped byte-level model: no token-level model "
+                                                            f"ships for tokenizer {base_fingerprint[:16]}")
+    return ValueModelChoice(None, "none: no value model ships for this tokenizer and the byte-level one is missing")
+
+
+def resolve_value_model(path: str | os.PathLike | None, base_fingerprint: str) -> Path | None:
+    """The path `choose_value_model` picks (None when nothing is available)."""
+    return choose_value_model(path, base_fingerprint).path
+
+
+def _existing(chosen: str | os.PathLike) -> Path:
+    chosen = Path(chosen).expanduser()
+    if not chosen.is_file():
+        raise ValueModelError(f"value model not found: {chosen}")
+    return chosen
 
 
 def cached_fingerprint(path: Path, compute) -> str:

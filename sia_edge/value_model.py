@@ -1,28 +1,38 @@
-"""The ONNX value model: loading, contract checks, tokenizer check, incremental prefix state, batched scoring.
+"""The ONNX value model: loading, contract checks, binding to a base model, incremental prefix state, scoring.
 
 This is the only module that imports onnxruntime. The contract is written down in models/README.md:
 
     inputs   state  float32 [batch, S]   summary of the prefix so far (all zeros = empty prefix)
-             tokens int64   [batch, n]   base-model token ids to append to the prefix
-             mask   float32 [batch, n]   1 for a real token, 0 for padding
+             tokens int64   [batch, n]   what to append: base-model token ids, or byte values 0-255 when the
+                                         metadata says `sia_edge.input = bytes` (contract 2)
+             mask   float32 [batch, n]   1 for a real token (byte), 0 for padding
     outputs  new_state float32 [batch, S]  summary of prefix + tokens
              score     float32 [batch]     value of prefix + tokens; higher = more aligned (a logit)
 
 Because the prefix is carried as a state, a junction costs one call to fold in the tokens generated since the
 previous junction and one batched call for the k one-token extensions: flat in the prefix length.
+
+The decoder always speaks base-model token ids. A token-level model receives them as they are (after a tokenizer
+fingerprint check); a byte-level model receives each token's bytes (`BaseModel.token_bytes`: exactly the bytes
+the text is made of; control tokens such as BOS, EOS and chat-turn markers give none), so one byte model serves
+every GGUF.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import TokenizerMismatchError, ValueModelError
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "2"  # what `sia-edge vm train` writes
+CONTRACT_VERSIONS = ("1", "2")  # what the runtime reads: 1 = token ids only; 2 adds `sia_edge.input`
+INPUT_KINDS = ("tokens", "bytes")
 META_PREFIX = "sia_edge."
 _INPUTS = {"state": "tensor(float)", "tokens": "tensor(int64)", "mask": "tensor(float)"}
 _OUTPUTS = {"new_state": "tensor(float)", "score": "tensor(float)"}
@@ -45,60 +55,121 @@ class ValueModel:
         self._check_signature()
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-        if self.metadata.get("contract") != CONTRACT_VERSION:
+        contract = self.metadata.get("contract")
+        if contract not in CONTRACT_VERSIONS:
             raise ValueModelError(
-                f"{self.path}: metadata 'sia_edge.contract' is {self.metadata.get('contract')!r}, "
-                f"expected {CONTRACT_VERSION!r}; rebuild it with `sia-edge vm train`"
+                f"{self.path}: metadata 'sia_edge.contract' is {contract!r}, expected one of "
+                f"{', '.join(map(repr, CONTRACT_VERSIONS))}; rebuild it with `sia-edge vm train`"
+            )
+        self.input = self.metadata.get("input", "tokens")
+        if self.input not in INPUT_KINDS or (contract == "1" and self.input != "tokens"):
+            raise ValueModelError(
+                f"{self.path}: metadata 'sia_edge.input' is {self.input!r}; contract {contract} allows "
+                f"{'tokens' if contract == '1' else 'tokens or bytes'}"
             )
         self.fingerprint = self.metadata.get("tokenizer_fingerprint", "")
-        if not self.fingerprint:
-            raise ValueModelError(f"{self.path}: metadata 'sia_edge.tokenizer_fingerprint' is missing")
-        self.state_size = int(self.session.get_inputs()[0].shape[1])
+        if self.input == "tokens" and not self.fingerprint:
+            raise ValueModelError(f"{self.path}: metadata 'sia_edge.tokenizer_fingerprint' is missing "
+                                  f"(a token-level model must name the tokenizer it reads)")
+        if self.input == "bytes" and self.fingerprint:
+            raise ValueModelError(f"{self.path}: metadata says it reads bytes but also names a tokenizer "
+                                  f"fingerprint; a byte-level model must not carry one")
+        self.state_size = int(_by_name(self.session.get_inputs(), "state").shape[1])
         self.calls = 0
         self.seconds = 0.0
+        self._token_bytes: Callable[[int], bytes] | None = None
+        self._pieces: dict[int, bytes] = {}  # token id -> its bytes, filled as tokens are met
+        self._n_vocab: int | None = None
+        if self.input == "bytes":
+            self._check_reads_bytes()
 
     @property
     def description(self) -> str:
         return self.metadata.get("description", self.path.name)
 
-    def check_tokenizer(self, base_fingerprint: str, base_name: str) -> None:
-        """Refuse to steer a base model whose tokenizer differs from the one this value model was trained on."""
+    @property
+    def reads_bytes(self) -> bool:
+        return self.input == "bytes"
+
+    def bind(self, base_fingerprint: str, base_name: str, token_bytes: Callable[[int], bytes],
+             n_vocab: int | None = None) -> None:
+        """Attach to a base model before scoring its token ids.
+
+        A token-level model refuses a base model whose tokenizer differs from the one it was trained on (and, given
+        `n_vocab`, checks that its graph reads that vocabulary's largest id). A byte-level model serves any base
+        model: it keeps `token_bytes` (token id -> the bytes it renders as, b"" for control tokens) to turn the
+        decoder's token ids into bytes.
+        """
+        if self.reads_bytes:
+            self._token_bytes = token_bytes
+            self._n_vocab = n_vocab
+            self._pieces = {}
+            return
         if base_fingerprint != self.fingerprint:
+            from .models import shipped_byte_value_model
+
             raise TokenizerMismatchError(
                 f"value model {self.path.name} was built for tokenizer {self.fingerprint[:16]} but base model "
-                f"{base_name} has tokenizer {base_fingerprint[:16]}; train a value model for this base model "
-                f"with `sia-edge vm train` or pick the matching --value-model"
+                f"{base_name} has tokenizer {base_fingerprint[:16]}; the byte-level value model "
+                f"{shipped_byte_value_model()} reads any tokenizer (omit --value-model to use it), or train one "
+                f"for this base model with `sia-edge vm train`"
             )
+        if n_vocab is not None:
+            self._check_reads_ids(n_vocab)
 
     def empty_prefix(self) -> PrefixState:
         return PrefixState(np.zeros(self.state_size, dtype=np.float32), 0)
 
     def extend(self, prefix: PrefixState, tokens: list[int]) -> PrefixState:
-        """Fold `tokens` into the prefix state (one call, batch 1). Returns a new state; the old one is kept."""
-        if not tokens:
-            return prefix
-        ids = np.asarray([tokens], dtype=np.int64)  # (1, n)
+        """Fold base-model `tokens` into the prefix state (one call, batch 1). Returns a new state; the old one is
+        kept. A byte model folds their bytes; tokens without bytes (control tokens) leave the state as it was."""
+        units = self._units(tokens)
+        if len(units) == 0:
+            return PrefixState(prefix.vector, prefix.n_tokens + len(tokens))
+        ids = _as_ids(units)[None, :]  # (1, n)
         new_state, _ = self._run(prefix.vector[None, :], ids, np.ones(ids.shape, dtype=np.float32))
         return PrefixState(new_state[0], prefix.n_tokens + len(tokens))
 
     def score_candidates(self, prefix: PrefixState, candidate_ids: np.ndarray) -> np.ndarray:
-        """Scores of the k one-token extensions of the prefix, in one batched call.  # (k,) float64"""
+        """Scores of the k one-token extensions of the prefix, in one batched call.  # (k,) float64
+
+        A byte model gets k byte strings of different lengths, right-padded with the mask (a candidate without
+        bytes, such as EOS, scores as the prefix itself)."""
         k = len(candidate_ids)
         states = np.broadcast_to(prefix.vector, (k, self.state_size))
-        ids = np.asarray(candidate_ids, dtype=np.int64).reshape(k, 1)
-        _, scores = self._run(states, ids, np.ones((k, 1), dtype=np.float32))
+        if self.reads_bytes:
+            ids, mask = pad_sequences([self._units([c]) for c in candidate_ids])
+        else:
+            ids, mask = np.asarray(candidate_ids, dtype=np.int64).reshape(k, 1), np.ones((k, 1), dtype=np.float32)
+        _, scores = self._run(states, ids, mask)
         return scores.astype(np.float64)
 
     def score_sequences(self, sequences: list[list[int]]) -> np.ndarray:
         """Scores of whole token sequences from the empty prefix (Best-of-N, evaluation).  # (n,) float64"""
-        ids, mask = pad_sequences(sequences)
+        ids, mask = pad_sequences([self._units(s) for s in sequences])
         states = np.zeros((len(sequences), self.state_size), dtype=np.float32)
         _, scores = self._run(states, ids, mask)
         return scores.astype(np.float64)
 
-    def _run(self, states: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import time
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a byte-level model reads for one base-model token (cached per id)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            if self._token_bytes is None:
+                raise ValueModelError(f"byte-level value model {self.path.name} is not bound to a base model; "
+                                      f"call bind() with the base model's token_bytes first")
+            if self._n_vocab is not None and not 0 <= token < self._n_vocab:
+                raise ValueModelError(f"token id {token} is outside the base model's vocabulary of {self._n_vocab}")
+            piece = self._pieces[token] = bytes(self._token_bytes(token))
+        return piece
 
+    def _units(self, tokens) -> list[int] | bytes:
+        """What the graph reads for these base-model tokens: the ids themselves, or their bytes concatenated."""
+        if not self.reads_bytes:
+            return list(tokens)
+        return b"".join([self.token_bytes(int(t)) for t in tokens])
+
+    def _run(self, states: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
         new_state, score = self.session.run(
             ["new_state", "score"],
@@ -108,6 +179,45 @@ class ValueModel:
         self.calls += 1
         return new_state, score.reshape(-1)
 
+    def _check_reads_bytes(self) -> None:
+        """A byte model's graph must read every byte value, in one call or in pieces, with padding: one probe."""
+        every_byte = np.arange(256, dtype=np.int64)
+        try:
+            whole = self._probe(np.zeros((1, self.state_size), np.float32), every_byte[None, :],
+                                np.ones((1, 256), np.float32))
+            first = self._probe(np.zeros((2, self.state_size), np.float32),
+                                np.stack([every_byte[:128], np.zeros(128, np.int64)]),
+                                np.stack([np.ones(128, np.float32), np.zeros(128, np.float32)]))
+            second = self._probe(first[0][:1], every_byte[None, 128:], np.ones((1, 128), np.float32))
+        except ValueModelError:
+            raise
+        except Exception as exc:  # onnxruntime's own errors (e.g. an embedding table without 256 rows)
+            raise ValueModelError(f"{self.path}: metadata says it reads bytes but its graph fails on byte values "
+                                  f"0-255: {str(exc).splitlines()[0]}") from exc
+        if not np.allclose(first[0][1], 0.0, atol=1e-6) or not np.allclose(second[0], whole[0], atol=1e-4):
+            raise ValueModelError(f"{self.path}: metadata says it reads bytes but its graph does not carry their "
+                                  f"state (padding changed the state, or two chunks differ from one pass)")
+
+    def _check_reads_ids(self, n_vocab: int) -> None:
+        try:
+            self._probe(np.zeros((1, self.state_size), np.float32), np.array([[0, n_vocab - 1]], np.int64),
+                        np.ones((1, 2), np.float32))
+        except ValueModelError:
+            raise
+        except Exception as exc:
+            raise ValueModelError(f"{self.path}: metadata says it reads token ids but its graph fails on id "
+                                  f"{n_vocab - 1} of this vocabulary: {str(exc).splitlines()[0]}") from exc
+
+    def _probe(self, states, ids, mask) -> tuple[np.ndarray, np.ndarray]:
+        new_state, score = self.session.run(["new_state", "score"], {"state": states, "tokens": ids, "mask": mask})
+        batch = states.shape[0]
+        if new_state.shape != (batch, self.state_size) or score.size != batch or not (
+                np.isfinite(new_state).all() and np.isfinite(score).all()):
+            raise ValueModelError(f"{self.path}: outputs of shapes {new_state.shape} and {score.shape} (or not "
+                                  f"finite) for a batch of {batch}; the contract wants [{batch}, {self.state_size}] "
+                                  f"and [{batch}]")
+        return new_state, score
+
     def _check_signature(self) -> None:
         got_in = {i.name: i.type for i in self.session.get_inputs()}
         got_out = {o.name: o.type for o in self.session.get_outputs()}
@@ -116,20 +226,33 @@ class ValueModel:
                 f"{self.path} does not follow the sia-edge value-model contract: inputs {got_in}, outputs "
                 f"{got_out}; expected inputs {_INPUTS} and outputs {_OUTPUTS} (see models/README.md)"
             )
-        state_shape = self.session.get_inputs()[0].shape
+        state_shape = _by_name(self.session.get_inputs(), "state").shape
         if len(state_shape) != 2 or not isinstance(state_shape[1], int):
             raise ValueModelError(f"{self.path}: input 'state' must have a fixed size S, got shape {state_shape}")
 
 
 def pad_sequences(sequences) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token sequences for the contract's `tokens` and `mask` inputs.  -> (B, L) int64, (B, L) float32"""
+    """Right-pad token sequences (or byte strings) for the contract's `tokens` and `mask` inputs.
+    -> (B, L) int64, (B, L) float32"""
     width = max(1, max(len(s) for s in sequences))
     ids = np.zeros((len(sequences), width), dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.float32)
     for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = sequence
+        ids[row, : len(sequence)] = _as_ids(sequence)
         mask[row, : len(sequence)] = 1.0
     return ids, mask
+
+
+def _as_ids(units) -> np.ndarray:
+    """Token ids or a byte string as the contract's int64 `tokens` row."""
+    if isinstance(units, (bytes, bytearray)):
+        return np.frombuffer(units, dtype=np.uint8).astype(np.int64)
+    return np.asarray(units, dtype=np.int64)
+
+
+def _by_name(args, name: str):
+    """An input or output of the session by name: the contract fixes names, not positions."""
+    return next(arg for arg in args if arg.name == name)
 
 
 def _open_session(path: Path, threads: int):

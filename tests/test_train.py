@@ -79,7 +79,7 @@ def _small_config(data: Path, model: Path, out: Path, **overrides):
 
     settings = dict(text_column="text", label_column="sentiment", positive="positive", weight_column="confidence",
                     objective="positive sentiment", epochs=4, learning_rate=0.01, dim=16, hidden=16, holdout=0.25,
-                    seed=0)
+                    seed=0, arch="bag")  # the bag's own tests; the gru (now the default) has its own below
     settings.update(overrides)
     return TrainingConfig(data=data, model=model, out=out, **settings)
 
@@ -183,7 +183,8 @@ def test_all_padding_leaves_the_state_unchanged(trained):
 
 def test_metadata_round_trip(trained, gemma):
     report, value_model = trained
-    assert value_model.metadata["contract"] == "1"
+    assert value_model.metadata["contract"] == "2" and value_model.metadata["input"] == "tokens"
+    assert not value_model.reads_bytes and value_model.metadata["architecture"] == "bag"
     assert value_model.fingerprint == gemma.fingerprint == report.fingerprint
     assert value_model.metadata["objective"] == "positive sentiment"
     assert value_model.metadata["base_model"] == gemma.name
@@ -195,8 +196,9 @@ def test_metadata_round_trip(trained, gemma):
 def test_value_model_for_gemma_refuses_smollm2(trained, smollm2):
     _, value_model = trained
     assert smollm2.fingerprint != value_model.fingerprint
-    with pytest.raises(TokenizerMismatchError, match="SmolLM2"):
-        value_model.check_tokenizer(smollm2.fingerprint, smollm2.name)
+    with pytest.raises(TokenizerMismatchError, match="SmolLM2") as refused:
+        value_model.bind(smollm2.fingerprint, smollm2.name, smollm2.token_bytes, smollm2.n_vocab)
+    assert "byte-sentiment.onnx" in str(refused.value)  # the message points at the model that does fit
 
 
 def test_same_seed_gives_the_same_file(trained, tweets_slice, gemma_path, tmp_path):
@@ -228,6 +230,124 @@ def test_score_labels_train_a_regressor(tmp_path, gemma_path):
     assert report.prefix_metrics[-1]["r2"] > 0.5  # ~0.94 measured
 
 
+# --- order-aware models: bytes (any GGUF) and GRU over tokens -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_bytes(tweets_slice, tmp_path_factory):
+    """(report, ValueModel) of a small byte-level GRU value model trained on the slice, without any GGUF."""
+    pytest.importorskip("torch")
+    from sia_edge.train.trainer import train_value_model
+    from sia_edge.value_model import ValueModel
+
+    out = tmp_path_factory.mktemp("vm") / "bytes.onnx"
+    config = _small_config(tweets_slice, None, out, input="bytes", arch="gru", recurrent_size=24, dim=8, hidden=8,
+                           epochs=6, max_tokens=16, learning_rate=0.02, token_dropout=0.0, batch_size=32)
+    report = train_value_model(config, progress=lambda message: None)
+    return report, ValueModel(out)
+
+
+def _byte_rows(texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    from sia_edge.value_model import pad_sequences
+
+    return pad_sequences(texts)
+
+
+def test_byte_training_needs_no_gguf_and_learns(trained_bytes):
+    report, value_model = trained_bytes
+    assert report.input == "bytes" and report.arch == "gru" and report.fingerprint == ""
+    assert report.state_size == 24 == value_model.state_size and report.vocab_rows == 256
+    assert value_model.reads_bytes and value_model.metadata["input"] == "bytes"
+    assert value_model.metadata["contract"] == "2" and "tokenizer_fingerprint" not in value_model.metadata
+    assert "base_model" not in value_model.metadata
+    assert report.prefix_metrics[-1]["auc"] > 0.6  # chance 0.5 (sd ~0.04 on 200 tweets); measured 0.66
+
+
+def test_byte_onnx_matches_the_torch_step_loop_with_padding_anywhere(trained_bytes):
+    """The exported graph (compaction + ONNX GRU) against the torch reference that blends h with the mask."""
+    import torch
+
+    report, value_model = trained_bytes
+    rng = np.random.default_rng(3)
+    state = rng.normal(scale=0.5, size=(4, 24)).astype(np.float32)
+    tokens = rng.integers(0, 256, size=(4, 7))
+    mask = np.array([[1, 0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1]],
+                    dtype=np.float32)
+    got_state, got_score = value_model.session.run(None, {"state": state, "tokens": tokens, "mask": mask})
+    with torch.no_grad():
+        want_state, want_score = report.graph(torch.from_numpy(state), torch.from_numpy(tokens),
+                                              torch.from_numpy(mask))
+    np.testing.assert_allclose(got_state, want_state.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got_score, want_score.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(got_state[1], state[1])  # an all-padding row keeps its state exactly
+
+
+def test_byte_training_path_equals_exported_incremental_path(trained_bytes):
+    """Every prefix as nn.GRU scores it in training == the runtime folding the bytes in uneven chunks."""
+    import torch
+
+    report, value_model = trained_bytes
+    text = "Thanks @JetBlue, the crew was wonderful".encode("utf-8")
+    with torch.no_grad():
+        rows = torch.tensor([list(text)])
+        every_prefix = report.graph.net.score_every_prefix(rows, torch.ones(rows.shape)).numpy()[0]
+    tokens, mask = _byte_rows([text[: i + 1] for i in range(len(text))])
+    _, from_scratch = value_model.session.run(None, {"state": np.zeros((len(text), 24), np.float32),
+                                                     "tokens": tokens, "mask": mask})
+    np.testing.assert_allclose(from_scratch, every_prefix, atol=1e-5)
+
+
+def test_cli_trains_a_byte_model_without_a_gguf(tweets_slice, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import sia_edge.models
+    from sia_edge.train.cli import vm
+
+    def no_gguf(path):
+        raise AssertionError("--input bytes must not look for a GGUF")
+
+    monkeypatch.setattr(sia_edge.models, "resolve_base_model", no_gguf)
+    out = tmp_path / "b.onnx"
+    result = CliRunner().invoke(vm, ["train", "--input", "bytes", "--data", str(tweets_slice), "--out", str(out),
+                                     "--label-column", "sentiment", "--positive", "positive", "--epochs", "1",
+                                     "--dim", "4", "--hidden", "4", "--recurrent-size", "8", "--max-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert "read as UTF-8 bytes" in result.stderr and "bytes of other held-out texts" in result.stdout
+    info = CliRunner().invoke(vm, ["info", str(out), "--json"])
+    facts = json.loads(info.stdout)
+    assert facts["input"] == "bytes" and facts["architecture"] == "gru" and facts["state_size"] == 8
+    assert "(256 bytes of other texts first)" in CliRunner().invoke(vm, ["info", str(out)]).stdout
+
+
+def test_bag_over_bytes_is_refused(tweets_slice, tmp_path):
+    pytest.importorskip("torch")
+    from sia_edge.train.trainer import train_value_model
+
+    with pytest.raises(TrainingDataError, match="order-aware"):
+        train_value_model(_small_config(tweets_slice, None, tmp_path / "x.onnx", input="bytes", arch="bag"))
+
+
+def test_token_gru_exports_and_reads_any_id(tweets_slice, gemma_path, gemma, tmp_path):
+    """--input tokens --arch gru: compact rows + GRU; ids outside the vocabulary read as the unknown row."""
+    import torch
+
+    from sia_edge.train.trainer import train_value_model
+    from sia_edge.value_model import ValueModel
+
+    out = tmp_path / "tok-gru.onnx"
+    report = train_value_model(_small_config(tweets_slice, gemma_path, out, arch="gru", recurrent_size=12, dim=8,
+                                             hidden=8, epochs=1), progress=lambda message: None)
+    value_model = ValueModel(out)
+    value_model.bind(gemma.fingerprint, gemma.name, gemma.token_bytes, gemma.n_vocab)
+    assert value_model.metadata["architecture"] == "gru" and value_model.state_size == 12
+    token_lists = [gemma.tokenize("Worst service. Never again.", add_bos=False), [5, 262143, 17], [300_000, -4]]
+    tokens, mask = _byte_rows([np.array(t) for t in token_lists])
+    with torch.no_grad():
+        _, want = report.graph(torch.zeros(3, 12), torch.from_numpy(tokens), torch.from_numpy(mask))
+    np.testing.assert_allclose(value_model.score_sequences(token_lists), want.numpy(), atol=1e-5)
+    unknown = value_model.score_sequences([[300_000, -4], [0, 0]])  # both read as two unknown rows
+    assert unknown[0] == pytest.approx(unknown[1], abs=1e-6)
+
+
 # --- the shipped model -----------------------------------------------------------------------------------------
 
 
@@ -237,7 +357,7 @@ def test_shipped_gemma_value_model(gemma):
     if not SHIPPED_GEMMA.exists():
         pytest.fail(f"{SHIPPED_GEMMA} is missing: run tools/build_value_models.py")
     value_model = ValueModel(SHIPPED_GEMMA)
-    value_model.check_tokenizer(gemma.fingerprint, gemma.name)
+    value_model.bind(gemma.fingerprint, gemma.name, gemma.token_bytes, gemma.n_vocab)
     assert value_model.metadata["objective"] == "positive sentiment"
     happy = gemma.tokenize("Thank you so much @SouthwestAir, the crew was amazing and I loved the flight!",
                            add_bos=False)
@@ -347,6 +467,7 @@ def test_cli_train_then_info(tweets_slice, gemma_path, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # progress went to stderr; stdout is pure JSON
     assert report["out"] == str(out) and len(report["prefix_metrics"]) == 4
+    assert report["input"] == "tokens" and report["arch"] == "gru"  # the default since it beat the bag
     assert "epoch 1/1" in result.stderr
     info = CliRunner().invoke(vm, ["info", str(out)])
     assert info.exit_code == 0, info.output

@@ -17,7 +17,10 @@ from .data import LABEL_TYPES
 _DEFAULTS = {  # mirrors TrainingConfig, without importing the trainer (and numpy) for --help
     "epochs": 3, "dim": 64, "hidden": 64, "ema_decay": 0.9, "holdout": 0.1, "max_tokens": 128, "min_count": 2,
     "batch_size": 64, "learning_rate": 3e-3, "token_dropout": 0.1, "context_prob": 0.1, "context_tokens": 64,
+    "recurrent_size": 128,
 }
+_INPUTS = ("tokens", "bytes")  # mirrors trainer.INPUTS
+_ARCHS = ("bag", "gru")
 
 
 @click.group("vm")
@@ -29,8 +32,14 @@ def vm() -> None:
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Labelled texts: CSV with a header row, or JSONL (one object per line). UTF-8.")
 @click.option("-m", "--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="GGUF base model whose tokenizer the value model uses [default: $SIA_EDGE_MODEL, else the "
-                   "built-in Gemma 3 270M base].")
+              help="GGUF base model whose tokenizer a token-level value model uses [default: $SIA_EDGE_MODEL, else "
+                   "the built-in Gemma 3 270M base]. Not used with --input bytes.")
+@click.option("--input", "input_kind", type=click.Choice(_INPUTS), default="tokens", show_default=True,
+              help="What the value model reads: the base model's token ids (one tokenizer), or the UTF-8 bytes of "
+                   "the text (any GGUF; no --model needed).")
+@click.option("--arch", type=click.Choice(_ARCHS), default=None,
+              help="gru: a GRU over the sequence (order-aware); bag: token embeddings summed plus a recent-token "
+                   "average (order-blind, tokens only; what the shipped token models use) [default: gru].")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the ONNX value model.")
 @click.option("--text-column", default="text", show_default=True, help="Column (or JSON key) holding the text.")
@@ -52,7 +61,7 @@ def vm() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True,
               help="Passes over the training texts.")
 @click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
-              help="Token embedding size D; the state has 2D+1 numbers.")
+              help="Token (byte) embedding size D; with --arch bag the state has 2D+1 numbers.")
 @click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
               help="Hidden units of the scoring MLP.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -62,7 +71,7 @@ def vm() -> None:
               default=_DEFAULTS["holdout"], show_default=True,
               help="Fraction of texts held out (stratified by label) for the reported metrics.")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=_DEFAULTS["max_tokens"], show_default=True,
-              help="Train on at most the first N tokens of each text.")
+              help="Train on at most the first N tokens of each text (with --input bytes: 4N bytes).")
 @click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
               help="Tokens seen fewer times in training share the unknown-token embedding.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS["batch_size"], show_default=True,
@@ -75,12 +84,16 @@ def vm() -> None:
               help="Share of training texts preceded by up to --context-tokens tokens of other texts, so the model "
                    "judges the latest text after a prompt and candidates still count late in long texts.")
 @click.option("--context-tokens", type=click.IntRange(min=1), default=_DEFAULTS["context_tokens"], show_default=True,
-              help="Longest context put before a training text; also the context of the 'after context' metric.")
+              help="Longest context put before a training text; also the context of the 'after context' metric "
+                   "(with --input bytes: 4x as many bytes).")
+@click.option("--recurrent-size", type=click.IntRange(min=1), default=_DEFAULTS["recurrent_size"],
+              show_default=True, help="gru: hidden size H of the GRU, which is also the state size.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch threads; results are reproducible for a given thread count.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-def train_command(model: Path | None, as_json: bool, **options) -> None:
-    """Train a value model on labelled text, for one base model's tokenizer, and export it as ONNX.
+def train_command(model: Path | None, input_kind: str, as_json: bool, **options) -> None:
+    """Train a value model on labelled text and export it as ONNX: for one base model's tokenizer (--input
+    tokens) or for any GGUF (--input bytes).
 
     Every prefix of every text learns to predict the text's label, so partial generations score sensibly.
     Progress goes to stderr; the held-out metrics at 25/50/75/100% of each text's length go to stdout.
@@ -89,7 +102,8 @@ def train_command(model: Path | None, as_json: bool, **options) -> None:
     from .trainer import TrainingConfig, require_training_extra, train_value_model
 
     require_training_extra()  # before resolving the default model, which may assemble a 250 MB file
-    config = TrainingConfig(model=resolve_base_model(model), **options)
+    base_model = resolve_base_model(model) if input_kind == "tokens" else None
+    config = TrainingConfig(model=base_model, input=input_kind, **options)
     report = train_value_model(config)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -106,7 +120,8 @@ def train_command(model: Path | None, as_json: bool, **options) -> None:
         click.echo(f"{row['fraction']:>6.0%}  " + "  ".join(f"{row[c]:8.3f}" for c in columns))
     after = report.after_context
     click.echo(f"{'100%':>6}  " + "  ".join(f"{after[c]:8.3f}" for c in columns)
-               + f"  (after {after['context_tokens']} tokens of other held-out texts)")
+               + f"  (after {after['context_tokens']} {'bytes' if report.input == 'bytes' else 'tokens'} "
+                 f"of other held-out texts)")
 
 
 @vm.command("info")
@@ -133,5 +148,6 @@ def info_command(value_model: Path, as_json: bool) -> None:
     after = training.get("after_context")
     if after:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in after.items() if k != "context_tokens")
-        click.echo(f"{'held out, after context':22} {shown} ({after['context_tokens']} tokens of other texts first)")
+        unit = "bytes" if facts.get("input") == "bytes" else "tokens"
+        click.echo(f"{'held out, after context':22} {shown} ({after['context_tokens']} {unit} of other texts first)")
 

@@ -29,6 +29,10 @@ class PrefixValueNet(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.1)
         self.head = nn.Sequential(nn.Linear(2 * dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
+    @property
+    def state_size(self) -> int:
+        return 2 * self.dim + 1
+
     def score(self, sums: torch.Tensor, counts: torch.Tensor, ema: torch.Tensor) -> torch.Tensor:
         """Logit of a summarised text.  sums, ema (..., D); counts (..., 1) -> (...)"""
         mean = sums / counts.clamp(min=1.0)

@@ -29,11 +29,19 @@ class MissingTrainingExtraError(SiaError):
     """torch or onnx is not installed."""
 
 
+INPUTS = ("tokens", "bytes")
+ARCHITECTURES = ("bag", "gru")
+DEFAULT_ARCH = {"tokens": "gru", "bytes": "gru"}  # gru beat bag on Gemma tokens (docs/results.md)
+BYTES_PER_TOKEN = 4  # with --input bytes, --max-tokens and --context-tokens count this many bytes per token
+
+
 @dataclass
 class TrainingConfig:
     data: Path
-    model: Path
+    model: Path | None  # the GGUF whose tokenizer a token-level model reads; unused with input "bytes"
     out: Path
+    input: str = "tokens"
+    arch: str | None = None  # None: DEFAULT_ARCH[input]
     text_column: str = "text"
     label_column: str = "label"
     positive: str | None = None
@@ -54,6 +62,7 @@ class TrainingConfig:
     token_dropout: float = 0.1
     context_prob: float = 0.1
     context_tokens: int = 64
+    recurrent_size: int = 128  # GRU hidden size H (the state) of the gru architecture
     threads: int = 1
 
 
@@ -62,7 +71,7 @@ class TrainingReport:
     out: str
     objective: str
     label_type: str
-    fingerprint: str
+    fingerprint: str  # "" for a byte-level model
     n_train: int
     n_holdout: int
     majority_baseline: float  # binary: held-out accuracy of always answering the majority class; score: nan
@@ -70,6 +79,8 @@ class TrainingReport:
     after_context: dict = field(default_factory=dict)  # whole held-out texts preceded by other held-out texts
     vocab_rows: int = 0
     state_size: int = 0
+    input: str = "tokens"
+    arch: str = "bag"
     file_bytes: int = 0
     seconds: float = 0.0
     graph: object = field(default=None, repr=False)  # the exported torch module (IncrementalValueGraph), for tests
@@ -95,9 +106,11 @@ def require_training_extra():
 
 
 def train_value_model(config: TrainingConfig, progress: Callable[[str], None] = stderr_progress) -> TrainingReport:
-    """Read, tokenize, split, train, evaluate, export; returns the held-out metrics."""
+    """Read, tokenize (or take the bytes), split, train, evaluate, export; returns the held-out metrics."""
     torch = require_training_extra()
-    config = replace(config, data=Path(config.data), model=Path(config.model), out=Path(config.out))
+    config = replace(config, data=Path(config.data), out=Path(config.out),
+                     model=None if config.model is None else Path(config.model),
+                     arch=config.arch or DEFAULT_ARCH.get(config.input, "bag"))
     _check_config(config)
     started = time.perf_counter()
     data = load_labelled_texts(config.data, config.text_column, config.label_column, config.positive,
@@ -105,16 +118,24 @@ def train_value_model(config: TrainingConfig, progress: Callable[[str], None] = 
     if data.skipped_empty:
         progress(f"skipped {data.skipped_empty} rows with an empty {config.text_column!r}")
 
-    from ..base_model import BaseModel
-
-    base = BaseModel(config.model, vocab_only=True)
-    token_lists = [base.tokenize(text, add_bos=False)[: config.max_tokens] for text in data.texts]
     train_idx, holdout_idx = stratified_split(data.targets, config.holdout, config.seed)
     _check_split(config, data, train_idx, holdout_idx)
-    row_of_token, n_rows = compact_vocabulary([token_lists[i] for i in train_idx], base.n_vocab, config.min_count)
-    rows = [row_of_token[np.asarray(tokens, dtype=np.int64)] for tokens in token_lists]  # compact ids per text
-    progress(f"{len(data.texts)} texts ({data.label_type}), {len(train_idx)} train / {len(holdout_idx)} held out; "
-             f"{n_rows - 1} token types of {base.n_vocab} kept (+1 unknown row)")
+    if config.input == "bytes":
+        base, row_of_token, n_rows = None, None, 256
+        token_lists = [list(text.encode("utf-8")[: config.max_tokens * BYTES_PER_TOKEN]) for text in data.texts]
+        rows = [np.asarray(units, dtype=np.int64) for units in token_lists]  # a byte is its own row
+        progress(f"{len(data.texts)} texts ({data.label_type}), {len(train_idx)} train / {len(holdout_idx)} held out; "
+                 f"read as UTF-8 bytes")
+    else:
+        from ..base_model import BaseModel
+
+        base = BaseModel(config.model, vocab_only=True)
+        token_lists = [base.tokenize(text, add_bos=False)[: config.max_tokens] for text in data.texts]
+        row_of_token, n_rows = compact_vocabulary([token_lists[i] for i in train_idx], base.n_vocab,
+                                                  config.min_count)
+        rows = [row_of_token[np.asarray(tokens, dtype=np.int64)] for tokens in token_lists]  # compact ids per text
+        progress(f"{len(data.texts)} texts ({data.label_type}), {len(train_idx)} train / {len(holdout_idx)} held "
+                 f"out; {n_rows - 1} token types of {base.n_vocab} kept (+1 unknown row)")
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)  # a fixed thread count keeps float sums, hence results, reproducible
@@ -123,7 +144,7 @@ def train_value_model(config: TrainingConfig, progress: Callable[[str], None] = 
         held_out = [rows[i] for i in holdout_idx]
         metrics = evaluate(torch, net, held_out, data.targets[holdout_idx], data.label_type)
         after_context = evaluate_after_context(torch, net, held_out, data.targets[holdout_idx], data.label_type,
-                                               config.context_tokens)
+                                               _context_units(config))
         graph = _export(torch, config, data, base, net, row_of_token, metrics, after_context, len(train_idx),
                         len(holdout_idx))
         _check_export_matches(torch, graph, config.out, [token_lists[i] for i in holdout_idx[:16]])
@@ -133,10 +154,11 @@ def train_value_model(config: TrainingConfig, progress: Callable[[str], None] = 
     positive_share = float(data.targets[holdout_idx].mean())
     baseline = max(positive_share, 1 - positive_share) if data.label_type == "binary" else float("nan")
     return TrainingReport(
-        out=str(config.out), objective=_objective(config), label_type=data.label_type, fingerprint=base.fingerprint,
-        n_train=len(train_idx), n_holdout=len(holdout_idx), majority_baseline=baseline, prefix_metrics=metrics,
-        after_context=after_context, vocab_rows=n_rows, state_size=2 * config.dim + 1, file_bytes=config.out.stat().st_size,
-        seconds=time.perf_counter() - started, graph=graph,
+        out=str(config.out), objective=_objective(config), label_type=data.label_type,
+        fingerprint=base.fingerprint if base is not None else "", n_train=len(train_idx), n_holdout=len(holdout_idx),
+        majority_baseline=baseline, prefix_metrics=metrics, after_context=after_context, vocab_rows=n_rows,
+        state_size=net.state_size, file_bytes=config.out.stat().st_size, seconds=time.perf_counter() - started,
+        graph=graph, input=config.input, arch=config.arch,
     )
 
 
@@ -173,9 +195,13 @@ def compact_vocabulary(token_lists: list[list[int]], n_vocab: int, min_count: in
 
 def _fit(torch, config, data: LabelledTexts, rows, train_idx, holdout_idx, n_rows, progress):
     from .network import UNKNOWN_ROW, PrefixValueNet
+    from .recurrent import RecurrentValueNet
 
     torch.manual_seed(config.seed)
-    net = PrefixValueNet(n_rows, config.dim, config.hidden, config.ema_decay)
+    if config.arch == "gru":
+        net = RecurrentValueNet(n_rows, config.dim, config.recurrent_size, config.hidden)
+    else:
+        net = PrefixValueNet(n_rows, config.dim, config.hidden, config.ema_decay)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     steps_per_epoch = -(-len(train_idx) // config.batch_size)
     total_steps = config.epochs * steps_per_epoch
@@ -192,7 +218,7 @@ def _fit(torch, config, data: LabelledTexts, rows, train_idx, holdout_idx, n_row
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             sequences, text_starts = with_context([rows[i] for i in batch], train_rows, config.context_prob,
-                                                  config.context_tokens, rng)
+                                                  _context_units(config), rng)
             batch_rows, batch_mask = (torch.from_numpy(a) for a in pad_sequences(sequences))
             loss_mask = batch_mask * (torch.arange(batch_mask.shape[1]) >= torch.tensor(text_starts)[:, None])
             # Token dropout: trains the unknown row and keeps any single token from deciding alone.
@@ -202,6 +228,8 @@ def _fit(torch, config, data: LabelledTexts, rows, train_idx, holdout_idx, n_row
                                 torch.from_numpy(data.weights[batch]))
             optimizer.zero_grad()
             loss.backward()
+            if config.arch == "gru":  # recurrent gradients can spike on long contexts
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
             schedule.step()
             total_loss += loss.item() * len(batch)
@@ -297,10 +325,10 @@ def prefix_logits(torch, net, sequences: list[np.ndarray], batch_size: int = 512
 
 
 def _export(torch, config, data, base, net, row_of_token, metrics, after_context, n_train, n_holdout):
-    from .export import export_value_model
+    from .export import export_recurrent_value_model, export_value_model
     from .network import IncrementalValueGraph
+    from .recurrent import RecurrentValueGraph
 
-    graph = IncrementalValueGraph(net, torch.from_numpy(row_of_token))
     objective = _objective(config)
     training = {
         "data": config.data.name, "data_sha256": hashlib.sha256(config.data.read_bytes()).hexdigest(),
@@ -308,14 +336,23 @@ def _export(torch, config, data, base, net, row_of_token, metrics, after_context
         "settings": {k: v for k, v in asdict(config).items() if k not in ("data", "model", "out")},
         "holdout_metrics": metrics, "after_context": after_context,
     }
+    reads = "UTF-8 bytes (any base model)" if base is None else base.name
     metadata = {
-        "tokenizer_fingerprint": base.fingerprint,
+        "input": config.input,
+        "architecture": config.arch,
         "objective": objective,
-        "description": config.description or f"{objective} value model for {base.name}, trained on {config.data.name}",
-        "base_model": base.name,
+        "description": config.description or f"{objective} value model for {reads}, trained on {config.data.name}",
         "training": json.dumps(training, sort_keys=True),
     }
-    export_value_model(graph, 2 * config.dim + 1, config.out, metadata)
+    if base is not None:
+        metadata.update({"tokenizer_fingerprint": base.fingerprint, "base_model": base.name})
+    table = None if row_of_token is None else torch.from_numpy(row_of_token)
+    if config.arch == "gru":
+        graph = RecurrentValueGraph(net, table)
+        export_recurrent_value_model(graph, config.out, metadata)
+    else:
+        graph = IncrementalValueGraph(net, table)
+        export_value_model(graph, net.state_size, config.out, metadata)
     return graph
 
 
@@ -324,6 +361,8 @@ def _check_export_matches(torch, graph, path: Path, token_lists: list[list[int]]
     from ..value_model import ValueModel
 
     value_model = ValueModel(path)
+    if value_model.reads_bytes:  # the byte lists are "token ids" of a 256-token vocabulary: byte i is token i
+        value_model.bind("", "training check", lambda token: bytes([token]), 256)
     onnx_scores = value_model.score_sequences(token_lists)
     tokens, mask = pad_sequences([np.asarray(t) for t in token_lists])
     with torch.no_grad():
@@ -340,14 +379,27 @@ def _objective(config: TrainingConfig) -> str:
     return f"{config.label_column} = {config.positive}" if config.positive else f"high {config.label_column}"
 
 
+def _context_units(config: TrainingConfig) -> int:
+    return config.context_tokens * (BYTES_PER_TOKEN if config.input == "bytes" else 1)
+
+
 def _check_config(config: TrainingConfig) -> None:
+    if config.input not in INPUTS:
+        raise TrainingDataError(f"input must be one of {', '.join(INPUTS)}, got {config.input!r}")
+    if config.arch not in ARCHITECTURES:
+        raise TrainingDataError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {config.arch!r}")
+    if config.input == "bytes" and config.arch != "gru":
+        raise TrainingDataError("a byte-level value model must be order-aware: use --arch gru with --input bytes")
+    if config.input == "tokens" and config.model is None:
+        raise TrainingDataError("a token-level value model needs the GGUF whose tokenizer it reads (--model)")
     if not 0 < config.holdout < 1:
         raise TrainingDataError(f"holdout fraction must be between 0 and 1, got {config.holdout}")
     if not 0 < config.ema_decay < 1:
         raise TrainingDataError(f"EMA decay must be between 0 and 1, got {config.ema_decay}")
     if not 0 <= config.context_prob <= 1:
         raise TrainingDataError(f"context probability must be between 0 and 1, got {config.context_prob}")
-    for name in ("epochs", "dim", "hidden", "max_tokens", "min_count", "batch_size", "threads", "context_tokens"):
+    for name in ("epochs", "dim", "hidden", "max_tokens", "min_count", "batch_size", "threads", "context_tokens",
+                 "recurrent_size"):
         if getattr(config, name) < 1:
             raise TrainingDataError(f"{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
 
