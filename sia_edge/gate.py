@@ -190,7 +190,8 @@ class OnlineRatioGate:
 
     The threshold is a running quantile of the signals seen so far in this generation, seeded with a prior
     threshold (e.g. from calibration) so that the first steps behave like the fixed gate. A small integral
-    correction keeps the realised ratio itself on target as the text drifts. Ratio 0 never steers.
+    correction keeps the realised ratio itself on target as the text drifts: more than one junction behind, it
+    takes a step in the upper 2r of this text's signals (never its lowest quarter); more than one ahead, none. Ratio 0 never steers.
     """
 
     ratio: float
@@ -211,62 +212,28 @@ class OnlineRatioGate:
             return self.prior_tau
         return float(np.quantile(self._seen, 1.0 - self.ratio))
 
+    def catch_up_threshold(self) -> float:
+        """When behind, a step is taken if it ranks in the upper 2r of this text's signals so far, and never in
+        its lowest quarter (strictly above that quantile): catching up does not spend a junction on a step the
+        text itself finds certain. (It used to take any step with a signal above 0.)"""
+        if not self._seen:
+            return math.inf
+        return float(np.quantile(self._seen, max(0.25, 1.0 - 2.0 * self.ratio)))
+
     def decide(self, step: int, signal: float) -> bool:
-        tau = self.threshold()
+        tau, floor = self.threshold(), self.catch_up_threshold()
         self._seen.append(signal)
         if self.ratio == 0.0:  # nothing to hold: without this the +-1 slack below still let two junctions through
             return False
         n = len(self._seen)
         behind = self._steered < self.ratio * n - 1.0  # steered too little so far: take this one if uncertain
         ahead = self._steered > self.ratio * n + 1.0
-        junction = (signal >= tau and not ahead) or (behind and signal > 0.0)
+        junction = (signal >= tau and not ahead) or (behind and signal > floor)
         self._steered += junction
         return junction
 
     def describe(self) -> str:
         return f"online-ratio-gate(r={self.ratio:g}, prior_tau={self.prior_tau:g})"
-
-
-class BudgetQuantileGate:
-    """Hold `ratio` on every prompt without ever steering a step for being late in the budget alone.
-
-    OnlineRatioGate thresholds at a running quantile, then overrides it: when it is more than one junction behind
-    it steers the next step whatever its signal (even H ~ 0, where steering changes nothing and wastes a value-model
-    call), and when more than one ahead it refuses any step. Here the budget error moves the *quantile level*
-    instead: owing junctions lowers the threshold smoothly (over `horizon` steps), being ahead raises it, and a
-    step is only ever steered for ranking high among this text's own signals. Ratio 0 never steers.
-    """
-
-    name = "online-budget"
-
-    def __init__(self, ratio: float, prior_tau: float, warmup: int = 8, horizon: float = 16.0) -> None:
-        PARAMETERS["ratio"].check(ratio)
-        PARAMETERS["tau"].check(prior_tau)
-        self.ratio, self.prior_tau, self.warmup, self.horizon = ratio, prior_tau, warmup, horizon
-        self.reset(0)
-
-    def reset(self, seed: int) -> None:
-        self._seen: list[float] = []
-        self._steered = 0
-
-    def threshold(self) -> float:
-        n = len(self._seen)
-        if self.ratio == 0.0:
-            return math.inf
-        if n < self.warmup:
-            return self.prior_tau
-        owed = self.ratio * (n + 1) - self._steered  # junctions owed, counting the step being decided
-        level = min(1.0, max(0.0, self.ratio + owed / self.horizon))
-        return math.inf if level <= 0.0 else float(np.quantile(self._seen, 1.0 - level))
-
-    def decide(self, step: int, signal: float) -> bool:
-        junction = signal >= self.threshold()
-        self._seen.append(signal)
-        self._steered += junction
-        return junction
-
-    def describe(self) -> str:
-        return f"online-budget-gate(r={self.ratio:g}, prior_tau={self.prior_tau:g})"
 
 
 # --- the registry ------------------------------------------------------------------------------------------
@@ -304,8 +271,6 @@ GATES: dict[str, GateSpec] = {spec.name: spec for spec in (
              lambda s: FirstNGate(s.first_n), "matched"),
     GateSpec("online", "holds --ratio on every prompt", "ratio",
              lambda s: OnlineRatioGate(s.ratio, _tau(s)), "calibrated"),
-    GateSpec("online-budget", "experimental online controller (docs/results.md)", "ratio",
-             lambda s: BudgetQuantileGate(s.ratio, _tau(s)), "calibrated", listed=False),
 )}
 GATE_NAMES = tuple(name for name, spec in GATES.items() if spec.listed)
 GATE_HELP = "When to steer: " + "; ".join(f"{spec.name}: {spec.help}" for spec in GATES.values() if spec.listed) + "."

@@ -130,14 +130,3 @@ def test_calibrate_command_writes_the_file(gemma_path, tmp_path):
     assert set(calibration["taus"]) == {"0.3", "0.6"} and calibration["value_model"] is None
     assert json.loads(result.stdout) == calibration["taus"]
 
-
-def test_proposed_budget_gate_holds_the_ratio_and_prefers_uncertain_steps():
-    from sia_edge.gate import BudgetQuantileGate
-
-    rng = np.random.default_rng(0)
-    for drift in (0.0, -1.0):  # stationary entropies, and a text that grows more confident as it goes
-        trace = np.clip(rng.uniform(0, 2.3, 200) + np.linspace(0, drift, 200), 0, None).tolist()
-        gate = BudgetQuantileGate(0.3, prior_tau=1.6)
-        chosen = [gate.decide(step, h) for step, h in enumerate(trace)]
-        assert abs(np.mean(chosen) - 0.3) <= 0.05
-        assert np.mean([h for h, j in zip(trace, chosen) if j]) > np.mean(trace) + 0.3

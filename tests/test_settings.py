@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sia_edge.errors import InvalidSettingError, ModelOutputError
-from sia_edge.gate import (DEFAULT_TAU, GATE_NAMES, GATES, PARAMETERS, BudgetQuantileGate, OnlineRatioGate)
+from sia_edge.gate import DEFAULT_TAU, GATE_NAMES, GATES, PARAMETERS, OnlineRatioGate
 from sia_edge.settings import TAU_AND_RATIO, GenerationSettings
 from sia_edge.signals import SIGNALS, step_stats
 
@@ -104,21 +104,33 @@ def test_steers_is_the_one_answer():
     assert GenerationSettings(gate="random", q=0.0).steers  # may call the value model; q only makes it unlikely
 
 
-@pytest.mark.parametrize("make", [lambda: OnlineRatioGate(0.0, prior_tau=0.0),
-                                  lambda: BudgetQuantileGate(0.0, prior_tau=0.0)])
-def test_online_gates_with_ratio_zero_never_steer(make):
-    """Bug: ratio 0 still steered up to two junctions (the +-1 slack), and any uncertain step when 'behind'."""
-    gate = make()
+def test_online_gate_with_ratio_zero_never_steers():
+    """Bug: ratio 0 still steered up to two junctions (the +-1 slack)."""
+    gate = OnlineRatioGate(0.0, prior_tau=0.0)
     gate.reset(0)
     trace = np.random.default_rng(0).uniform(0, 2.3, 300)
     assert not any(gate.decide(i, h) for i, h in enumerate(trace))
 
 
+def test_online_gate_catching_up_skips_steps_the_text_finds_certain():
+    """Bug: when behind, the online gate steered any step with a signal above 0, however certain. Now a step in
+    the lowest quarter of the text's own signals so far is never a junction."""
+    rng = np.random.default_rng(3)
+    trace = np.concatenate([rng.uniform(1.8, 2.3, 60), rng.uniform(0.0, 0.3, 140)])  # the text grows certain
+    gate = OnlineRatioGate(0.2, prior_tau=1.0)
+    gate.reset(0)
+    chosen = [gate.decide(i, h) for i, h in enumerate(trace)]
+    # in the certain stretch the running 0.8-quantile stays high, so every junction there is a catch-up one
+    late_lowest_quarter = [i for i in range(60, len(trace)) if trace[i] <= np.quantile(trace[:i], 0.25)]
+    assert late_lowest_quarter and not any(chosen[i] for i in late_lowest_quarter)
+    assert any(chosen[60:])  # it still catches up, on the steps this text finds least certain
+
+
 def test_online_gate_holds_a_positive_ratio():
-    for gate in (OnlineRatioGate(0.25, prior_tau=1.0), BudgetQuantileGate(0.25, prior_tau=1.0)):
-        gate.reset(0)
-        trace = np.random.default_rng(1).uniform(0, 2.3, 400)
-        assert abs(np.mean([gate.decide(i, h) for i, h in enumerate(trace)]) - 0.25) < 0.03
+    gate = OnlineRatioGate(0.25, prior_tau=1.0)
+    gate.reset(0)
+    trace = np.random.default_rng(1).uniform(0, 2.3, 400)
+    assert abs(np.mean([gate.decide(i, h) for i, h in enumerate(trace)]) - 0.25) < 0.03
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
