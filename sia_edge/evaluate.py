@@ -623,7 +623,7 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/eval", show_default=True,
               help="Output directory; rerunning with the same settings resumes where it stopped.")
 @click.option("--judge", default="vader", show_default=True,
-              help="Independent judge: 'vader', or 'module:callable' returning an object with name and score(texts).")
+              help="Independent judge: 'vader', 'profanity' (1 = the text holds a listed swear word), or 'module:callable' returning an object with name and score(texts).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="Calibration JSON for the entropy/online arms [default: the cached one, else the shipped one].")
 @click.option("--limit", type=click.IntRange(min=1), default=None,

@@ -38,11 +38,29 @@ class VaderJudge:
         return [float(self._analyzer.polarity_scores(text)["compound"]) for text in texts]
 
 
-BUILT_IN = {"vader": VaderJudge}
+class ProfanityJudge:
+    """1.0 if better-profanity's word list (with leetspeak variants) finds a swear word in the text, else 0.0: the
+    mean over samples is the offensive rate, so lower is cleaner. A word list, unlike the learned model behind the
+    `clean` reward, so it can judge what that reward trained."""
+
+    name = "profanity"
+
+    def __init__(self) -> None:
+        try:
+            from better_profanity import profanity
+        except ImportError:
+            raise SiaError("the profanity judge needs the better-profanity package: pip install 'sia-edge[clean]'") from None
+        self._profanity = profanity
+
+    def score(self, texts: list[str]) -> list[float]:
+        return [1.0 if self._profanity.contains_profanity(text) else 0.0 for text in texts]
+
+
+BUILT_IN = {"vader": VaderJudge, "profanity": ProfanityJudge}
 
 
 def load_judge(spec: str) -> Judge:
-    """'vader', or 'module:callable' where callable() returns a Judge."""
+    """'vader', 'profanity', or 'module:callable' where callable() returns a Judge."""
     if spec in BUILT_IN:
         return BUILT_IN[spec]()
     module_name, _, attribute = spec.partition(":")
