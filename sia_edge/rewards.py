@@ -17,7 +17,7 @@ import importlib
 import math
 import os
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from .errors import InvalidSettingError, SiaError
 
@@ -111,8 +111,11 @@ class CheckedReward:
         self.reward = reward
         self.name = str(getattr(reward, "name", type(reward).__name__))
 
-    def score(self, texts: Sequence[str], first_index: int = 0) -> list[float]:
-        """Scores of `texts`; in errors, text i is called `first_index + i` (its index in the caller's list)."""
+    def score(self, texts: Sequence[str], first_index: int = 0,
+              describe: Callable[[int], str] | None = None) -> list[float]:
+        """Scores of `texts`. In errors, text i is called `text {first_index + i}` (its index in the caller's
+        list), followed by `describe(first_index + i)` in brackets when given."""
+        self._describe = describe
         texts = list(texts)
         if not texts:
             return []
@@ -133,10 +136,10 @@ class CheckedReward:
             try:
                 number = float(value)
             except (TypeError, ValueError):
-                raise RewardError(f"reward {self.name!r} returned {value!r} for text {first_index + offset}, "
+                raise RewardError(f"reward {self.name!r} returned {value!r} for {self._text(first_index + offset)}, "
                                   f"not a number") from None
             if not math.isfinite(number):
-                raise RewardError(f"reward {self.name!r} returned {number} for text {first_index + offset}; "
+                raise RewardError(f"reward {self.name!r} returned {number} for {self._text(first_index + offset)}; "
                                   f"scores must be finite numbers")
             checked.append(number)
         return checked
@@ -153,10 +156,15 @@ class CheckedReward:
                     break
         else:
             index = first_index
-        where = (f"text {index}" if index is not None
+        where = (self._text(index) if index is not None
                  else f"a batch of texts {first_index}..{first_index + len(texts) - 1} (none fails alone)")
         message = (str(error).strip().splitlines() or [""])[0]
         return RewardError(f"reward {self.name!r} failed on {where}: {type(error).__name__}: {message}")
+
+
+    def _text(self, index: int) -> str:
+        describe = getattr(self, "_describe", None)
+        return f"text {index}" + (f" ({describe(index)})" if describe else "")
 
 
 def checked(reward: Reward) -> CheckedReward:
