@@ -72,7 +72,7 @@ def _config(folder: Path, gemma_path: Path, **overrides):
         prompts.write_text("\n".join(TINY_PROMPTS) + "\n", encoding="utf-8")
     settings = dict(prompts=prompts, reward="tests:letter-e", out=folder / "vm.onnx", model=gemma_path,
                     samples_per_prompt=2, max_tokens=8, holdout=0.34, epochs=1, dim=8, hidden=8, min_count=1,
-                    seed=3, batch_size=6)
+                    seed=3, batch_size=6, llama_threads=1)
     settings.update(overrides)
     return DistillConfig(**settings)
 
@@ -261,3 +261,28 @@ def test_empty_prompt_file_and_unknown_reward_fail_before_sampling(gemma_path, t
     with pytest.raises(InvalidSettingError, match="reward must be one of clean, value-model:PATH or module:callable"):
         distill_value_model(_config(tmp_path, gemma_path, reward="sentiment"), progress=lambda _: None)
     assert not (tmp_path / "vm.samples.jsonl").exists()
+
+
+def test_texts_are_used_as_they_are_off_policy(gemma_path, tmp_path, monkeypatch):
+    from sia_edge.base_model import BaseModel
+    from sia_edge.train.distill import distill_value_model
+    from sia_edge.value_model import ValueModel
+
+    texts = tmp_path / "texts.jsonl"
+    lines = [f"Sample text number {i}: " + "e" * (i % 5) + " the weather was fine and everyone was there" * (1 + i % 3)
+             for i in range(14)]
+    texts.write_text("\n".join(json.dumps({"body": line}) for line in lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr("sia_edge.engine.Engine", _no_engine)  # nothing is sampled
+    config = _config(tmp_path, gemma_path, prompts=None, texts=texts, text_column="body", max_texts=10,
+                     max_tokens=12, holdout=0.2)
+    report = distill_value_model(config, progress=lambda _: None, progress_bar=False, reward=LetterShare())
+    assert report.samples == 10 and report.sampled_now == 10 and report.n_holdout == 2
+    tokenizer = BaseModel(gemma_path, vocab_only=True)
+    header, *samples = _records(config.cache_path)
+    assert header["source"] == "texts"
+    for record in samples:
+        assert record["text"] in lines and record["prompt"] == "" and record["prompt_tokens"] == []
+        assert record["token_ids"] == tokenizer.tokenize(record["text"], add_bos=False)[:12]
+        assert record["continuation"] == tokenizer.detokenize(record["token_ids"])
+        assert record["rewards"]["tests:letter-e|full"] == pytest.approx(LetterShare().score([record["continuation"]])[0])
+    assert json.loads(ValueModel(config.out).metadata["training"])["source"] == "texts"

@@ -110,8 +110,14 @@ def train_command(model: Path | None, as_json: bool, **options) -> None:
 
 
 @vm.command("distill")
-@click.option("--prompts", "prompts", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Text file with one prompt per line: the openings the base model continues.")
+@click.option("--prompts", "prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Text file with one prompt per line: the openings the base model continues (on-policy).")
+@click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Instead of --prompts: finished texts scored as they are (off-policy), one per line of a .txt "
+                   "file or the --text-column of a CSV/JSONL file.")
+@click.option("--text-column", default="text", show_default=True, help="Column of --texts in a CSV or JSONL file.")
+@click.option("--max-texts", type=click.IntRange(min=1), default=None,
+              help="Use a seeded random subset of at most N of the --texts.")
 @click.option("--reward", required=True,
               help="Sequence-level reward scoring each finished text once: 'clean' (1 - P(offensive), needs "
                    "sia-edge[clean]), 'value-model:PATH' (an existing value model's full-text score) or "
@@ -179,6 +185,8 @@ def distill_command(model: Path | None, input_kind: str, as_json: bool, **option
     from .distill import DistillConfig, distill_value_model
     from .trainer import require_training_extra
 
+    if (options["prompts"] is None) == (options["texts"] is None):
+        raise click.UsageError("give --prompts (continued by the base model) or --texts (used as they are)")
     require_training_extra()
     config = DistillConfig(model=resolve_base_model(model), input=input_kind, **options)
     report = distill_value_model(config)

@@ -38,7 +38,7 @@ SCORE_CHUNK = 64  # texts per reward call; the cache is rewritten after each chu
 
 @dataclass
 class DistillConfig:
-    prompts: Path
+    prompts: Path | None  # openings the base model continues (on-policy) ...
     reward: str
     out: Path
     model: Path
@@ -69,6 +69,9 @@ class DistillConfig:
     context_tokens: int = 64
     threads: int = 1  # torch threads (reproducible for a given count)
     llama_threads: int | None = None  # llama.cpp threads while sampling [default: all cores]
+    texts: Path | None = None  # ... or finished texts used as they are (off-policy), instead of prompts
+    text_column: str = "text"  # the column of `texts` when it is CSV or JSONL
+    max_texts: int | None = None  # a seeded random subset of `texts` of at most this many
 
     @property
     def cache_path(self) -> Path:
@@ -180,7 +183,8 @@ class SampleCache:
 def cache_header(config: DistillConfig, fingerprint: str, steer_sha256: str | None) -> dict:
     """What a sample depends on (besides its prompt and seed): resuming with anything else is refused."""
     return {
-        "format": CACHE_FORMAT, "model_fingerprint": fingerprint, "seed": config.seed,
+        "format": CACHE_FORMAT, "source": "texts" if config.texts else "sampled",
+        "model_fingerprint": fingerprint, "seed": config.seed,
         "max_tokens": config.max_tokens, "top_k": config.top_k, "temperature": config.temperature,
         "steered_share": config.steered_share, "steer_value_model_sha256": steer_sha256,
     }
@@ -227,6 +231,39 @@ def sample_missing(config: DistillConfig, prompts: list[str], cache: SampleCache
                 })
                 bar.update(1)
     return len(missing)
+
+
+def read_texts(path: Path, column: str) -> list[str]:
+    """Non-empty texts: one per line of a .txt file, else the `column` of a CSV (header row) or JSONL file."""
+    from ..errors import PromptError
+    from .data import _check_columns, _read_rows
+
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        from ..calibrate import read_prompt_file
+
+        return read_prompt_file(path)
+    rows = _read_rows(path)
+    _check_columns(path, rows, [column])
+    texts = [str(row[column]) for _, row in rows if str(row[column] or "").strip()]
+    if not texts:
+        raise PromptError(f"{path}: every row has an empty {column!r}")
+    return texts
+
+
+def ingest_texts(config: DistillConfig, texts: list[str], cache: SampleCache, tokenizer) -> int:
+    """Off-policy samples: each text as it is (no prompt), cut to max_tokens tokens; the reward reads the cut text,
+    as the value model does. Returns how many were added."""
+    added = 0
+    for index, text in enumerate(texts):
+        if (index, 0) in cache.samples and cache.samples[(index, 0)].get("text") == text:
+            continue
+        tokens = tokenizer.tokenize(text, add_bos=False)[: config.max_tokens]
+        cache.add({"type": "sample", "prompt_index": index, "sample_index": 0, "seed": None, "steered": False,
+                   "text": text, "prompt": "", "prompt_tokens": [], "continuation": tokenizer.detokenize(tokens),
+                   "token_ids": tokens, "stop_reason": "text", "junctions": 0, "rewards": {}})
+        added += 1
+    return added
 
 
 def reward_text(record: dict, reward_on: str) -> str:
@@ -296,19 +333,32 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
     from ..rewards import load_reward
     from .trainer import require_training_extra
 
-    config = replace(config, prompts=Path(config.prompts), out=Path(config.out), model=Path(config.model))
+    config = replace(config, out=Path(config.out), model=Path(config.model),
+                     prompts=Path(config.prompts) if config.prompts else None,
+                     texts=Path(config.texts) if config.texts else None)
     _check_config(config)
     torch = require_training_extra()
     started = time.perf_counter()
-    prompts = read_prompt_file(config.prompts)
+    if config.texts:
+        prompts = read_texts(config.texts, config.text_column)
+        if config.max_texts and len(prompts) > config.max_texts:
+            chosen = np.sort(np.random.default_rng(config.seed).choice(len(prompts), config.max_texts, replace=False))
+            prompts = [prompts[i] for i in chosen]
+        config = replace(config, samples_per_prompt=1)
+    else:
+        prompts = read_prompt_file(config.prompts)
     tokenizer = BaseModel(config.model, vocab_only=True)
     reward = reward or load_reward(config.reward, tokenizer)  # a bad reward fails before any sampling
     steer_path = _steer_value_model(config, tokenizer) if config.steered_share > 0 else None
     header = cache_header(config, tokenizer.fingerprint,
                           hashlib.sha256(steer_path.read_bytes()).hexdigest() if steer_path else None)
     cache = SampleCache(config.cache_path, header)
-    progress(f"{len(prompts)} prompts x {config.samples_per_prompt} samples of {config.max_tokens} tokens; "
-             f"{len(cache.samples)} samples already in {cache.path}")
+    if config.texts:
+        progress(f"{len(prompts)} texts of {config.texts.name} (off-policy, at most {config.max_tokens} tokens); "
+                 f"{len(cache.samples)} already in {cache.path}")
+    else:
+        progress(f"{len(prompts)} prompts x {config.samples_per_prompt} samples of {config.max_tokens} tokens; "
+                 f"{len(cache.samples)} samples already in {cache.path}")
 
     def engine_factory():
         from ..engine import Engine
@@ -317,7 +367,10 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
                       threads=config.llama_threads)
 
     sampling_started = time.perf_counter()
-    sampled = sample_missing(config, prompts, cache, engine_factory, progress_bar)
+    if config.texts:
+        sampled = ingest_texts(config, prompts, cache, tokenizer)
+    else:
+        sampled = sample_missing(config, prompts, cache, engine_factory, progress_bar)
     sampling_seconds = time.perf_counter() - sampling_started
     keys = [(p, s) for p in range(len(prompts)) for s in range(config.samples_per_prompt)]
     scored = score_missing(config, keys, cache, reward, progress_bar)
@@ -354,7 +407,7 @@ def _train_and_export(torch, config, tokenizer, reward, prompts, used, token_lis
     data = LabelledTexts(texts=[""] * len(used), targets=targets, weights=np.ones(len(used), dtype=np.float32),
                          label_type="reward", skipped_empty=0, score_from=score_from)
     training = TrainingConfig(
-        data=config.prompts, model=config.model, out=config.out, seed=config.seed, epochs=config.epochs,
+        data=config.texts or config.prompts, model=config.model, out=config.out, seed=config.seed, epochs=config.epochs,
         dim=config.dim, hidden=config.hidden, ema_decay=config.ema_decay, holdout=config.holdout,
         max_tokens=max(map(len, token_lists)), min_count=config.min_count, batch_size=config.train_batch_size,
         learning_rate=config.learning_rate, token_dropout=config.token_dropout, context_prob=config.context_prob,
@@ -412,9 +465,10 @@ def _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metric
     graph = IncrementalValueGraph(net, torch.from_numpy(row_of_token))
     objective = _objective(config, reward)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                if k not in ("prompts", "out", "model", "cache", "steer_value_model")}
+                if k not in ("prompts", "texts", "out", "model", "cache", "steer_value_model")}
+    source = config.texts or config.prompts
     training = {
-        "method": "distillation", "prompts": config.prompts.name,
+        "method": "distillation", "source": "texts" if config.texts else "sampled", "prompts": source.name,
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(), "n_prompts": len(prompts),
         "reward": reward.name, "reward_on": config.reward_on, "label_type": "reward", "n_train": n_train,
         "n_holdout": n_holdout, "settings": settings, "holdout_metrics": metrics,
@@ -424,7 +478,9 @@ def _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metric
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "objective": objective,
         "description": config.description or (f"{objective} value model for {tokenizer.name}, distilled from "
-                                               f"reward {reward.name} on its continuations of {config.prompts.name}"),
+                                               f"reward {reward.name} on "
+                                               + (f"the texts of {source.name}" if config.texts else
+                                                  f"its continuations of {source.name}")),
         "base_model": tokenizer.name,
         "reward": reward.name,
         "reward_mean": repr(mean),
@@ -450,6 +506,13 @@ def _steer_value_model(config: DistillConfig, tokenizer) -> Path:
 
 
 def _check_config(config: DistillConfig) -> None:
+    if (config.prompts is None) == (config.texts is None):
+        raise InvalidSettingError("give either prompts to continue (on-policy) or texts to use as they are "
+                                  "(off-policy), not both")
+    if config.texts and config.steered_share > 0:
+        raise InvalidSettingError("steered samples need prompts to continue, not texts")
+    if config.max_texts is not None and config.max_texts < 1:
+        raise InvalidSettingError(f"max-texts must be at least 1, got {config.max_texts}")
     if config.input not in INPUT_KINDS:
         raise InvalidSettingError(f"input must be one of {', '.join(INPUT_KINDS)}, got {config.input!r}")
     if config.reward_on not in REWARD_ON:
