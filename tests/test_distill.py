@@ -286,3 +286,21 @@ def test_texts_are_used_as_they_are_off_policy(gemma_path, tmp_path, monkeypatch
         assert record["continuation"] == tokenizer.detokenize(record["token_ids"])
         assert record["rewards"]["tests:letter-e|full"] == pytest.approx(LetterShare().score([record["continuation"]])[0])
     assert json.loads(ValueModel(config.out).metadata["training"])["source"] == "texts"
+
+
+def test_a_share_of_samples_is_steered_by_the_shipped_value_model(gemma_path, tmp_path):
+    import hashlib
+
+    from sia_edge.models import resolve_value_model
+    from sia_edge.train.distill import distill_value_model, is_steered
+
+    config = _config(tmp_path, gemma_path, steered_share=0.5, max_tokens=6)
+    distill_value_model(config, progress=lambda _: None, progress_bar=False, reward=LetterShare())
+    header, *samples = _records(config.cache_path)
+    shipped = resolve_value_model(None, header["model_fingerprint"])
+    assert header["steer_value_model_sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    flags = [record["steered"] for record in samples]
+    assert flags == [is_steered(3, r["prompt_index"], r["sample_index"], 0.5) for r in samples]
+    assert any(flags) and not all(flags)
+    assert all(record["junctions"] == 0 for record in samples if not record["steered"])
+    assert sum(record["junctions"] for record in samples if record["steered"]) > 0  # the entropy gate steered
