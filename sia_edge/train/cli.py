@@ -158,8 +158,8 @@ def train_command(model: Path | None, as_json: bool, **options) -> None:
               help="Seed for sampling (one derived seed per prompt and sample), the split and training.")
 @click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Share of the prompts (with all their samples) held out for the reported fit.")
-@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True,
-              help="Passes over the training samples.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Passes over the training samples (a distillation set is small: more passes than vm train).")
 @click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
               help="Token embedding size D; the state has 2D+1 numbers.")
 @click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
@@ -203,7 +203,9 @@ def distill_command(model: Path | None, input_kind: str, as_json: bool, **option
     click.echo("continuation        r2  correlation")
     for row in report.holdout_metrics:
         click.echo(f"{row['fraction']:>12.0%}  {row['r2']:8.3f}  {row['correlation']:11.3f}")
-    click.echo(f"within-prompt correlation (full texts): {report.within_prompt_correlation:.3f}")
+    within = report.within_prompt_correlation
+    click.echo("within-prompt correlation (full texts): "
+               + ("n/a (one sample per prompt)" if math.isnan(within) else f"{within:.3f}"))
 
 
 @vm.command("info")

@@ -34,6 +34,10 @@ INPUT_KINDS = ("tokens",)  # the value-model architectures distillation can trai
 REWARD_ON = ("full", "continuation")
 LOSSES = {"prefix": "prefix", "mean": "mean"}  # CLI name -> trainer loss
 SCORE_CHUNK = 64  # texts per reward call; the cache is rewritten after each chunk
+# Distillation sets are hundreds of samples, not tens of thousands of tweets: 3 epochs (vm train's default) is ~20
+# optimiser steps. Measured on 480 tweets scored by the shipped sentiment model (held-out full-text R²): 3 epochs
+# 0.06, 10 0.42, 20 0.51, 30 0.48, 60 0.45.
+DISTILL_EPOCHS = 20
 
 
 @dataclass
@@ -57,7 +61,7 @@ class DistillConfig:
     description: str | None = None
     seed: int = 0
     holdout: float = 0.1  # share of the prompts (with all their samples) held out for the reported fit
-    epochs: int = 3
+    epochs: int = DISTILL_EPOCHS
     dim: int = 64
     hidden: int = 64
     ema_decay: float = 0.9
