@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = REPO / "tools" / "prompts"
 
@@ -32,7 +34,6 @@ import math  # noqa: E402
 import shutil  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from sia_edge.errors import PromptError, TrainingDataError  # noqa: E402
@@ -98,6 +99,7 @@ def _copy_cache(distilled, folder: Path) -> Path:
     return folder / "vm.samples.jsonl"
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_distill_samples_with_the_runtime_and_regresses_onto_the_standardised_reward(distilled, gemma_path):
     from sia_edge.base_model import BaseModel
     from sia_edge.decoder import without_leading_bos
@@ -140,6 +142,7 @@ def test_distill_samples_with_the_runtime_and_regresses_onto_the_standardised_re
     assert np.all(np.isfinite(scores)) and np.ptp(scores) > 0
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_rerun_resumes_from_the_cache_without_resampling(distilled, gemma_path, tmp_path, monkeypatch):
     from sia_edge.train import distill
 
@@ -160,6 +163,7 @@ def _no_engine(*args, **kwargs):
     raise AssertionError("the cache held every sample: nothing should be sampled")
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_more_samples_per_prompt_draws_only_the_new_ones(distilled, gemma_path, tmp_path):
     from sia_edge.train.distill import distill_value_model
 
@@ -172,6 +176,7 @@ def test_more_samples_per_prompt_draws_only_the_new_ones(distilled, gemma_path, 
     assert {k: v for k, v in new.items() if k in old} == old
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_same_seed_same_samples_and_model(distilled, gemma_path, tmp_path):
     from sia_edge.train.distill import distill_value_model
     from sia_edge.value_model import ValueModel
@@ -187,6 +192,7 @@ def test_same_seed_same_samples_and_model(distilled, gemma_path, tmp_path):
         ValueModel(again.out).score_sequences(sequences).tolist()
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_bad_reward_is_one_line_and_keeps_the_samples(distilled, gemma_path, tmp_path):
     from sia_edge.train.distill import distill_value_model
 
@@ -206,6 +212,7 @@ def _records_of(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_all_equal_rewards_are_refused(distilled, gemma_path, tmp_path):
     from sia_edge.train.distill import distill_value_model
 
@@ -217,6 +224,7 @@ def test_all_equal_rewards_are_refused(distilled, gemma_path, tmp_path):
     assert not (tmp_path / "vm.onnx").exists()
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_changed_sampling_settings_do_not_mix_into_the_cache(distilled, gemma_path, tmp_path):
     from sia_edge.errors import InvalidSettingError
     from sia_edge.train.distill import distill_value_model
@@ -227,6 +235,7 @@ def test_changed_sampling_settings_do_not_mix_into_the_cache(distilled, gemma_pa
                             progress_bar=False, reward=LetterShare())
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_cli_distills_the_clean_reward_from_a_cache(distilled, tmp_path):
     pytest.importorskip("profanity_check")
     from sia_edge.train.cli import vm
@@ -250,6 +259,7 @@ def test_cli_distills_the_clean_reward_from_a_cache(distilled, tmp_path):
     assert all(set(r) == {"tests:letter-e|full", "clean|continuation"} for r in scored)
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_empty_prompt_file_and_unknown_reward_fail_before_sampling(gemma_path, tmp_path):
     from sia_edge.errors import InvalidSettingError
     from sia_edge.train.distill import distill_value_model
@@ -263,6 +273,7 @@ def test_empty_prompt_file_and_unknown_reward_fail_before_sampling(gemma_path, t
     assert not (tmp_path / "vm.samples.jsonl").exists()
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_texts_are_used_as_they_are_off_policy(gemma_path, tmp_path, monkeypatch):
     from sia_edge.base_model import BaseModel
     from sia_edge.train.distill import distill_value_model
@@ -288,6 +299,7 @@ def test_texts_are_used_as_they_are_off_policy(gemma_path, tmp_path, monkeypatch
     assert json.loads(ValueModel(config.out).metadata["training"])["source"] == "texts"
 
 
+@pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_a_share_of_samples_is_steered_by_the_shipped_value_model(gemma_path, tmp_path):
     import hashlib
 
