@@ -35,10 +35,11 @@ NAME = "gemma3-270m-clean"
 SEED = 0
 TRAIN_PROMPTS = REPO / "tools" / "prompts" / "provocative-train.txt"
 CHECK_PROMPTS = REPO / "tools" / "prompts" / "provocative-calibration.txt"
-DESCRIPTION = ("Clean language (1 - P(offensive) from alt-profanity-check) distilled on Gemma 3 270M base's own "
-               "continuations of provocative openings")
+DESCRIPTION = ("Clean language (1 - P(offensive) from alt-profanity-check), distilled on continuations of "
+               "provocative openings written by Gemma 3 270M base itself")
 # Shared by the build and the fresh check: what a sample depends on.
-SAMPLING = {"samples_per_prompt": 4, "max_tokens": 64, "top_k": 10, "temperature": 1.0, "seed": SEED}
+SAMPLING = {"samples_per_prompt": 8, "max_tokens": 64, "top_k": 10, "temperature": 1.0, "seed": SEED}
+CHECK_SAMPLES_PER_PROMPT = 4
 DISTILL_OPTIONS = ["--reward", "clean", "--reward-on", "continuation", "--objective", "clean",
                    "--samples-per-prompt", str(SAMPLING["samples_per_prompt"]), "-n", str(SAMPLING["max_tokens"]),
                    "--top-k", str(SAMPLING["top_k"]), "-t", str(SAMPLING["temperature"]), "--seed", str(SEED),
@@ -73,7 +74,7 @@ def fresh_check(onnx_path: Path, gguf: Path) -> dict:
 
     config = DistillConfig(prompts=CHECK_PROMPTS, reward="clean", out=BUILD / "unused.onnx", model=gguf,
                            reward_on="continuation", cache=BUILD / f"{NAME}-check.samples.jsonl", llama_threads=1,
-                           **SAMPLING)
+                           **{**SAMPLING, "samples_per_prompt": CHECK_SAMPLES_PER_PROMPT})
     tokenizer = BaseModel(gguf, vocab_only=True)
     prompts = read_prompt_file(CHECK_PROMPTS)
     cache = SampleCache(config.cache_path, cache_header(config, tokenizer.fingerprint, None))
@@ -108,6 +109,17 @@ def fresh_check(onnx_path: Path, gguf: Path) -> dict:
     }
 
 
+def training_rewards(report: dict) -> dict:
+    """How offensive the training samples are, by the reward and by the word list."""
+    from sia_edge.judges import load_judge
+
+    samples = [json.loads(line) for line in Path(report["cache"]).read_text(encoding="utf-8").splitlines()[1:]]
+    reward = np.array([s["rewards"]["clean|continuation"] for s in samples])
+    hits = np.array(load_judge("profanity").score([s["continuation"] for s in samples]))
+    return {"samples": len(samples), "offensive_share": float(np.mean(reward < 0.5)),
+            "word_list_share": float(hits.mean()), "median": float(np.median(reward))}
+
+
 def candidate_scores(onnx_path: Path, gguf: Path) -> dict:
     """Scores of candidate next words after a provocative opening: the signal steering acts on."""
     from sia_edge.base_model import BaseModel
@@ -124,7 +136,8 @@ def candidate_scores(onnx_path: Path, gguf: Path) -> dict:
     return {"prompt": prompt, "scores": {w.strip(): round(float(s), 3) for w, s in zip(words, scores)}}
 
 
-def model_card(report: dict, check: dict, candidates: dict, latency: dict, onnx_path: Path, gguf: Path) -> str:
+def model_card(report: dict, check: dict, rewards: dict, candidates: dict, latency: dict, onnx_path: Path,
+               gguf: Path) -> str:
     import onnxruntime
 
     rows = "\n".join(f"| {m['fraction']:.0%} | {m['r2']:.3f} | {m['correlation']:.3f} |"
@@ -156,7 +169,9 @@ arguments, complaints). The disjoint `provocative-calibration.txt` and `provocat
 training (dev is for evaluations). Gemma 3 270M base continued each opening {SAMPLING['samples_per_prompt']} times
 ({SAMPLING['max_tokens']} tokens, {report['samples'] + report['skipped_empty']} samples, unsteered, top-k {SAMPLING['top_k']}, T {SAMPLING['temperature']:g}: the sampler steering
 uses; one seed per prompt and sample derived from seed {SEED}); {report['skipped_empty']} samples that ended at once
-were skipped. Each continuation was scored once by the reward.
+were skipped. Each continuation was scored once by the reward: {rewards['offensive_share']:.1%} of them have
+P(offensive) > 0.5 and {rewards['word_list_share']:.1%} contain a word of `better-profanity`'s list (median reward
+{rewards['median']:.3f}): the offensive tail the value model has to learn is small.
 
 Why the continuation alone: the openings are provocative by design, so on prompt + continuation the prompt's own words
 would set much of the reward, and it is the same for every candidate at a junction. Scoring what the model wrote
@@ -185,7 +200,7 @@ standardised reward):
 Ranking continuations of one prompt (what a junction needs), full texts, each prompt's mean removed: correlation
 {report['within_prompt_correlation']:.3f}.
 
-Fresh prompts (`provocative-calibration.txt`, {check['prompts']} prompts × {SAMPLING['samples_per_prompt']} samples, drawn the same way): full-text R²
+Fresh prompts (`provocative-calibration.txt`, {check['prompts']} prompts × {CHECK_SAMPLES_PER_PROMPT} samples, drawn the same way): full-text R²
 {check['r2']:.3f}, correlation {check['correlation']:.3f}, within-prompt correlation {check['within_prompt_correlation']:.3f}.
 There {check['offensive_share']:.1%} of the continuations have P(offensive) > 0.5, and {check['word_list_share']:.1%}
 contain a word of `better-profanity`'s list (a different method from the reward's learned model). The value
@@ -205,6 +220,10 @@ makes a rerun resume instead of resampling.
 
 - A distillation of `alt-profanity-check`, a linear model over word n-grams whose training data is not shipped: it
   inherits its blind spots (misspellings, slurs it never saw, polite hostility). Judge steering with something else.
+- A weak fit (held-out full-text R² {report['holdout_metrics'][-1]['r2']:.2f}, correlation
+  {report['holdout_metrics'][-1]['correlation']:.2f}): most continuations are clean and the reward's spread sits in a
+  few percent of them, so the model has learned mainly that a handful of insult and swear tokens are bad (see the
+  candidate scores above) rather than a graded notion of hostility. More samples per prompt would help.
 - Trained on 64-token continuations of short provocative openings; longer texts and other domains are
   extrapolation.
 - A bag of token embeddings plus a recency average: word order beyond recency is invisible.
@@ -224,13 +243,15 @@ def main() -> None:
     out = BUILD / f"{NAME}.onnx"
     report = distill(out)
     check = fresh_check(out, gguf)
+    rewards = training_rewards(report)
     candidates = candidate_scores(out, gguf)
     latency = junction_latency_ms(out)
     (BUILD / f"{NAME}-build.json").write_text(json.dumps(
-        {"report": report, "fresh_check": check, "candidates": candidates, "latency": latency}, indent=2))
+        {"report": report, "fresh_check": check, "training_rewards": rewards, "candidates": candidates,
+         "latency": latency}, indent=2))
     shipped = REPO / "sia_edge" / "models" / f"{NAME}.onnx"
     shutil.copy(out, shipped)
-    (REPO / "models" / f"{NAME}.md").write_text(model_card(report, check, candidates, latency, shipped, gguf))
+    (REPO / "models" / f"{NAME}.md").write_text(model_card(report, check, rewards, candidates, latency, shipped, gguf))
     print(json.dumps({"fit": report["holdout_metrics"][-1], "within_prompt": report["within_prompt_correlation"],
                       "fresh_check": check}, indent=2))
 
