@@ -316,3 +316,25 @@ def test_a_share_of_samples_is_steered_by_the_shipped_value_model(gemma_path, tm
     assert any(flags) and not all(flags)
     assert all(record["junctions"] == 0 for record in samples if not record["steered"])
     assert sum(record["junctions"] for record in samples if record["steered"]) > 0  # the entropy gate steered
+
+
+@pytest.mark.slow  # trains nothing, but loads the real tokenizer and reads real samples
+def test_cli_reports_a_bad_module_reward_on_one_line_and_keeps_the_cache(distilled, tmp_path, monkeypatch):
+    from sia_edge.cli import main
+
+    (tmp_path / "my_bad_reward.py").write_text(
+        "class Bad:\n    name = 'too-few'\n    def score(self, texts):\n        return [1.0] * (len(texts) - 1)\n\n"
+        "def make():\n    return Bad()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cache = _copy_cache(distilled, tmp_path)
+    before = cache.read_text(encoding="utf-8")
+    _, config, _ = distilled
+    result = CliRunner().invoke(main, [
+        "vm", "distill", "--prompts", str(config.prompts), "--reward", "my_bad_reward:make", "--out",
+        str(tmp_path / "bad.onnx"), "--cache", str(cache), "--samples-per-prompt", "2", "-n", "8", "--seed", "3"])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("sia-edge: error:")]
+    assert errors == [f"sia-edge: error: reward 'too-few' returned 5 scores for 6 texts (texts 0..5); it must return "
+                      f"one per text; the 6 samples drawn so far stay in {cache}"]
+    assert cache.read_text(encoding="utf-8") == before
+    assert not (tmp_path / "bad.onnx").exists()
