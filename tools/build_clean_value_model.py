@@ -1,9 +1,9 @@
 """Build the shipped `clean` value model for Gemma 3 270M base, reproducibly, with `sia-edge vm distill`.
 
-    PYTHONPATH=. python tools/build_clean_value_model.py   # ~15-30 min on a shared 2-core CPU (mostly sampling)
+    PYTHONPATH=. python tools/build_clean_value_model.py   # ~1 h on a shared 2-core CPU (sampling 3,376 continuations)
 
 Steps:
-1. `sia-edge vm distill` on tools/prompts/provocative-train.txt: Gemma continues each opening 4 times (64 tokens,
+1. `sia-edge vm distill` on tools/prompts/provocative-train.txt: Gemma continues each opening 16 times (64 tokens,
    unsteered, top-k 10, T 1), alt-profanity-check scores each continuation once (reward `clean` = 1 - P(offensive)),
    every continuation prefix regresses onto the standardised reward; 10% of the prompts are held out;
 2. a fresh check on prompts it never saw: the same sampling on tools/prompts/provocative-calibration.txt, then the
@@ -38,8 +38,8 @@ CHECK_PROMPTS = REPO / "tools" / "prompts" / "provocative-calibration.txt"
 DESCRIPTION = ("Clean language (1 - P(offensive) from alt-profanity-check), distilled on continuations of "
                "provocative openings written by Gemma 3 270M base itself")
 # Shared by the build and the fresh check: what a sample depends on.
-SAMPLING = {"samples_per_prompt": 8, "max_tokens": 64, "top_k": 10, "temperature": 1.0, "seed": SEED}
-CHECK_SAMPLES_PER_PROMPT = 4
+SAMPLING = {"samples_per_prompt": 16, "max_tokens": 64, "top_k": 10, "temperature": 1.0, "seed": SEED}
+CHECK_SAMPLES_PER_PROMPT = 16
 DISTILL_OPTIONS = ["--reward", "clean", "--reward-on", "continuation", "--objective", "clean",
                    "--samples-per-prompt", str(SAMPLING["samples_per_prompt"]), "-n", str(SAMPLING["max_tokens"]),
                    "--top-k", str(SAMPLING["top_k"]), "-t", str(SAMPLING["temperature"]), "--seed", str(SEED),
