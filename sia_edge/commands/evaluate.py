@@ -30,7 +30,8 @@ ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATE
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/eval", show_default=True,
               help="Output directory; rerunning with the same settings resumes where it stopped.")
 @click.option("--judge", default="vader", show_default=True,
-              help="Independent judge: 'vader', or 'module:callable' returning an object with name and score(texts).")
+              help="Independent judge, higher = better: 'vader' (sentiment), 'word-list-clean' (1 = no listed swear "
+                   "word), or 'module:callable' returning an object with name and score(texts).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="Calibration JSON for the entropy/online arms [default: the cached one, else the shipped one].")
 @click.option("--limit", type=click.IntRange(min=1), default=None,

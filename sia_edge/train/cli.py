@@ -124,6 +124,105 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
                  f"of other held-out texts)")
 
 
+@vm.command("distill")
+@click.option("--prompts", "prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Text file with one prompt per line: the openings the base model continues (on-policy).")
+@click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Instead of --prompts: finished texts scored as they are (off-policy), one per line of a .txt "
+                   "file or the --text-column of a CSV/JSONL file.")
+@click.option("--text-column", default="text", show_default=True, help="Column of --texts in a CSV or JSONL file.")
+@click.option("--max-texts", type=click.IntRange(min=1), default=None,
+              help="Use a seeded random subset of at most N of the --texts.")
+@click.option("--reward", required=True,
+              help="Sequence-level reward scoring each finished text once: 'clean' (1 - P(offensive), needs "
+                   "sia-edge[clean]), 'value-model:PATH' (an existing value model's full-text score) or "
+                   "'module:callable' returning an object with name and score(texts).")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the ONNX value model.")
+@click.option("-m", "--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="GGUF base model that writes the samples and whose tokenizer the value model uses "
+                   "[default: $SIA_EDGE_MODEL, else the built-in Gemma 3 270M base].")
+@click.option("--input", "input_kind", type=click.Choice(["tokens"]), default="tokens", show_default=True,
+              help="What the value model reads: the base model's token ids (the architecture of `vm train`).")
+@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Continuations drawn per prompt.")
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Tokens per continuation.")
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Candidates per step, as steering will use them (sampling is restricted to the top-k).")
+@click.option("-t", "--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Sampling temperature, as steering will use it.")
+@click.option("--steered-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of the samples drawn with steering (entropy gate, default tau) instead of unsteered.")
+@click.option("--steer-value-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Value model steering those samples [default: the shipped one for the base model].")
+@click.option("--reward-on", type=click.Choice(["full", "continuation"]), default="full", show_default=True,
+              help="What the reward reads: prompt + continuation (the paper's R(x, y)) or the continuation alone.")
+@click.option("--loss", type=click.Choice(["prefix", "mean"]), default="prefix", show_default=True,
+              help="prefix: squared error of every prefix's value against the reward; mean: squared error of the "
+                   "mean over prefixes (the paper's Eq. 6, which constrains single prefixes only weakly).")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSONL cache of samples and rewards; rerunning resumes from it [default: OUT with suffix "
+                   ".samples.jsonl].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Continuations decoded together while sampling (throughput only).")
+@click.option("--objective", default=None,
+              help="Objective name stored in the model (e.g. 'clean') [default: the reward's name].")
+@click.option("--description", default=None, help="One-line description stored in the model.")
+@click.option("-s", "--seed", type=int, default=0, show_default=True,
+              help="Seed for sampling (one derived seed per prompt and sample), the split and training.")
+@click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Share of the prompts (with all their samples) held out for the reported fit.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Passes over the training samples (a distillation set is small: more passes than vm train).")
+@click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
+              help="Token embedding size D; the state has 2D+1 numbers.")
+@click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
+              help="Hidden units of the scoring MLP.")
+@click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
+              help="Tokens seen fewer times in training share the unknown-token embedding.")
+@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
+              show_default=True, help="Peak AdamW learning rate (cosine decay).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads; results are reproducible for a given thread count.")
+@click.option("--llama-threads", type=click.IntRange(min=1), default=None,
+              help="llama.cpp threads while sampling [default: all cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+def distill_command(model: Path | None, input_kind: str, as_json: bool, **options) -> None:
+    """Distil a sequence-level reward into a value model on the base model's own continuations.
+
+    Samples continuations of each prompt with the runtime's own loop (unsteered, top-k and temperature as
+    steering uses them), scores each finished text once with the reward, and trains a value model whose every
+    prefix regresses onto its sample's standardised reward (mean and sd stored in the model, so a higher score
+    still means more aligned). Samples and rewards go to a resumable JSONL cache; same seed, same model.
+    """
+    from ..models import resolve_base_model
+    from .distill import DistillConfig, distill_value_model
+    from .trainer import require_training_extra
+
+    if (options["prompts"] is None) == (options["texts"] is None):
+        raise click.UsageError("give --prompts (continued by the base model) or --texts (used as they are)")
+    require_training_extra()
+    config = DistillConfig(model=resolve_base_model(model), input=input_kind, **options)
+    report = distill_value_model(config)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(f"wrote {report.out} ({report.file_bytes / 1e6:.1f} MB, {report.vocab_rows} embedding rows) in "
+               f"{report.seconds:.0f} s ({report.sampling_seconds:.0f} s sampling)")
+    click.echo(f"objective: {report.objective}; reward {report.reward}: mean {report.reward_mean:.4g}, "
+               f"sd {report.reward_sd:.4g} (stored; the score predicts the standardised reward)")
+    click.echo(f"{report.samples} samples ({report.sampled_now} drawn now, {report.skipped_empty} empty skipped), "
+               f"{report.n_train} train / {report.n_holdout} held out ({report.n_holdout_prompts} prompts); "
+               f"cache {report.cache}")
+    click.echo("continuation        r2  correlation")
+    for row in report.holdout_metrics:
+        click.echo(f"{row['fraction']:>12.0%}  {row['r2']:8.3f}  {row['correlation']:11.3f}")
+    within = report.within_prompt_correlation
+    click.echo("within-prompt correlation (full texts): "
+               + ("n/a (one sample per prompt)" if math.isnan(within) else f"{within:.3f}"))
+
+
 @vm.command("info")
 @click.argument("value_model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")

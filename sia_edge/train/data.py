@@ -26,6 +26,7 @@ class LabelledTexts:
     weights: np.ndarray  # (N,) float32 sample weights (all 1 without --weight-column)
     label_type: str  # "binary" or "score"
     skipped_empty: int  # rows dropped because their text was empty
+    score_from: np.ndarray | None = None  # (N,) int: first position whose prefix is trained (None: all of them)
 
 
 def load_labelled_texts(

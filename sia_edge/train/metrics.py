@@ -31,6 +31,13 @@ def r_squared(targets: np.ndarray, predictions: np.ndarray) -> float:
     return 1.0 - residual / total if total > 0 else float("nan")
 
 
+def correlation(targets: np.ndarray, predictions: np.ndarray) -> float:
+    """Pearson correlation (nan when either side is constant)."""
+    t, p = targets - targets.mean(), predictions - predictions.mean()
+    scale = float(np.sqrt(np.sum(t * t) * np.sum(p * p)))
+    return float(np.sum(t * p)) / scale if scale > 0 else float("nan")
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import SiaError, TrainingDataError
 from ..value_model import pad_sequences  # the runtime's padding, so training and scoring agree
 from .data import LabelledTexts, load_labelled_texts
-from .metrics import PREFIX_FRACTIONS, accuracy, prefix_length, r_squared, roc_auc, sigmoid
+from .metrics import PREFIX_FRACTIONS, accuracy, correlation, prefix_length, r_squared, roc_auc, sigmoid
 
 INSTALL_HINT = "pip install 'sia-edge[train]'"
 
@@ -64,6 +64,9 @@ class TrainingConfig:
     context_tokens: int = 64
     recurrent_size: int = 128  # GRU hidden size H (the state) of the gru architecture
     threads: int = 1
+    # bce: binary cross-entropy per prefix (labels in [0, 1]); prefix: squared error per prefix (regression onto an
+    # unbounded target, e.g. a standardised reward); mean: squared error of the mean over prefixes (paper, Eq. 6).
+    loss: str = "bce"
 
 
 @dataclass
@@ -220,12 +223,14 @@ def _fit(torch, config, data: LabelledTexts, rows, train_idx, holdout_idx, n_row
             sequences, text_starts = with_context([rows[i] for i in batch], train_rows, config.context_prob,
                                                   _context_units(config), rng)
             batch_rows, batch_mask = (torch.from_numpy(a) for a in pad_sequences(sequences))
+            if data.score_from is not None:  # only the prefixes from there on are scored (e.g. after the prompt)
+                text_starts = [start + int(data.score_from[i]) for start, i in zip(text_starts, batch)]
             loss_mask = batch_mask * (torch.arange(batch_mask.shape[1]) >= torch.tensor(text_starts)[:, None])
             # Token dropout: trains the unknown row and keeps any single token from deciding alone.
             dropped = torch.rand(batch_rows.shape, generator=dropout) < config.token_dropout
             batch_rows = torch.where(dropped, torch.full_like(batch_rows, UNKNOWN_ROW), batch_rows)
             loss = _prefix_loss(torch, net, batch_rows, batch_mask, loss_mask, torch.from_numpy(data.targets[batch]),
-                                torch.from_numpy(data.weights[batch]))
+                                torch.from_numpy(data.weights[batch]), config.loss)
             optimizer.zero_grad()
             loss.backward()
             if config.arch == "gru":  # recurrent gradients can spike on long contexts
@@ -260,16 +265,25 @@ def with_context(texts: list[np.ndarray], pool: list[np.ndarray], prob: float, m
     return sequences, starts
 
 
-def _prefix_loss(torch, net, rows, mask, loss_mask, targets, weights):
-    """Weighted mean over texts of the mean over each text's prefixes of BCE(prefix logit, final label).
+def _prefix_loss(torch, net, rows, mask, loss_mask, targets, weights, loss: str = "bce"):
+    """Weighted mean over texts of the mean over each text's prefixes of BCE(prefix logit, final label), or of
+    the squared error (prefix value - target)^2 (loss "prefix"); loss "mean": (mean of the prefix values - target)^2.
 
     rows, mask (B, L) cover context + text; loss_mask (B, L) only the text's own positions, whose prefixes are
     what is scored. targets, weights (B,). Each text counts once whatever its length.
     """
     logits = net.score_every_prefix(rows, mask)  # (B, L)
-    per_prefix = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, targets.unsqueeze(1).expand_as(logits), reduction="none") * loss_mask  # (B, L)
-    per_text = per_prefix.sum(dim=1) / loss_mask.sum(dim=1).clamp(min=1.0)  # (B,)
+    scored = loss_mask.sum(dim=1).clamp(min=1.0)  # (B,)
+    if loss == "mean":
+        per_text = ((logits * loss_mask).sum(dim=1) / scored - targets) ** 2  # (B,)
+    else:
+        expanded = targets.unsqueeze(1).expand_as(logits)
+        if loss == "prefix":
+            per_prefix = (logits - expanded) ** 2 * loss_mask  # (B, L)
+        else:
+            per_prefix = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, expanded, reduction="none") * loss_mask  # (B, L)
+        per_text = per_prefix.sum(dim=1) / scored  # (B,)
     return (per_text * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
@@ -281,6 +295,9 @@ def evaluate(torch, net, sequences: list[np.ndarray], targets: np.ndarray, label
         logits = np.array([logits_at[i][prefix_length(len(s), fraction) - 1] for i, s in enumerate(sequences)])
         if label_type == "binary":
             results.append({"fraction": fraction, "accuracy": accuracy(targets, logits), "auc": roc_auc(targets, logits)})
+        elif label_type == "reward":  # regression: the score itself predicts the (standardised) target
+            results.append({"fraction": fraction, "r2": r_squared(targets, logits),
+                            "correlation": correlation(targets, logits)})
         else:
             predictions = sigmoid(logits)
             results.append({"fraction": fraction, "r2": r_squared(targets, predictions),
