@@ -65,24 +65,26 @@ def scored_tokens(engine, prompt_tokens: list[int], result) -> list[int]:
 
 
 def best_of(engine, prompt: str | list[int], n: int, settings: GenerationSettings | None = None,
-            cancel=None) -> BestOfResult:
-    """N generations with seeds seed+i; the best is the argmax of the value model's score of each full text."""
+            cancel=None, value_model=None) -> BestOfResult:
+    """N generations with seeds seed+i; the best is the argmax of the value model's score of each full text.
+    `value_model` (an objective name or ONNX file) ranks and steers instead of the engine's current one."""
     if n < 1:
         raise InvalidSettingError(f"best_of must be >= 1, got {n}")
-    if engine.value_model is None:
+    scorer = engine.value_model_for(value_model)
+    if scorer is None:
         raise ValueModelError(f"Best-of-N needs a value model to rank the samples and none is loaded for "
                               f"{engine.base.name}; pass --value-model")
     settings = engine.settings(settings)
     seed = settings.seed if settings.seed is not None else secrets.randbits(32)
     start = time.perf_counter()
-    calls_before = engine.value_model.calls
+    calls_before = scorer.calls
     # the N samples are decoded together (batch.py): ~2x faster than one after another on 2 cores
     outputs = engine.generate_many([prompt] * n, settings, seeds=[(seed + i) % 2**63 for i in range(n)],
-                                   batch_size=min(n, MAX_BATCH), cancel=cancel)
+                                   batch_size=min(n, MAX_BATCH), cancel=cancel, value_model=value_model)
     results = [output.result for output in sorted(outputs, key=lambda output: output.index)]
     prompt_tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    scores = engine.value_model.score_sequences([scored_tokens(engine, prompt_tokens, r) for r in results])
+    scores = scorer.score_sequences([scored_tokens(engine, prompt_tokens, r) for r in results])
     scores = [float(s) for s in scores]
     best = max(range(len(scores)), key=scores.__getitem__)
     return BestOfResult(results, scores, best, sum(r.stats.tokens for r in results),
-                        engine.value_model.calls - calls_before, time.perf_counter() - start, seed)
+                        scorer.calls - calls_before, time.perf_counter() - start, seed)

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 from .base_model import common_prefix
 from .errors import PromptError, SiaError
 from .gate import GATE_NAMES, GATES, PARAMETERS
+from .models import OBJECTIVES
 from .settings import GenerationSettings
 
 PLAIN_SYSTEM = "A conversation between a user and a helpful assistant."
@@ -42,9 +43,10 @@ HELP = """commands:
   /reset              forget the conversation (keeps the system text)
   /stats              junctions, junction ratio, tokens/s and KV-cache reuse of the last reply
   /gate NAME [X]      change the gate: {gates}
+  /objective NAME     steer toward another objective: {objectives}
   /exit               leave (Ctrl-D too)
 Ctrl-C stops the current reply; the conversation is kept.""".format(gates=", ".join(f"{name} [{spec.parameter}]" if spec.parameter else name
-                            for name, spec in GATES.items() if spec.listed))
+                            for name, spec in GATES.items() if spec.listed), objectives=", ".join(OBJECTIVES))
 
 
 # --- formats -----------------------------------------------------------------------------------------------------
@@ -290,7 +292,19 @@ class ChatSession:
             return CommandOutput(self.stats_text())
         if name == "/gate":
             return CommandOutput(self._gate(args))
+        if name == "/objective":
+            return CommandOutput(self._objective(args))
         return CommandOutput(f"unknown command {name}; /help lists the commands")
+
+    def _objective(self, args: list[str]) -> str:
+        if len(args) != 1:
+            current = self.engine.value_model.path.name if self.engine.value_model else "none"
+            return f"usage: /objective NAME with NAME one of {', '.join(OBJECTIVES)} (now: {current})"
+        try:
+            reason = self.engine.use_value_model(args[0])
+        except SiaError as exc:
+            return f"not changed: {exc}"
+        return f"objective: {args[0]} ({self.engine.value_model.path.name}; {reason})"
 
     def stats_text(self) -> str:
         lines = [f"format: {self.format.name} | steering: {self.settings.describe()}",

@@ -77,6 +77,7 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     pipeline: str = ""
+    value_model: str | None = None  # file name of the value model that steered, if one did
 
     def as_dict(self) -> dict:
         return {
@@ -86,6 +87,7 @@ class GenerationResult:
             "stats": self.stats.as_dict(),
             "settings": self.settings,
             "pipeline": self.pipeline,
+            "value_model": self.value_model,
             "token_ids": self.token_ids,
         }
 
@@ -166,7 +168,8 @@ class Decoding:
         text = stops.finish(utf8.flush() if stop_reason != "stop" else "")
         stats.total_seconds = time.perf_counter() - start
         stats.base_model_seconds = self.base.decode_seconds - base_before
-        self.result = GenerationResult(text, stop_reason, stats, generated, s.as_dict(), s.describe())
+        steered_by = self.value_model.path.name if self._view is not None else None
+        self.result = GenerationResult(text, stop_reason, stats, generated, s.as_dict(), s.describe(), steered_by)
         if stops.tail:  # text held back for a possible stop string that never completed
             yield TokenEvent(len(generated), -1, stops.tail, 0.0, False)
 

@@ -43,18 +43,41 @@ class Engine:
             raise InvalidSettingError(f"n_ctx must be >= 16, got {n_ctx}")
         self.base = BaseModel(resolve_base_model(model), n_ctx=n_ctx, n_threads=threads, gpu_layers=gpu_layers)
         self.fingerprint = cached_fingerprint(self.base.path, lambda: self.base.fingerprint)
+        self.value_threads = value_threads
+        self._loaded: dict[str, object] = {}  # value models by resolved path: objectives switched to stay loaded
         self.value_model = None
         self.value_model_reason = "not loaded (not needed)"
         if use_value_model:
-            choice = choose_value_model(value_model, self.fingerprint)
-            self.value_model_reason = choice.reason
-            if choice.path is not None:
-                from .value_model import ValueModel
-
-                self.value_model = ValueModel(choice.path, threads=value_threads)
-                self.value_model.bind(self.fingerprint, self.base.name, self.base.token_bytes, self.base.n_vocab)
+            self.value_model, self.value_model_reason = self._load_value_model(value_model, required=False)
         self.calibration = calibration  # explicit calibration file for `ratio`; else cache, else shipped
         self._lock = threading.Lock()
+
+    def value_model_for(self, spec: str | os.PathLike | None):
+        """The value model an objective name (`sentiment`, `clean`) or ONNX file names, loaded once and kept;
+        None: the engine's current one."""
+        if spec is None:
+            return self.value_model
+        return self._load_value_model(spec, required=True)[0]
+
+    def use_value_model(self, spec: str | os.PathLike) -> str:
+        """Steer toward another objective (or value-model file) from now on; returns why that model was chosen."""
+        self.value_model, self.value_model_reason = self._load_value_model(spec, required=True)
+        return self.value_model_reason
+
+    def _load_value_model(self, spec, required: bool):
+        choice = choose_value_model(spec, self.fingerprint)
+        if choice.path is None:
+            if required:
+                raise ValueModelError(f"no value model for {spec!r}: {choice.reason}")
+            return None, choice.reason
+        key = str(choice.path.resolve())
+        if key not in self._loaded:
+            from .value_model import ValueModel
+
+            model = ValueModel(choice.path, threads=self.value_threads)
+            model.bind(self.fingerprint, self.base.name, self.base.token_bytes, self.base.n_vocab)
+            self._loaded[key] = model
+        return self._loaded[key], choice.reason
 
     def settings(self, settings: GenerationSettings | None = None, calibration: str | os.PathLike | None = None,
                  **overrides) -> GenerationSettings:
@@ -68,15 +91,16 @@ class Engine:
         return resolve_ratio(chosen, self.fingerprint, calibration or self.calibration)
 
     def stream(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,
-               log_probs: bool = False, **overrides) -> "Stream":
+               log_probs: bool = False, value_model: str | os.PathLike | None = None, **overrides) -> "Stream":
         """Iterate the returned Stream for TokenEvents; its `.result` is the GenerationResult afterwards.
-        `log_probs=True` fills each event's `log_prob` (the unsteered base model's log-probability of the token)."""
+        `log_probs=True` fills each event's `log_prob` (the unsteered base model's log-probability of the token);
+        `value_model` (an objective name or ONNX file) steers this generation toward another objective."""
         chosen = self.settings(settings, **overrides)
-        self._check_steerable(chosen)
+        scorer = self.value_model_for(value_model)
+        self._check_steerable(chosen, scorer)
         tokens = self._prompt_tokens(prompt, chosen)
         seed = chosen.seed if chosen.seed is not None else secrets.randbits(32)
-        return Stream(self, Decoding(self.base, self.value_model, tokens, chosen, seed, _as_callable(cancel),
-                                     log_probs))
+        return Stream(self, Decoding(self.base, scorer, tokens, chosen, seed, _as_callable(cancel), log_probs))
 
     def generate(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,
                  **overrides) -> GenerationResult:
@@ -87,7 +111,8 @@ class Engine:
 
     def generate_many(self, prompts: list[str | list[int]], settings: GenerationSettings | None = None,
                       seeds: list[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE, cancel: Cancel = None,
-                      log_probs: bool = False, **overrides) -> Iterator[BatchOutput]:
+                      log_probs: bool = False, value_model: str | os.PathLike | None = None,
+                      **overrides) -> Iterator[BatchOutput]:
         """Generate from every prompt (prompt i with seeds[i]), `batch_size` sequences decoded together.
 
         Returns an iterator of BatchOutput (index, result, events), one as each finishes, in finishing order; bad
@@ -98,18 +123,19 @@ class Engine:
         if batch_size < 1:
             raise InvalidSettingError(f"batch_size must be >= 1, got {batch_size}")
         chosen = self.settings(settings, **overrides)
-        self._check_steerable(chosen)
+        scorer = self.value_model_for(value_model)
+        self._check_steerable(chosen, scorer)
         if seeds is None:
             seeds = [secrets.randbits(32) for _ in prompts]
         if len(seeds) != len(prompts):
             raise InvalidSettingError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         requests = [BatchRequest(self._prompt_tokens(p, chosen), chosen.with_(seed=s), s)
                     for p, s in zip(prompts, seeds)]
-        return self._run_batched(requests, batch_size, _as_callable(cancel), log_probs)
+        return self._run_batched(requests, batch_size, _as_callable(cancel), log_probs, scorer)
 
-    def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool):
+    def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool, scorer):
         with self._lock:
-            yield from run_batched(self.base, self.value_model, requests, batch_size, cancel, log_probs,
+            yield from run_batched(self.base, scorer, requests, batch_size, cancel, log_probs,
                                    max_context=self.base.n_ctx)
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
@@ -135,8 +161,8 @@ class Engine:
                                       f"got {settings.top_k}")
         return tokens
 
-    def _check_steerable(self, settings: GenerationSettings) -> None:
-        if settings.steers and self.value_model is None:
+    def _check_steerable(self, settings: GenerationSettings, scorer) -> None:
+        if settings.steers and scorer is None:
             raise ValueModelError(
                 f"gate {settings.gate!r} needs a value model and none ships for {self.base.name}; "
                 f"pass --value-model (train one with `sia-edge vm train`) or use --gate none"

@@ -15,13 +15,33 @@ BASE_MODEL_ENV = "SIA_EDGE_MODEL"
 VALUE_MODEL_ENV = "SIA_EDGE_VALUE_MODEL"
 DEFAULT_BASE_MODEL_NAME = "Gemma 3 270M base (Q4_K_M)"
 
-# Shipped value models, by the tokenizer fingerprint of the base model they were trained for.
-SHIPPED_VALUE_MODELS = {
-    "df22d6d7457320447ac268372307fa0f839d1153575136a297ad7397f812b12e": "gemma3-270m-sentiment.onnx",
-    "07e8a0c9f549cc8d2fc1807d51b33ba9f9ad696cf50c64fe613f731e94da8378": "smollm2-135m-sentiment.onnx",
-}
-# The byte-level value model (contract 2, `sia_edge.input = bytes`): reads the bytes of any tokenizer's tokens, so it
-# steers every GGUF for which no token-level model ships.
+GEMMA_TOKENIZER = "df22d6d7457320447ac268372307fa0f839d1153575136a297ad7397f812b12e"
+SMOLLM2_TOKENIZER = "07e8a0c9f549cc8d2fc1807d51b33ba9f9ad696cf50c64fe613f731e94da8378"
+
+
+@dataclass(frozen=True)
+class ShippedValueModel:
+    """A value model inside the package: what it aligns toward and which base models it serves."""
+
+    file: str
+    objective: str  # the name `--value-model NAME` picks it by
+    input: str  # tokens | bytes
+    tokenizer: str | None = None  # token-level: the fingerprint of the tokenizer it reads; bytes: any
+
+    def serves(self, fingerprint: str) -> bool:
+        return self.tokenizer is None or self.tokenizer == fingerprint
+
+
+# For each objective the token-level model of a tokenizer wins over the byte-level one, which serves every GGUF.
+SHIPPED = (
+    ShippedValueModel("gemma3-270m-sentiment.onnx", "sentiment", "tokens", GEMMA_TOKENIZER),
+    ShippedValueModel("smollm2-135m-sentiment.onnx", "sentiment", "tokens", SMOLLM2_TOKENIZER),
+    ShippedValueModel("byte-sentiment.onnx", "sentiment", "bytes"),
+    ShippedValueModel("gemma3-270m-clean.onnx", "clean", "tokens", GEMMA_TOKENIZER),
+)
+DEFAULT_OBJECTIVE = "sentiment"
+OBJECTIVES = tuple(dict.fromkeys(m.objective for m in SHIPPED))
+SHIPPED_VALUE_MODELS = {m.tokenizer: m.file for m in SHIPPED if m.objective == DEFAULT_OBJECTIVE and m.tokenizer}
 SHIPPED_BYTE_VALUE_MODEL = "byte-sentiment.onnx"
 
 
@@ -75,24 +95,58 @@ def shipped_byte_value_model() -> Path:
     return shipped_value_model_dir() / SHIPPED_BYTE_VALUE_MODEL
 
 
-def choose_value_model(path: str | os.PathLike | None, base_fingerprint: str) -> ValueModelChoice:
-    """The ONNX value model and the reason: the given path, else $SIA_EDGE_VALUE_MODEL, else the token-level model
-    shipped for this tokenizer, else the shipped byte-level model (any tokenizer).
+def choose_value_model(spec: str | os.PathLike | None, base_fingerprint: str) -> ValueModelChoice:
+    """The ONNX value model and the reason. `spec` is a file, or an objective name (`sentiment`, `clean`); without
+    one, $SIA_EDGE_VALUE_MODEL, else the default objective. For an objective: the token-level model shipped for this
+    tokenizer, else the shipped byte-level model of that objective (any tokenizer).
 
-    The path is None only when nothing was asked for and not even the byte-level model is installed.
+    The path is None only when nothing was asked for and nothing shipped serves this base model.
     """
-    if path:
-        return ValueModelChoice(_existing(path), "given with --value-model")
-    if os.environ.get(VALUE_MODEL_ENV):
-        return ValueModelChoice(_existing(os.environ[VALUE_MODEL_ENV]), f"given with ${VALUE_MODEL_ENV}")
-    name = SHIPPED_VALUE_MODELS.get(base_fingerprint)
-    if name is not None and (shipped_value_model_dir() / name).is_file():
-        return ValueModelChoice(shipped_value_model_dir() / name,
-                                f"shipped token-level model for this tokenizer ({base_fingerprint[:16]})")
-    if shipped_byte_value_model().is_file():
-        return ValueModelChoice(shipped_byte_value_model(), f"shipped byte-level model: no token-level model "
-                                                            f"ships for tokenizer {base_fingerprint[:16]}")
-    return ValueModelChoice(None, "none: no value model ships for this tokenizer and the byte-level one is missing")
+    if spec:
+        how = "given with --value-model"
+    elif os.environ.get(VALUE_MODEL_ENV):
+        spec, how = os.environ[VALUE_MODEL_ENV], f"given with ${VALUE_MODEL_ENV}"
+    else:
+        spec, how = DEFAULT_OBJECTIVE, "the default objective"
+    if str(spec) not in OBJECTIVES:
+        if _looks_like_a_file(spec):
+            return ValueModelChoice(_existing(spec), how)
+        raise ValueModelError(f"unknown value model {str(spec)!r}: give an ONNX file or an objective, one of "
+                              f"{', '.join(OBJECTIVES)} (`sia-edge vm list` shows them)")
+    found = [m for m in SHIPPED if m.objective == str(spec) and m.serves(base_fingerprint)
+             and (shipped_value_model_dir() / m.file).is_file()]
+    found.sort(key=lambda m: m.input != "tokens")  # a model of this very tokenizer first
+    if found:
+        kind = ("token-level model for this tokenizer" if found[0].input == "tokens"
+                else f"byte-level model: no token-level one ships for tokenizer {base_fingerprint[:16]}")
+        return ValueModelChoice(shipped_value_model_dir() / found[0].file, f"objective {spec} ({how}): shipped {kind}")
+    if how == "the default objective":
+        return ValueModelChoice(None, f"none: no {spec} value model ships for tokenizer {base_fingerprint[:16]}")
+    raise ValueModelError(f"no {spec} value model serves tokenizer {base_fingerprint[:16]}; distil one for this base "
+                          f"model with `sia-edge vm distill --reward ...`, or pass an ONNX file")
+
+
+def _looks_like_a_file(spec) -> bool:
+    text = str(spec)
+    return os.sep in text or text.endswith(".onnx") or Path(text).expanduser().exists()
+
+
+def list_value_models() -> list[dict]:
+    """The shipped value models and those in the cache directory's value-models/ folder, for `sia-edge vm list`."""
+    rows = []
+    for model in SHIPPED:
+        path = shipped_value_model_dir() / model.file
+        if path.is_file():
+            serves = {GEMMA_TOKENIZER: "Gemma 3 (tokenizer df22d6d7)", SMOLLM2_TOKENIZER: "SmolLM2 (tokenizer 07e8a0c9)"}
+            rows.append({"name": model.objective, "file": str(path), "input": model.input, "bytes": path.stat().st_size,
+                         "serves": "any GGUF" if model.tokenizer is None else serves.get(model.tokenizer,
+                                                                                        model.tokenizer[:16]),
+                         "where": "shipped"})
+    folder = cache_dir() / "value-models"
+    for path in sorted(folder.glob("*.onnx")) if folder.is_dir() else []:
+        rows.append({"name": path.stem, "file": str(path), "input": None, "bytes": path.stat().st_size,
+                     "serves": None, "where": "cache"})
+    return rows
 
 
 def resolve_value_model(path: str | os.PathLike | None, base_fingerprint: str) -> Path | None:

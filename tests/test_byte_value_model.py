@@ -165,7 +165,8 @@ def test_steering_any_gguf_out_of_the_box(smollm_path, monkeypatch):
     from sia_edge.cli import main
     from sia_edge.engine import Engine
 
-    monkeypatch.setattr(sia_edge.models, "SHIPPED_VALUE_MODELS", {})
+    only_bytes = tuple(m for m in sia_edge.models.SHIPPED if m.input == "bytes")
+    monkeypatch.setattr(sia_edge.models, "SHIPPED", only_bytes)
     monkeypatch.delenv("SIA_EDGE_VALUE_MODEL", raising=False)
     engine = Engine(model=smollm_path, n_ctx=256)
     try:

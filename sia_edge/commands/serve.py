@@ -2,7 +2,7 @@
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `"stream": true` server-sent events),
 GET /v1/models, GET /health. SIA settings ride along as extra request fields (gate, tau, ratio, q, first_n,
-weight, top_k, best_of, seed) and come back in an extra `sia` object of every response.
+weight, top_k, best_of, seed, objective) and come back in an extra `sia` object of every response.
 
 One Engine per model; its lock serialises requests (they queue, the shared llama.cpp context is never used by
 two generations at once). Generation runs in a worker thread so the event loop keeps answering; a client that
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from ..chat import Trimmed, chat_format, render_tokens
 from ..errors import InvalidSettingError, PromptError, SiaError
 from ..gate import DEFAULT_TAU
+from ..models import OBJECTIVES
 from ..settings import GenerationSettings
 from .common import build_engine, generation_options, model_options, settings_from
 from .serve_api import REQUEST_SETTINGS, ApiError, ChatRequest, CompletionRequest, SiaRequest
@@ -98,7 +99,14 @@ class Server:
         except InvalidSettingError as exc:
             raise ApiError(400, str(exc), _param_of(str(exc)), "invalid_value") from exc
         steering = settings.steers
-        if (steering or (req.best_of or 1) > 1) and served.engine.value_model is None:
+        if req.objective is not None and req.objective not in OBJECTIVES:
+            raise ApiError(400, f"unknown objective {req.objective!r}: one of {', '.join(OBJECTIVES)}", "objective",
+                           "invalid_value")
+        try:
+            scorer = served.engine.value_model_for(req.objective)
+        except SiaError as exc:  # this objective does not serve this model
+            raise ApiError(400, str(exc), "objective", "no_value_model") from exc
+        if (steering or (req.best_of or 1) > 1) and scorer is None:
             raise ApiError(400, f"no value model is loaded for {served.name}: steering and best_of need one; "
                                 f"send gate='none'", "gate" if steering else "best_of", "no_value_model")
         return settings
@@ -153,22 +161,23 @@ class Server:
             raise ApiError(400, "best_of cannot be combined with stream", "best_of", "unsupported")
 
     @staticmethod
-    def open_stream(served: ServedModel, tokens: list[int], settings: GenerationSettings, cancel: threading.Event):
+    def open_stream(served: ServedModel, tokens: list[int], settings: GenerationSettings, cancel: threading.Event,
+                    objective: str | None = None):
         """The Stream for this request, checked now (prompt, settings) so errors go out as 400 before any text."""
         try:
-            return served.engine.stream(tokens, settings, cancel=cancel)
+            return served.engine.stream(tokens, settings, cancel=cancel, value_model=objective)
         except SiaError as exc:
             raise ApiError(400, str(exc), None, "invalid_request") from exc
 
     def generate(self, served: ServedModel, stream, tokens: list[int], settings: GenerationSettings, n: int,
-                 cancel: threading.Event):
+                 cancel: threading.Event, objective: str | None = None):
         """Blocking, in a worker thread: drain `stream`, or draw Best-of-N. Returns (result, BestOfResult or None)."""
         from ..best_of import best_of
 
         result = None
         try:
             if n > 1:
-                chosen = best_of(served.engine, tokens, n, settings, cancel=cancel)
+                chosen = best_of(served.engine, tokens, n, settings, cancel=cancel, value_model=objective)
                 result = chosen.results[-1]  # the last one drawn is the one a disconnect would have cut short
                 return chosen.best_result, chosen
             for _ in stream:
@@ -230,7 +239,7 @@ def list_models(server: Server) -> dict:
         {"id": name, "object": "model", "created": server.started, "owned_by": "sia-edge",
          "sia": {"file": str(s.engine.base.path), "n_ctx": s.engine.base.n_ctx,
                  "value_model": str(s.engine.value_model.path) if s.engine.value_model else None,
-                 "chat_template": s.engine.base.chat_template is not None}}
+                 "objectives": OBJECTIVES, "chat_template": s.engine.base.chat_template is not None}}
         for name, s in server.models.items()]}
 
 
@@ -251,8 +260,8 @@ async def complete(server: Server, request):
                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return streaming_response(server, served, tokens, settings, chunk, None)
-    result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1)
+        return streaming_response(server, served, tokens, settings, chunk, None, req.objective)
+    result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
     return {**meta, "object": "text_completion",
             "choices": [{"index": 0, "text": result.text, "logprobs": None,
                          "finish_reason": FINISH_REASONS[result.stop_reason]}],
@@ -282,8 +291,8 @@ async def chat_complete(server: Server, request):
                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return streaming_response(server, served, tokens, settings, chunk, chunk(None))
-    result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1)
+        return streaming_response(server, served, tokens, settings, chunk, chunk(None), req.objective)
+    result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
     return {**meta, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text.strip()},
                          "logprobs": None, "finish_reason": FINISH_REASONS[result.stop_reason]}],
@@ -313,7 +322,7 @@ def sia_object(result, chosen=None) -> dict:
     out = {"gate": s.get("gate"), "tau": tau if tau is not None else DEFAULT_TAU, "ratio": s.get("ratio"),
            "junctions": st.junctions, "junction_ratio": st.junction_ratio, "tokens": st.tokens, "seed": st.seed,
            "stop_reason": result.stop_reason, "value_model_calls": st.value_model_calls,
-           "tokens_per_second": st.tokens_per_second, "pipeline": result.pipeline}
+           "tokens_per_second": st.tokens_per_second, "pipeline": result.pipeline, "value_model": result.value_model}
     if chosen is not None:
         out["best_of"] = {"n": len(chosen.results), "best": chosen.best, "scores": chosen.scores,
                           "seeds": [r.stats.seed for r in chosen.results]}
@@ -333,10 +342,10 @@ def with_final_fields(out: dict, tokens: list[int], result) -> dict:
     return out
 
 
-async def run_cancellable(server: Server, request, served, tokens, settings, n):
+async def run_cancellable(server: Server, request, served, tokens, settings, n, objective=None):
     """Generate in a worker thread; stop it if the client disconnects before it is done."""
     cancel = threading.Event()
-    stream = server.open_stream(served, tokens, settings, cancel)
+    stream = server.open_stream(served, tokens, settings, cancel, objective)
 
     async def watch():
         while not await request.is_disconnected():
@@ -346,18 +355,18 @@ async def run_cancellable(server: Server, request, served, tokens, settings, n):
     watcher = asyncio.create_task(watch())
     server.counters.add(active=1)
     try:
-        return await asyncio.to_thread(server.generate, served, stream, tokens, settings, n, cancel)
+        return await asyncio.to_thread(server.generate, served, stream, tokens, settings, n, cancel, objective)
     except SiaError as exc:
         raise ApiError(400, str(exc), None, "invalid_request") from exc
     finally:
         watcher.cancel()
 
 
-def streaming_response(server: Server, served, tokens, settings, chunk, first):
+def streaming_response(server: Server, served, tokens, settings, chunk, first, objective=None):
     from fastapi.responses import StreamingResponse
 
     cancel = threading.Event()  # set when the client goes away
-    stream = server.open_stream(served, tokens, settings, cancel)
+    stream = server.open_stream(served, tokens, settings, cancel, objective)
     return StreamingResponse(stream_events(server, stream, cancel, chunk, first), media_type="text/event-stream")
 
 
@@ -427,8 +436,8 @@ def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, **options)
     """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
 
     The generation options are defaults for requests that do not set the field (e.g. --max-tokens for requests
-    without max_tokens). SIA fields in a request body (gate, tau, ratio, q, first_n, weight, top_k, best_of, seed)
-    override them and are reported back in the response's `sia` object.
+    without max_tokens). SIA fields in a request body (gate, tau, ratio, q, first_n, weight, top_k, best_of, seed,
+    objective) override them and are reported back in the response's `sia` object.
     """
     import uvicorn
 

@@ -42,6 +42,8 @@ class SiaRequest(GateFields):
     n: int = 1
     stream: bool = False
     gate: str | None = Field(None, description=GATE_HELP)
+    objective: str | None = Field(None, description="What to steer toward: a shipped value model's objective "
+                                                    "(GET /v1/models lists them); default: the server's")
     weight: float | None = None
     top_k: int | None = None
     best_of: int | None = Field(None, ge=1)

@@ -250,3 +250,20 @@ def info_command(value_model: Path, as_json: bool) -> None:
         unit = "bytes" if facts.get("input") == "bytes" else "tokens"
         click.echo(f"{'held out, after context':22} {shown} ({after['context_tokens']} {unit} of other texts first)")
 
+
+
+@vm.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def list_command(as_json: bool) -> None:
+    """List the value models `--value-model NAME` can pick (shipped) and those in the cache's value-models/ folder:
+    objective, what it reads, size and which base models it serves."""
+    from ..models import list_value_models
+
+    rows = list_value_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'name':12} {'input':7} {'size':>8}  {'serves':30} file")
+    for row in rows:
+        click.echo(f"{row['name']:12} {row['input'] or '?':7} {row['bytes'] / 1e6:6.1f} MB  {row['serves'] or '?':30} "
+                   f"{Path(row['file']).name}")
