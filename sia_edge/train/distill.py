@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InvalidSettingError, TrainingDataError
+from .distill_fit import train_and_export
 
 CACHE_FORMAT = 1
 INPUT_KINDS = ("tokens",)  # the value-model architectures distillation can train
@@ -393,111 +394,12 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
 
     token_lists = [cache.samples[k]["prompt_tokens"] + cache.samples[k]["token_ids"] for k in used]
     score_from = np.array([len(cache.samples[k]["prompt_tokens"]) for k in used], dtype=np.int64)
-    report, graph = _train_and_export(torch, config, tokenizer, reward, prompts, used, token_lists, score_from,
-                                      targets, train_idx, holdout_idx, mean, sd, progress)
-    return replace(report, cache=str(cache.path), samples=len(used), sampled_now=sampled, scored_now=scored,
-                   skipped_empty=len(keys) - len(used), n_holdout_prompts=len(held_prompts),
-                   seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, graph=graph)
-
-
-def _train_and_export(torch, config, tokenizer, reward, prompts, used, token_lists, score_from, targets,
-                      train_idx, holdout_idx, mean, sd, progress):
-    from .data import LabelledTexts
-    from .trainer import TrainingConfig, _check_export_matches, _fit, compact_vocabulary
-
-    row_of_token, n_rows = compact_vocabulary([token_lists[i] for i in train_idx], tokenizer.n_vocab,
-                                              config.min_count)
-    rows = [row_of_token[np.asarray(tokens, dtype=np.int64)] for tokens in token_lists]
-    data = LabelledTexts(texts=[""] * len(used), targets=targets, weights=np.ones(len(used), dtype=np.float32),
-                         label_type="reward", skipped_empty=0, score_from=score_from)
-    training = TrainingConfig(
-        data=config.texts or config.prompts, model=config.model, out=config.out, seed=config.seed, epochs=config.epochs,
-        dim=config.dim, hidden=config.hidden, ema_decay=config.ema_decay, holdout=config.holdout,
-        max_tokens=max(map(len, token_lists)), min_count=config.min_count, batch_size=config.train_batch_size,
-        learning_rate=config.learning_rate, token_dropout=config.token_dropout, context_prob=config.context_prob,
-        context_tokens=config.context_tokens, threads=config.threads, loss=LOSSES[config.loss], arch="bag")
-    progress(f"{len(used)} samples ({len(train_idx)} train / {len(holdout_idx)} held out by prompt); reward "
-             f"{reward.name!r} mean {mean:.4g}, sd {sd:.4g}; {n_rows - 1} token types of {tokenizer.n_vocab} kept")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        net = _fit(torch, training, data, rows, train_idx, holdout_idx, n_rows, progress)
-        metrics, within = continuation_metrics(torch, net, [rows[i] for i in holdout_idx], score_from[holdout_idx],
-                                               targets[holdout_idx], [used[i][0] for i in holdout_idx])
-        graph = _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metrics, within, mean, sd,
-                        len(train_idx), len(holdout_idx))
-        _check_export_matches(torch, graph, config.out, [token_lists[i] for i in holdout_idx[:16]])
-    finally:
-        torch.set_num_threads(previous_threads)
-    report = DistillReport(
-        out=str(config.out), cache="", reward=reward.name, objective=_objective(config, reward), samples=0,
-        sampled_now=0, scored_now=0, skipped_empty=0, n_train=len(train_idx), n_holdout=len(holdout_idx),
-        n_holdout_prompts=0, reward_mean=mean, reward_sd=sd, holdout_metrics=metrics,
-        within_prompt_correlation=within, vocab_rows=n_rows, file_bytes=config.out.stat().st_size)
-    return report, graph
-
-
-def continuation_metrics(torch, net, sequences, score_from, targets, prompt_ids) -> tuple[list[dict], float]:
-    """Fit on held-out samples, each cut after 25/50/75/100% of its continuation: R² of the score against the
-    standardised reward, and the correlation. Plus the correlation on full texts after removing each prompt's
-    mean (of rewards and of scores): how well it ranks continuations of one prompt, which is what steering needs."""
-    from .metrics import PREFIX_FRACTIONS, correlation, prefix_length, r_squared
-    from .trainer import prefix_logits
-
-    logits_at = prefix_logits(torch, net, sequences)
-    results = []
-    for fraction in PREFIX_FRACTIONS:
-        scores = np.array([logits_at[i][int(start) + prefix_length(len(seq) - int(start), fraction) - 1]
-                           for i, (seq, start) in enumerate(zip(sequences, score_from))])
-        results.append({"fraction": fraction, "r2": r_squared(targets, scores),
-                        "correlation": correlation(targets, scores)})
-    full = np.array([scores[-1] for scores in logits_at])
-    prompt_ids = np.asarray(prompt_ids)
-    centred_t, centred_s = targets.astype(np.float64).copy(), full.astype(np.float64).copy()
-    for p in np.unique(prompt_ids):
-        members = prompt_ids == p
-        centred_t[members] -= centred_t[members].mean()
-        centred_s[members] -= centred_s[members].mean()
-    return results, correlation(centred_t, centred_s)
-
-
-def _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metrics, within, mean, sd, n_train,
-            n_holdout):
-    from .export import export_value_model
-    from .network import IncrementalValueGraph
-
-    graph = IncrementalValueGraph(net, torch.from_numpy(row_of_token))
-    objective = _objective(config, reward)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                if k not in ("prompts", "texts", "out", "model", "cache", "steer_value_model")}
-    source = config.texts or config.prompts
-    training = {
-        "method": "distillation", "source": "texts" if config.texts else "sampled", "prompts": source.name,
-        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(), "n_prompts": len(prompts),
-        "reward": reward.name, "reward_on": config.reward_on, "label_type": "reward", "n_train": n_train,
-        "n_holdout": n_holdout, "settings": settings, "holdout_metrics": metrics,
-        "within_prompt_correlation": within,
-    }
-    metadata = {
-        "input": "tokens",
-        "tokenizer_fingerprint": tokenizer.fingerprint,
-        "objective": objective,
-        "description": config.description or (f"{objective} value model for {tokenizer.name}, distilled from "
-                                               f"reward {reward.name} on "
-                                               + (f"the texts of {source.name}" if config.texts else
-                                                  f"its continuations of {source.name}")),
-        "base_model": tokenizer.name,
-        "reward": reward.name,
-        "reward_mean": repr(mean),
-        "reward_sd": repr(sd),
-        "training": json.dumps(training, sort_keys=True),
-    }
-    export_value_model(graph, 2 * config.dim + 1, config.out, metadata)
-    return graph
-
-
-def _objective(config: DistillConfig, reward) -> str:
-    return config.objective or reward.name
+    fit, graph = train_and_export(torch, config, tokenizer, reward, prompts, used, token_lists, score_from,
+                                  targets, train_idx, holdout_idx, mean, sd, progress)
+    return DistillReport(out=str(config.out), reward=reward.name, reward_mean=mean, reward_sd=sd, **fit,
+                         cache=str(cache.path), samples=len(used), sampled_now=sampled, scored_now=scored,
+                         skipped_empty=len(keys) - len(used), n_holdout_prompts=len(held_prompts),
+                         seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, graph=graph)
 
 
 def _steer_value_model(config: DistillConfig, tokenizer) -> Path:

@@ -1,0 +1,110 @@
+"""Distillation's last stage: fit the value model to the standardised rewards, measure the fit on held-out
+prompts, export it with its reward metadata (sia_edge/train/distill.py runs the stages)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+
+def train_and_export(torch, config, tokenizer, reward, prompts, used, token_lists, score_from, targets,
+                      train_idx, holdout_idx, mean, sd, progress) -> tuple[dict, object]:
+    """Train on `train_idx`, measure on `holdout_idx`, export to config.out. Returns (the fit's facts, the graph)."""
+    from .data import LabelledTexts
+    from .trainer import TrainingConfig, _check_export_matches, _fit, compact_vocabulary
+
+    row_of_token, n_rows = compact_vocabulary([token_lists[i] for i in train_idx], tokenizer.n_vocab,
+                                              config.min_count)
+    rows = [row_of_token[np.asarray(tokens, dtype=np.int64)] for tokens in token_lists]
+    data = LabelledTexts(texts=[""] * len(used), targets=targets, weights=np.ones(len(used), dtype=np.float32),
+                         label_type="reward", skipped_empty=0, score_from=score_from)
+    training = TrainingConfig(
+        data=config.texts or config.prompts, model=config.model, out=config.out, seed=config.seed, epochs=config.epochs,
+        dim=config.dim, hidden=config.hidden, ema_decay=config.ema_decay, holdout=config.holdout,
+        max_tokens=max(map(len, token_lists)), min_count=config.min_count, batch_size=config.train_batch_size,
+        learning_rate=config.learning_rate, token_dropout=config.token_dropout, context_prob=config.context_prob,
+        context_tokens=config.context_tokens, threads=config.threads, loss=config.loss, arch="bag")
+    progress(f"{len(used)} samples ({len(train_idx)} train / {len(holdout_idx)} held out by prompt); reward "
+             f"{reward.name!r} mean {mean:.4g}, sd {sd:.4g}; {n_rows - 1} token types of {tokenizer.n_vocab} kept")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        net = _fit(torch, training, data, rows, train_idx, holdout_idx, n_rows, progress)
+        metrics, within = continuation_metrics(torch, net, [rows[i] for i in holdout_idx], score_from[holdout_idx],
+                                               targets[holdout_idx], [used[i][0] for i in holdout_idx])
+        graph = _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metrics, within, mean, sd,
+                        len(train_idx), len(holdout_idx))
+        _check_export_matches(torch, graph, config.out, [token_lists[i] for i in holdout_idx[:16]])
+    finally:
+        torch.set_num_threads(previous_threads)
+    fit = dict(objective=objective_of(config, reward), n_train=len(train_idx), n_holdout=len(holdout_idx),
+               holdout_metrics=metrics, within_prompt_correlation=within, vocab_rows=n_rows,
+               file_bytes=config.out.stat().st_size)
+    return fit, graph
+
+
+def continuation_metrics(torch, net, sequences, score_from, targets, prompt_ids) -> tuple[list[dict], float]:
+    """Fit on held-out samples, each cut after 25/50/75/100% of its continuation: R² of the score against the
+    standardised reward, and the correlation. Plus the correlation on full texts after removing each prompt's
+    mean (of rewards and of scores): how well it ranks continuations of one prompt, which is what steering needs."""
+    from .metrics import PREFIX_FRACTIONS, correlation, prefix_length, r_squared
+    from .trainer import prefix_logits
+
+    logits_at = prefix_logits(torch, net, sequences)
+    results = []
+    for fraction in PREFIX_FRACTIONS:
+        scores = np.array([logits_at[i][int(start) + prefix_length(len(seq) - int(start), fraction) - 1]
+                           for i, (seq, start) in enumerate(zip(sequences, score_from))])
+        results.append({"fraction": fraction, "r2": r_squared(targets, scores),
+                        "correlation": correlation(targets, scores)})
+    full = np.array([scores[-1] for scores in logits_at])
+    prompt_ids = np.asarray(prompt_ids)
+    centred_t, centred_s = targets.astype(np.float64).copy(), full.astype(np.float64).copy()
+    for p in np.unique(prompt_ids):
+        members = prompt_ids == p
+        centred_t[members] -= centred_t[members].mean()
+        centred_s[members] -= centred_s[members].mean()
+    return results, correlation(centred_t, centred_s)
+
+
+def _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metrics, within, mean, sd, n_train,
+            n_holdout):
+    from .export import export_value_model
+    from .network import IncrementalValueGraph
+
+    graph = IncrementalValueGraph(net, torch.from_numpy(row_of_token))
+    objective = objective_of(config, reward)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+                if k not in ("prompts", "texts", "out", "model", "cache", "steer_value_model")}
+    source = config.texts or config.prompts
+    training = {
+        "method": "distillation", "source": "texts" if config.texts else "sampled", "prompts": source.name,
+        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(), "n_prompts": len(prompts),
+        "reward": reward.name, "reward_on": config.reward_on, "label_type": "reward", "n_train": n_train,
+        "n_holdout": n_holdout, "settings": settings, "holdout_metrics": metrics,
+        "within_prompt_correlation": within,
+    }
+    metadata = {
+        "input": "tokens",
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "objective": objective,
+        "description": config.description or (f"{objective} value model for {tokenizer.name}, distilled from "
+                                               f"reward {reward.name} on "
+                                               + (f"the texts of {source.name}" if config.texts else
+                                                  f"its continuations of {source.name}")),
+        "base_model": tokenizer.name,
+        "reward": reward.name,
+        "reward_mean": repr(mean),
+        "reward_sd": repr(sd),
+        "training": json.dumps(training, sort_keys=True),
+    }
+    export_value_model(graph, 2 * config.dim + 1, config.out, metadata)
+    return graph
+
+
+def objective_of(config, reward) -> str:
+    return config.objective or reward.name
