@@ -71,7 +71,8 @@ def goal_lines(verdict: dict) -> list[str]:
     if half:
         share = "–" if half["share_of_dense_judge_gain"] is None else (
             f"{half['share_of_dense_judge_gain']:.2f} [{half['low']:.2f}, {half['high']:.2f}]")
-        note = "" if (half["dense_gain"] or 0) > 0 else "; dense itself does not raise the judge score"
+        note = "" if half.get("dense_gain_established") else (
+            "; dense itself does not raise the judge score beyond its CI, so there is no gain to share")
         lines.append(f"- Steering ~20% of tokens (realised {half['realised_ratio']:.3f}) recovers >= half of dense's "
                      f"judge gain: **{'met' if half['met'] else 'not met'}** (share {share}, dense gain "
                      f"{_num(half['dense_gain'])}{note}).")
