@@ -186,7 +186,8 @@ class Decoding:
         t1 = time.perf_counter()
         rewards = self._score_junction(step.candidate_ids) if junction and self._view is not None else None
         t2 = time.perf_counter()
-        rank = choose(steered_scores(step.candidate_logits, rewards, s.weight), s.temperature, rng.random())
+        scores = steered_scores(step.candidate_logits, rewards, s.weight, s.reward_norm)
+        rank = choose(scores, s.temperature, rng.random())
         token = int(step.candidate_ids[rank])
         stats.gate_seconds += t1 - t0
         stats.sample_seconds += time.perf_counter() - t2

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from .errors import InvalidSettingError
 from .gate import DEFAULT_TAU, GATES, PARAMETERS
 from .signals import SIGNALS
+from .steering import REWARD_NORMS
 
 TAU_AND_RATIO = ("give tau or ratio, not both: a ratio takes tau from the model's calibration "
                  "(the online gate uses it as its prior)")
@@ -25,6 +26,7 @@ class GenerationSettings:
     first_n: int = 32  # steered positions of the first-n gate
     top_k: int = 10  # candidates per step (the paper's k)
     weight: float = 1.0  # w in s = l + w * r
+    reward_norm: str = "none"  # steering.REWARD_NORMS: the k rewards as they are, centred, or z-scored per junction
     temperature: float = 1.0  # T; 0 means greedy
     signal: str = "top-k"  # what the gate thresholds: a name in signals.SIGNALS
     max_tokens: int = 128
@@ -47,6 +49,8 @@ class GenerationSettings:
         _check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0",
                self.temperature)
         _check(self.signal in SIGNALS, f"signal must be one of {', '.join(SIGNALS)}", self.signal)
+        _check(self.reward_norm in REWARD_NORMS, f"reward_norm must be one of {', '.join(REWARD_NORMS)}",
+               self.reward_norm)
         _check(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be >= 1", self.max_tokens)
         _check(self.seed is None or 0 <= self.seed < 2**63, "seed must be in [0, 2**63)", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty", self.stop)
@@ -116,8 +120,9 @@ class GenerationSettings:
 
     def describe(self) -> str:
         """One line, like llama.cpp's sampler-chain print."""
+        norm = "" if self.reward_norm == "none" else f", norm={self.reward_norm}"
         return (f"logits -> top-k({self.top_k}) -> {SIGNALS[self.signal].label} -> {self.build_gate().describe()} -> "
-                f"value(w={self.weight:g}) -> sample(T={self.temperature:g})")
+                f"value(w={self.weight:g}{norm}) -> sample(T={self.temperature:g})")
 
 
 # what a calibrated tau depends on: changing any of these makes a looked-up tau stale

@@ -10,12 +10,30 @@ from __future__ import annotations
 import numpy as np
 
 
-def steered_scores(logits: np.ndarray, rewards: np.ndarray | None, weight: float) -> np.ndarray:
-    """s = l + w * r over the k candidates; with no rewards (not a junction) s = l.  # (k,) float64"""
+# How the k candidates' rewards are normalised per junction, before w: the raw value-model scores (the paper),
+# centred on their mean (a shift changes nothing after softmax, so this only changes what is reported), or
+# z-scored, so that w means the same thing whether the candidates' rewards spread over 4 logits or 0.5.
+REWARD_NORMS = ("none", "center", "zscore")
+
+
+def normalised_rewards(rewards: np.ndarray, norm: str) -> np.ndarray:
+    """The k rewards as steering uses them.  # (k,) float64; all-equal rewards z-score to zeros"""
+    r = np.asarray(rewards, dtype=np.float64)
+    if norm == "none":
+        return r.copy()
+    centred = r - r.mean()
+    if norm == "center":
+        return centred
+    spread = r.std()
+    return centred / spread if spread > 0 else np.zeros_like(r)
+
+
+def steered_scores(logits: np.ndarray, rewards: np.ndarray | None, weight: float, norm: str = "none") -> np.ndarray:
+    """s = l + w * norm(r) over the k candidates; with no rewards (not a junction) s = l.  # (k,) float64"""
     scores = np.asarray(logits, dtype=np.float64)
     if rewards is None or weight == 0.0:
         return scores.copy()
-    return scores + weight * np.asarray(rewards, dtype=np.float64)
+    return scores + weight * normalised_rewards(rewards, norm)
 
 
 def sampling_probs(scores: np.ndarray, temperature: float) -> np.ndarray:

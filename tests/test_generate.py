@@ -119,10 +119,13 @@ def test_event_entropy_is_top_k_entropy_of_the_base_logits(engine):
     assert events[0].entropy == pytest.approx(softmax_entropy(top), abs=1e-9)
 
 
-def test_huge_weight_picks_the_value_models_favourite(engine):
-    events = list(engine.stream(PROMPT, gate="dense", weight=1e6, max_tokens=10, seed=9))
+@pytest.mark.parametrize("norm", ["none", "zscore"])
+def test_huge_weight_picks_the_value_models_favourite(engine, norm):
+    stream = engine.stream(PROMPT, gate="dense", weight=1e6, reward_norm=norm, max_tokens=10, seed=9)
+    events = list(stream)
     for event in events:
-        assert event.rank == int(np.argmax(event.rewards))
+        assert event.rank == int(np.argmax(event.rewards))  # events carry the raw rewards; the order is the same
+    assert ("norm=zscore" in stream.result.pipeline) == (norm == "zscore")
 
 
 def test_max_tokens_and_stop_string(engine):

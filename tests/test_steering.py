@@ -116,3 +116,37 @@ def test_stop_matcher_releases_false_alarm_and_tail():
     assert matcher.push(" S") == (" ", False)
     assert matcher.finish("") == "abc START S"
     assert matcher.tail == "S"
+
+
+def reference_norm(rewards, norm):
+    r = [float(x) for x in rewards]
+    mean = sum(r) / len(r)
+    if norm == "none":
+        return r
+    if norm == "center":
+        return [x - mean for x in r]
+    sd = (sum((x - mean) ** 2 for x in r) / len(r)) ** 0.5
+    return [(x - mean) / sd if sd > 0 else 0.0 for x in r]
+
+
+@pytest.mark.parametrize("norm", ["none", "center", "zscore"])
+def test_reward_normalisation_matches_a_float64_reference(norm):
+    from sia_edge.steering import normalised_rewards
+
+    for rewards in (REWARDS, np.array([0.5, 0.5, 0.5]), np.array([1e-3, -2e-3, 4e-3, 0.0]), np.array([7.0])):
+        before = rewards.copy()
+        np.testing.assert_allclose(normalised_rewards(rewards, norm), reference_norm(rewards, norm), atol=1e-12)
+        np.testing.assert_array_equal(rewards, before)  # the input is not mutated
+    got = steered_scores(LOGITS, REWARDS, 2.0, norm)
+    np.testing.assert_allclose(got, LOGITS + 2.0 * np.array(reference_norm(REWARDS, norm)), atol=1e-12)
+
+
+def test_centring_changes_no_probability_and_zscore_makes_w_scale_free():
+    base = sampling_probs(steered_scores(LOGITS, REWARDS, 1.5), 1.0)
+    np.testing.assert_allclose(sampling_probs(steered_scores(LOGITS, REWARDS, 1.5, "center"), 1.0), base, atol=1e-12)
+    small = sampling_probs(steered_scores(LOGITS, REWARDS * 0.1, 1.5, "zscore"), 1.0)
+    large = sampling_probs(steered_scores(LOGITS, REWARDS * 10, 1.5, "zscore"), 1.0)
+    np.testing.assert_allclose(small, large, atol=1e-12)
+    assert "norm=zscore" in GenerationSettings(reward_norm="zscore").describe()
+    with pytest.raises(InvalidSettingError, match="reward_norm"):
+        GenerationSettings(reward_norm="minmax")

@@ -16,6 +16,7 @@ from ..errors import PromptError
 from ..gate import GATE_HELP, GATE_NAMES, GATES, PARAMETERS
 from ..settings import GenerationSettings
 from ..signals import SIGNAL_HELP, SIGNALS
+from ..steering import REWARD_NORMS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -87,6 +88,12 @@ def chosen_signal(signal: str | None, entropy_over: str | None) -> str:
     return signal or entropy_over or DEFAULTS.signal
 
 
+reward_norm_option = click.option(
+    "--reward-norm", type=click.Choice(REWARD_NORMS), default=DEFAULTS.reward_norm, show_default=True,
+    help="Normalise the k candidates' rewards at each junction before w: none (the paper), center, or zscore "
+         "(w then means the same however widely the rewards spread).")
+
+
 def gate_parameter_option(name: str, **extra):
     """--tau, --ratio, --q or --first-n, typed and described by the gate registry."""
     parameter = PARAMETERS[name]
@@ -113,6 +120,7 @@ def generation_options(func):
         sampling_options,
         click.option("-w", "--weight", type=float, default=DEFAULTS.weight, show_default=True,
                      help="Reward weight w in s = logit + w * value."),
+        reward_norm_option,
         click.option("-n", "--max-tokens", type=int, default=DEFAULTS.max_tokens, show_default=True,
                      help="Most tokens to generate."),
         click.option("--stop", multiple=True, help="Stop when this text appears (repeatable); it is not printed."),
@@ -123,8 +131,8 @@ def generation_options(func):
 
 def settings_from(options: dict) -> GenerationSettings:
     """GenerationSettings from the generation options (it checks them, e.g. tau and ratio together)."""
-    fields = ("gate", "tau", "ratio", "q", "first_n", "top_k", "weight", "temperature", "signal", "max_tokens",
-              "seed")
+    fields = ("gate", "tau", "ratio", "q", "first_n", "top_k", "weight", "reward_norm", "temperature", "signal",
+              "max_tokens", "seed")
     options = {**options, "signal": chosen_signal(options.get("signal"), options.get("entropy_over"))}
     return GenerationSettings(stop=tuple(options.get("stop", ())), **{f: options[f] for f in fields})
 

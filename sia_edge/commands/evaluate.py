@@ -12,7 +12,7 @@ from ..evaluation.run import EVAL_BATCH_SIZE, EvalConfig, run_evaluation
 from ..gate import GATES
 from ..judges import load_judge
 from ..settings import GenerationSettings
-from .common import build_engine, chosen_signal, model_options, sampling_options
+from .common import build_engine, chosen_signal, model_options, reward_norm_option, sampling_options
 
 ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATES.items() if spec.listed]
 
@@ -38,19 +38,21 @@ ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATE
               help="Use only the first N prompts of the file.")
 @click.option("-w", "--weight", type=float, default=GenerationSettings().weight, show_default=True,
               help="Reward weight w in s = logit + w * value, for every steered arm.")
+@reward_norm_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=EVAL_BATCH_SIZE, show_default=True,
               help="Generations decoded together in one llama.cpp context (throughput; 1 = one at a time).")
 @sampling_options
 @model_options
-def eval_command(prompt_file, seeds, max_tokens, arms, out_dir, judge, calibration, limit, weight, batch_size,
-                 top_k, temperature, signal, entropy_over, model, value_model, n_ctx, threads, gpu_layers):
+def eval_command(prompt_file, seeds, max_tokens, arms, out_dir, judge, calibration, limit, weight, reward_norm,
+                 batch_size, top_k, temperature, signal, entropy_over, model, value_model, n_ctx, threads,
+                 gpu_layers):
     """Compare the gates (none, dense, entropy, online, random, first-n) on a prompt set: judge score, value score,
     perplexity, repetition, realised ratio and cost, with bootstrap CIs. Writes DIR/results.{json,md}, tradeoff.png."""
     prompts = read_prompt_file(prompt_file)[:limit]
     config = EvalConfig(prompt_file=str(prompt_file), prompts=prompts, seeds=seeds, max_tokens=max_tokens,
-                        arms=parse_arms(arms), judge=judge, top_k=top_k, weight=weight, temperature=temperature,
-                        signal=chosen_signal(signal, entropy_over), calibration=calibration,
-                        batch_size=batch_size)
+                        arms=parse_arms(arms), judge=judge, top_k=top_k, weight=weight, reward_norm=reward_norm,
+                        temperature=temperature, signal=chosen_signal(signal, entropy_over),
+                        calibration=calibration, batch_size=batch_size)
     chosen_judge = load_judge(judge)  # fail on a bad judge before loading models
     engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True, calibration=calibration,
                           gpu_layers=gpu_layers)

@@ -27,7 +27,7 @@ class ApiError(Exception):
 # One optional request field per gate parameter of the registry (tau, ratio, q, first_n), typed as it says.
 GateFields = create_model("GateFields", **{
     name: (parameter.kind | None, Field(None, description=parameter.help)) for name, parameter in PARAMETERS.items()})
-REQUEST_SETTINGS = ("gate", *PARAMETERS, "weight", "top_k", "temperature", "seed")
+REQUEST_SETTINGS = ("gate", *PARAMETERS, "weight", "reward_norm", "top_k", "temperature", "seed")
 
 
 class SiaRequest(GateFields):
@@ -45,6 +45,7 @@ class SiaRequest(GateFields):
     objective: str | None = Field(None, description="What to steer toward: a shipped value model's objective "
                                                     "(GET /v1/models lists them); default: the server's")
     weight: float | None = None
+    reward_norm: str | None = Field(None, description="none | center | zscore: the k rewards per junction, before w")
     top_k: int | None = None
     best_of: int | None = Field(None, ge=1)
 

@@ -107,14 +107,15 @@ class EvalConfig:
     judge: str = "vader"
     top_k: int = _DEFAULTS.top_k
     weight: float = _DEFAULTS.weight
+    reward_norm: str = _DEFAULTS.reward_norm
     temperature: float = _DEFAULTS.temperature
     signal: str = _DEFAULTS.signal
     calibration: str | None = None  # explicit calibration file, else the cache / shipped one
     batch_size: int = DEFAULT_BATCH_SIZE  # sequences decoded together (throughput only; not part of the run)
 
     def base_settings(self) -> GenerationSettings:
-        return GenerationSettings(top_k=self.top_k, weight=self.weight, temperature=self.temperature,
-                                  signal=self.signal, max_tokens=self.max_tokens)
+        return GenerationSettings(top_k=self.top_k, weight=self.weight, reward_norm=self.reward_norm,
+                                  temperature=self.temperature, signal=self.signal, max_tokens=self.max_tokens)
 
 
 def run_config(config: EvalConfig, engine, calibration: dict | None) -> dict:
@@ -127,6 +128,8 @@ def run_config(config: EvalConfig, engine, calibration: dict | None) -> dict:
         "model": engine.base.name, "model_fingerprint": engine.fingerprint,
         "value_model": engine.value_model.path.name, "value_model_sha256": _sha256(engine.value_model.path),
         "calibration_taus": calibration["taus"] if calibration else None,
+        # only when set, so the runs made before the option existed still resume
+        **({"reward_norm": config.reward_norm} if config.reward_norm != "none" else {}),
     }
 
 
