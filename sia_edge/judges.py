@@ -65,14 +65,20 @@ def load_judge(spec: str) -> Judge:
     """'vader', 'word-list-clean', or 'module:callable' where callable() returns a Judge."""
     if spec in BUILT_IN:
         return BUILT_IN[spec]()
+    return load_plugin(spec, "judge", BUILT_IN, Judge)
+
+
+def load_plugin(spec: str, kind: str, built_in, protocol):
+    """A scorer named 'module:callable' (a judge or a reward): callable() must return an object following
+    `protocol` (a `name` and `score(texts)`). Every failure is an InvalidSettingError naming the spec."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise InvalidSettingError(f"judge must be one of {', '.join(BUILT_IN)} or module:callable, got {spec!r}")
+        raise InvalidSettingError(f"{kind} must be one of {', '.join(built_in)} or module:callable, got {spec!r}")
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise InvalidSettingError(f"cannot load judge {spec!r}: {exc}") from None
-    judge = factory()
-    if not isinstance(judge, Judge):
-        raise InvalidSettingError(f"judge {spec!r} must return an object with a `name` and `score(texts)`")
-    return judge
+        raise InvalidSettingError(f"cannot load {kind} {spec!r}: {exc}") from None
+    scorer = factory()
+    if not isinstance(scorer, protocol):
+        raise InvalidSettingError(f"{kind} {spec!r} must return an object with a `name` and `score(texts)`")
+    return scorer

@@ -13,13 +13,13 @@ line naming the reward and the text. Never imported by the runtime (generate, ch
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from .errors import InvalidSettingError, SiaError
+from .judges import load_plugin
 
 CLEAN_INSTALL_HINT = "pip install 'sia-edge[clean]'"
 VALUE_MODEL_PREFIX = "value-model:"
@@ -91,17 +91,7 @@ def load_reward(spec: str, tokenizer=None) -> Reward:
         if tokenizer is None:
             raise InvalidSettingError(f"reward {spec!r} needs the base model's tokenizer")
         return ValueModelReward(path, tokenizer)
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise InvalidSettingError(f"reward must be one of {', '.join(BUILT_IN)} or module:callable, got {spec!r}")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidSettingError(f"cannot load reward {spec!r}: {exc}") from None
-    reward = factory()
-    if not isinstance(reward, Reward):
-        raise InvalidSettingError(f"reward {spec!r} must return an object with a `name` and `score(texts)`")
-    return reward
+    return load_plugin(spec, "reward", BUILT_IN, Reward)
 
 
 class CheckedReward:
