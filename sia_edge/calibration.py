@@ -217,15 +217,15 @@ def resolve_ratio(settings: GenerationSettings, fingerprint: str,
     """
     if not settings.needs_calibration or settings.calibrated_tau is not None:
         return settings  # nothing to look up, or already looked up (settings.updated drops a stale lookup)
-    lookup = (settings.ratio, fingerprint, settings.top_k, settings.temperature, settings.signal, path)
-    if settings.gate == "entropy":
-        return settings.with_(calibrated_tau=tau_for_ratio(*lookup))
     try:
-        return settings.with_(calibrated_tau=tau_for_ratio(*lookup))
+        tau = tau_for_ratio(settings.ratio, fingerprint, settings.top_k, settings.temperature, settings.signal, path)
     except CalibrationError:
-        if path is not None:  # an explicit calibration that does not fit is a mistake worth reporting
+        # the entropy gate has no tau without it; an explicit calibration that does not fit is a mistake worth
+        # reporting; an online gate without one adapts from the default prior
+        if settings.gate == "entropy" or path is not None:
             raise
         return settings
+    return settings.with_(calibrated_tau=tau)
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -46,7 +46,7 @@ HELP = """commands:
   /objective NAME     steer toward another objective: {objectives}
   /exit               leave (Ctrl-D too)
 Ctrl-C stops the current reply; the conversation is kept.""".format(gates=", ".join(f"{name} [{spec.parameter}]" if spec.parameter else name
-                            for name, spec in GATES.items() if spec.listed), objectives=", ".join(OBJECTIVES))
+                            for name, spec in GATES.items()), objectives=", ".join(OBJECTIVES))
 
 
 # --- formats -----------------------------------------------------------------------------------------------------

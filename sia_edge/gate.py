@@ -253,15 +253,11 @@ class GateSpec:
     build: Callable[[object], Gate]  # GenerationSettings -> a fresh gate
     arm: str  # one of ARM_KINDS
     steers: bool = True  # False only for the gate that never steers
-    listed: bool = True  # False: experimental, accepted by name but not offered in --help choices
-
-
-def _tau(settings) -> float:
-    return settings.threshold
 
 
 GATES: dict[str, GateSpec] = {spec.name: spec for spec in (
-    GateSpec("entropy", "steps whose signal H >= --tau, the paper's SIA", "tau", lambda s: EntropyGate(_tau(s)), "calibrated"),
+    GateSpec("entropy", "steps whose signal H >= --tau, the paper's SIA", "tau", lambda s: EntropyGate(s.threshold),
+             "calibrated"),
     GateSpec("dense", "every step, ARGS", None, lambda s: DenseGate(), "fixed"),
     GateSpec("none", "no step, the unsteered arm with the same sampler", None, lambda s: NoneGate(), "fixed",
              steers=False),
@@ -270,7 +266,7 @@ GATES: dict[str, GateSpec] = {spec.name: spec for spec in (
     GateSpec("first-n", "the first --first-n tokens, the positional control", "first_n",
              lambda s: FirstNGate(s.first_n), "matched"),
     GateSpec("online", "holds --ratio on every prompt", "ratio",
-             lambda s: OnlineRatioGate(s.ratio, _tau(s)), "calibrated"),
+             lambda s: OnlineRatioGate(s.ratio, s.threshold), "calibrated"),
 )}
-GATE_NAMES = tuple(name for name, spec in GATES.items() if spec.listed)
-GATE_HELP = "When to steer: " + "; ".join(f"{spec.name}: {spec.help}" for spec in GATES.values() if spec.listed) + "."
+GATE_NAMES = tuple(GATES)
+GATE_HELP = "When to steer: " + "; ".join(f"{spec.name}: {spec.help}" for spec in GATES.values()) + "."

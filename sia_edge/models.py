@@ -42,7 +42,7 @@ SHIPPED = (
 DEFAULT_OBJECTIVE = "sentiment"
 OBJECTIVES = tuple(dict.fromkeys(m.objective for m in SHIPPED))
 SHIPPED_VALUE_MODELS = {m.tokenizer: m.file for m in SHIPPED if m.objective == DEFAULT_OBJECTIVE and m.tokenizer}
-SHIPPED_BYTE_VALUE_MODEL = "byte-sentiment.onnx"
+SHIPPED_BYTE_VALUE_MODEL = next(m.file for m in SHIPPED if m.objective == DEFAULT_OBJECTIVE and m.input == "bytes")
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,11 @@ def _looks_like_a_file(spec) -> bool:
 
 def list_value_models() -> list[dict]:
     """The shipped value models and those in the cache directory's value-models/ folder, for `sia-edge vm list`."""
+    serves = {GEMMA_TOKENIZER: "Gemma 3 (tokenizer df22d6d7)", SMOLLM2_TOKENIZER: "SmolLM2 (tokenizer 07e8a0c9)"}
     rows = []
     for model in SHIPPED:
         path = shipped_value_model_dir() / model.file
         if path.is_file():
-            serves = {GEMMA_TOKENIZER: "Gemma 3 (tokenizer df22d6d7)", SMOLLM2_TOKENIZER: "SmolLM2 (tokenizer 07e8a0c9)"}
             rows.append({"name": model.objective, "file": str(path), "input": model.input, "bytes": path.stat().st_size,
                          "serves": "any GGUF" if model.tokenizer is None else serves.get(model.tokenizer,
                                                                                         model.tokenizer[:16]),

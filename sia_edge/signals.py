@@ -21,7 +21,8 @@ from .errors import ModelOutputError
 _PREFILTER_MARGINS = (12.0, 24.0)
 
 
-def top_k(logits: np.ndarray, k: int, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_k(logits: np.ndarray, k: int, scratch: np.ndarray | None = None,
+          peak: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k largest logits, largest first, ties broken by the lower token id (exactly `argsort(-x, stable)[:k]`).
 
     Returns (ids (k,) int64, values (k,) float32). The input is never modified. A full sort over a 262k
@@ -30,7 +31,7 @@ def top_k(logits: np.ndarray, k: int, scratch: np.ndarray | None = None) -> tupl
     """
     n = logits.shape[0]
     k = min(k, n)
-    peak = logits.max()
+    peak = logits.max() if peak is None else peak  # the caller may already know the row's maximum
     if np.isfinite(peak):
         mask = scratch if scratch is not None else np.empty(n, dtype=bool)
         for margin in _PREFILTER_MARGINS:
@@ -131,9 +132,9 @@ def step_stats(logits: np.ndarray, k: int, signal: str = "top-k", scratch: np.nd
     row has no distribution to sample from, and a NaN signal would silently read as "not a junction".
     """
     peak = float(logits.max())
-    if math.isnan(peak) or peak == math.inf or peak == -math.inf:
+    if not math.isfinite(peak):
         raise ModelOutputError(f"the base model produced non-finite logits (max {peak}); "
                                "the model file or the llama.cpp build is broken")
-    ids, values = top_k(logits, k, scratch)
+    ids, values = top_k(logits, k, scratch, peak)
     values64 = values.astype(np.float64)
     return StepStats(ids, values64, SIGNALS[signal].compute(logits, values64))

@@ -97,8 +97,8 @@ reward_norm_option = click.option(
 def gate_parameter_option(name: str, **extra):
     """--tau, --ratio, --q or --first-n, typed and described by the gate registry."""
     parameter = PARAMETERS[name]
-    users = ", ".join(spec.name for spec in GATES.values() if spec.listed and (
-        spec.parameter == name or (name == "ratio" and spec.arm == "calibrated")))
+    users = ", ".join(spec.name for spec in GATES.values()
+                      if spec.parameter == name or (name == "ratio" and spec.arm == "calibrated"))
     default = getattr(DEFAULTS, name)
     kind = int if parameter.kind is int else float
     return click.option(f"--{name.replace('_', '-')}", name, type=kind, default=default,

@@ -14,7 +14,7 @@ from ..judges import load_judge
 from ..settings import GenerationSettings
 from .common import build_engine, chosen_signal, model_options, reward_norm_option, sampling_options
 
-ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATES.items() if spec.listed]
+ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATES.items()]
 
 
 @click.command("eval")
