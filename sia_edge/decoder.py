@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Generator, Iterator, Protocol
 
 import numpy as np
 
@@ -133,6 +133,24 @@ class Decoding:
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[TokenEvent]:
+        """Run alone: each junction's candidates are scored at once by this generation's value model."""
+        steps, reply = self.steps(), None
+        while True:
+            try:
+                item = steps.send(reply)
+            except StopIteration:
+                return
+            if isinstance(item, Junction):
+                reply = item.score_alone()
+            else:
+                reply = None
+                yield item
+
+    def steps(self) -> Generator[TokenEvent | Junction, np.ndarray | None, None]:
+        """The loop as a generator that also yields a Junction whenever a step needs value-model scores; the
+        driver sends the candidates' rewards back and gets that step's TokenEvent next. `__iter__` scores each
+        junction alone; the engine's scheduler gathers the junctions of every active request into one batched
+        value-model call per step."""
         s = self.settings
         self.stats = stats = GenerationStats(prompt_tokens=len(self.prompt_tokens), seed=self.seed)
         start, base_before = time.perf_counter(), self.base.decode_seconds
@@ -152,7 +170,7 @@ class Decoding:
                     stop_reason = "cancelled"
                     break
                 t0 = time.perf_counter()
-                event = self._step(index, gate, rng, scratch)
+                event = yield from self._step(index, gate, rng, scratch)
                 if event.end:
                     stop_reason = "eos"
                 else:
@@ -173,8 +191,9 @@ class Decoding:
         if stops.tail:  # text held back for a possible stop string that never completed
             yield TokenEvent(len(generated), -1, stops.tail, 0.0, False)
 
-    def _step(self, index: int, gate, rng, scratch) -> TokenEvent:
-        """Read the logits, gate, steer if a junction, choose: the event of one step, its text still empty."""
+    def _step(self, index: int, gate, rng, scratch) -> Generator[Junction, np.ndarray, TokenEvent]:
+        """Read the logits, gate, steer if a junction, choose: the event of one step, its text still empty. At a
+        junction it yields a Junction and expects the candidates' rewards back."""
         s, stats = self.settings, self.stats
         t0 = time.perf_counter()
         logits = self.base.logits()
@@ -184,7 +203,12 @@ class Decoding:
             raise ModelOutputError(f"step {index}: {exc}") from None
         junction = gate.decide(index, step.entropy)
         t1 = time.perf_counter()
-        rewards = self._score_junction(step.candidate_ids) if junction and self._view is not None else None
+        rewards = None
+        if junction and self._view is not None:
+            request = Junction(self._view, step.candidate_ids)
+            rewards = yield request
+            stats.value_model_calls += request.calls
+            stats.value_model_seconds += request.seconds
         t2 = time.perf_counter()
         scores = steered_scores(step.candidate_logits, rewards, s.weight, s.reward_norm)
         rank = choose(scores, s.temperature, rng.random())
@@ -200,16 +224,6 @@ class Decoding:
                           rewards.tolist() if rewards is not None else None, rank, 0.0,
                           base_log_prob(logits, token) if self.log_probs else None,
                           end=self.base.is_end_of_generation(token))
-
-    def _score_junction(self, candidate_ids: np.ndarray) -> np.ndarray:
-        """The value model's scores of the k candidates. Its calls and seconds are counted here, per decoding,
-        not as a difference of the value model's totals: batched decodings interleave."""
-        vm, stats = self.value_model, self.stats
-        calls_before, seconds_before = vm.calls, vm.seconds
-        rewards = self._view.score(candidate_ids)
-        stats.value_model_calls += vm.calls - calls_before
-        stats.value_model_seconds += vm.seconds - seconds_before
-        return rewards
 
     def _advance(self, index: int, token: int) -> str:
         """Feed the chosen token to the base model, unless this was the last step; 'context' if it cannot fit."""
@@ -235,10 +249,34 @@ class ValueView:
     def append(self, token: int) -> None:
         self.unscored.append(token)
 
-    def score(self, candidate_ids: np.ndarray) -> np.ndarray:
-        self.prefix = self.value_model.extend(self.prefix, self.unscored)
-        self.unscored = []
-        return self.value_model.score_candidates(self.prefix, candidate_ids)
+
+@dataclass
+class Junction:
+    """A step waiting for the value model's scores of its k candidates. Whoever scores it (alone, or merged with
+    other requests' junctions by `score_junctions`) fills in the value-model calls and seconds charged to it."""
+
+    view: ValueView
+    candidate_ids: np.ndarray
+    calls: int = 0  # value-model calls this junction needed on its own: one fold (if new tokens) + one scoring
+    seconds: float = 0.0  # its share of the value-model time
+
+    def score_alone(self) -> np.ndarray:
+        return score_junctions([self])[0]
+
+
+def score_junctions(junctions: list[Junction]) -> list[np.ndarray]:
+    """Score junctions that share one value model in two batched calls whatever their number (fold every view's
+    new tokens, then score every candidate); each view's prefix state moves on. -> each junction's rewards (k,)"""
+    vm = junctions[0].view.value_model
+    seconds_before = vm.seconds
+    views = [j.view for j in junctions]
+    prefixes, rewards, folded = vm.score_junctions([v.prefix for v in views], [v.unscored for v in views],
+                                                   [j.candidate_ids for j in junctions])
+    share = (vm.seconds - seconds_before) / len(junctions)
+    for junction, prefix, fold in zip(junctions, prefixes, folded):
+        junction.view.prefix, junction.view.unscored = prefix, []
+        junction.calls, junction.seconds = 1 + fold, share
+    return rewards
 
 
 def value_model_tokens(prompt_tokens, continuation, bos_id: int) -> list[int]:

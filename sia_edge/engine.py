@@ -10,9 +10,12 @@ from typing import Callable, Iterator
 from .base_model import DEFAULT_CONTEXT, BaseModel
 from .batch import DEFAULT_BATCH_SIZE, BatchOutput, BatchRequest, run_batched
 from .decoder import Decoding, GenerationResult, TokenEvent
-from .errors import InvalidSettingError, PromptError, ValueModelError
+from .errors import InvalidSettingError, PromptError, QueueTimeoutError, ValueModelError
 from .models import cached_fingerprint, choose_value_model, resolve_base_model
+from .scheduler import Request, Scheduler, read_events
 from .settings import GenerationSettings
+
+DEFAULT_PARALLEL = 4  # slots for concurrent requests: a laptop-sized default, like llama.cpp's server
 
 Cancel = Callable[[], bool] | threading.Event | None
 
@@ -20,8 +23,12 @@ Cancel = Callable[[], bool] | threading.Event | None
 class Engine:
     """A base model plus (optionally) a value model, loaded once.
 
-    Generations are serialised by a lock: one llama.cpp context serves one sequence at a time. Nothing is global,
-    so several engines (e.g. two models) can live in one process.
+    `parallel` > 1: generations asked for from several threads at once run together, each in a slot of one
+    batched llama.cpp context (continuous batching, sia_edge/scheduler.py): a request joins at the next step and
+    leaves its slot as soon as it ends; the junctions of all slots are scored in one value-model call per step.
+    `parallel=1`: one generation at a time on the model's own context, the others wait; a seed then replays
+    exactly, which batching cannot promise (batched logits depend on which requests share the step). Nothing is
+    global, so several engines (e.g. two models) can live in one process.
 
     >>> engine = Engine()                                  # built-in Gemma 3 270M + shipped sentiment value model
     >>> result = engine.generate("The movie was", max_tokens=32, seed=1)
@@ -38,9 +45,12 @@ class Engine:
         value_threads: int = 1,
         use_value_model: bool = True,
         calibration: str | os.PathLike | None = None,
+        parallel: int = DEFAULT_PARALLEL,
     ) -> None:
         if n_ctx < 16:
             raise InvalidSettingError(f"n_ctx must be >= 16, got {n_ctx}")
+        if parallel < 1:
+            raise InvalidSettingError(f"parallel must be >= 1, got {parallel}")
         self.base = BaseModel(resolve_base_model(model), n_ctx=n_ctx, n_threads=threads, gpu_layers=gpu_layers)
         self.fingerprint = cached_fingerprint(self.base.path, lambda: self.base.fingerprint)
         self.value_threads = value_threads
@@ -51,6 +61,17 @@ class Engine:
             self.value_model, self.value_model_reason = self._load_value_model(value_model, required=False)
         self.calibration = calibration  # explicit calibration file for `ratio`; else cache, else shipped
         self._lock = threading.Lock()
+        self.parallel = parallel
+        self._scheduler = Scheduler(self.base, parallel, self.base.n_ctx) if parallel > 1 else None
+
+    def load(self) -> dict:
+        """How busy the engine is: slots busy and requests queued now; generations served, cancelled and failed,
+        requests the queue timeout turned away, batched rounds and value-model calls, since it started."""
+        if self._scheduler is not None:
+            return self._scheduler.load()
+        busy = self._lock.locked()
+        return {"parallel": 1, "busy": int(busy), "queued": None, **dict.fromkeys(
+            ("served", "cancelled", "errors", "rejected", "rounds", "value_model_calls"))}
 
     def value_model_for(self, spec: str | os.PathLike | None):
         """The value model an objective name (`sentiment`, `clean`) or ONNX file names, loaded once and kept;
@@ -91,16 +112,24 @@ class Engine:
         return resolve_ratio(chosen, self.fingerprint, calibration or self.calibration)
 
     def stream(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,
-               log_probs: bool = False, value_model: str | os.PathLike | None = None, **overrides) -> "Stream":
+               log_probs: bool = False, value_model: str | os.PathLike | None = None,
+               queue_timeout: float | None = None, **overrides) -> "Stream":
         """Iterate the returned Stream for TokenEvents; its `.result` is the GenerationResult afterwards.
         `log_probs=True` fills each event's `log_prob` (the unsteered base model's log-probability of the token);
-        `value_model` (an objective name or ONNX file) steers this generation toward another objective."""
+        `value_model` (an objective name or ONNX file) steers this generation toward another objective;
+        `queue_timeout`: seconds to wait for a free slot before QueueTimeoutError [default: wait]."""
+        if queue_timeout is not None and not queue_timeout >= 0:
+            raise InvalidSettingError(f"queue_timeout must be >= 0 seconds, got {queue_timeout}")
         chosen = self.settings(settings, **overrides)
         scorer = self.value_model_for(value_model)
         self._check_steerable(chosen, scorer)
         tokens = self._prompt_tokens(prompt, chosen)
         seed = chosen.seed if chosen.seed is not None else secrets.randbits(32)
-        return Stream(self, Decoding(self.base, scorer, tokens, chosen, seed, _as_callable(cancel), log_probs))
+        if self._scheduler is not None:
+            request = Request(tokens, chosen, seed, scorer, _as_callable(cancel) or (lambda: False), log_probs)
+            return Stream(self, seed, request=request, queue_timeout=queue_timeout)
+        decoding = Decoding(self.base, scorer, tokens, chosen, seed, _as_callable(cancel), log_probs)
+        return Stream(self, seed, decoding=decoding, queue_timeout=queue_timeout)
 
     def generate(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,
                  **overrides) -> GenerationResult:
@@ -169,22 +198,70 @@ class Engine:
             )
 
     def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.close()
         self.base.close()
 
 
 class Stream:
-    """A generation in progress. Holds the engine's lock while being iterated."""
+    """A generation asked for. Iterate it for TokenEvents; `result` is set when the iteration ends.
 
-    def __init__(self, engine: Engine, decoding: Decoding) -> None:
+    It waits for its turn (a slot, or the engine's lock with parallel=1) when iteration begins, or earlier with
+    `start()`: a server calls that to turn a long queue into a 503 before it sends any response. After `start()`,
+    iterate it or `close()` it, or its slot stays taken.
+    """
+
+    def __init__(self, engine: Engine, seed: int, decoding: Decoding | None = None, request: Request | None = None,
+                 queue_timeout: float | None = None) -> None:
         self._engine = engine
         self._decoding = decoding
-        self.seed = decoding.seed
+        self._request = request
+        self._queue_timeout = queue_timeout
+        self._events: Iterator[TokenEvent] | None = None
+        self._holds_lock = False
+        self.seed = seed
         self.result: GenerationResult | None = None
 
+    def start(self) -> "Stream":
+        """Wait for a slot now; QueueTimeoutError (and nothing generated) if none frees within queue_timeout."""
+        if self._events is None:
+            if self._request is not None:
+                scheduler = self._engine._scheduler
+                scheduler.submit(self._request)
+                scheduler.wait_admitted(self._request, self._queue_timeout)
+                self._events = read_events(scheduler, self._request)
+            else:
+                timeout = -1 if self._queue_timeout is None else self._queue_timeout
+                if not self._engine._lock.acquire(timeout=timeout):
+                    raise QueueTimeoutError(f"the engine stayed busy for {self._queue_timeout:g} s (one generation "
+                                            f"at a time); try again later")
+                self._holds_lock = True
+                self._events = self._alone()
+        return self
+
     def __iter__(self) -> Iterator[TokenEvent]:
-        with self._engine._lock:
+        self.start()
+        self.result = yield from self._events
+
+    def _alone(self):
+        try:
             yield from self._decoding
-        self.result = self._decoding.result
+            return self._decoding.result
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        """Give up the generation (or the slot `start()` took) without reading further."""
+        if self._events is not None:
+            self._events.close()
+        if self._request is not None:
+            self._engine._scheduler.abandon(self._request)
+        self._release()
+
+    def _release(self) -> None:
+        if self._holds_lock:
+            self._holds_lock = False
+            self._engine._lock.release()
 
 
 def _as_callable(cancel: Cancel) -> Callable[[], bool] | None:

@@ -35,3 +35,7 @@ class TrainingDataError(SiaError):
 
 class ModelOutputError(SiaError):
     """The base model produced something unusable (e.g. NaN or infinite logits)."""
+
+
+class QueueTimeoutError(SiaError):
+    """Every slot of the engine stayed busy for longer than the caller would wait (the server answers 503)."""

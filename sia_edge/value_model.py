@@ -123,26 +123,48 @@ class ValueModel:
     def extend(self, prefix: PrefixState, tokens: list[int]) -> PrefixState:
         """Fold base-model `tokens` into the prefix state (one call, batch 1). Returns a new state; the old one is
         kept. A byte model folds their bytes; tokens without bytes (control tokens) leave the state as it was."""
-        units = self._units(tokens)
-        if len(units) == 0:
-            return PrefixState(prefix.vector, prefix.n_tokens + len(tokens))
-        ids = _as_ids(units)[None, :]  # (1, n)
-        new_state, _ = self._run(prefix.vector[None, :], ids, np.ones(ids.shape, dtype=np.float32))
-        return PrefixState(new_state[0], prefix.n_tokens + len(tokens))
+        return self.extend_many([prefix], [tokens])[0][0]
+
+    def extend_many(self, prefixes: list[PrefixState], token_lists: list[list[int]]) -> tuple[list[PrefixState],
+                                                                                                  list[bool]]:
+        """Fold each list of base-model tokens into its prefix, all rows padded into one call (none if no row has
+        anything to fold). -> the new prefixes, and which rows were folded (the others are returned as they were
+        but for their token count)."""
+        units = [self._units(tokens) for tokens in token_lists]
+        rows = [i for i, u in enumerate(units) if len(u)]
+        out = [PrefixState(p.vector, p.n_tokens + len(t)) for p, t in zip(prefixes, token_lists)]
+        if rows:
+            ids, mask = pad_sequences([units[i] for i in rows])
+            new_states, _ = self._run(np.stack([prefixes[i].vector for i in rows]), ids, mask)
+            for row, state in zip(rows, new_states):
+                out[row] = PrefixState(state, out[row].n_tokens)
+        return out, [bool(len(u)) for u in units]
 
     def score_candidates(self, prefix: PrefixState, candidate_ids: np.ndarray) -> np.ndarray:
         """Scores of the k one-token extensions of the prefix, in one batched call.  # (k,) float64
 
         A byte model gets k byte strings of different lengths, right-padded with the mask (a candidate without
         bytes, such as EOS, scores as the prefix itself)."""
-        k = len(candidate_ids)
-        states = np.broadcast_to(prefix.vector, (k, self.state_size))
+        return self.score_candidates_many([prefix], [candidate_ids])[0]
+
+    def score_candidates_many(self, prefixes: list[PrefixState], candidate_lists: list[np.ndarray]) -> list[np.ndarray]:
+        """Every prefix's candidates scored in one call (the rows of all prefixes stacked). -> (k_i,) float64 each"""
+        counts = [len(c) for c in candidate_lists]
+        states = np.repeat(np.stack([p.vector for p in prefixes]), counts, axis=0)
+        every = np.concatenate([np.asarray(c, dtype=np.int64) for c in candidate_lists])
         if self.reads_bytes:
-            ids, mask = pad_sequences([self._units([c]) for c in candidate_ids])
+            ids, mask = pad_sequences([self._units([c]) for c in every])
         else:
-            ids, mask = np.asarray(candidate_ids, dtype=np.int64).reshape(k, 1), np.ones((k, 1), dtype=np.float32)
+            ids, mask = every.reshape(-1, 1), np.ones((len(every), 1), dtype=np.float32)
         _, scores = self._run(states, ids, mask)
-        return scores.astype(np.float64)
+        return np.split(scores.astype(np.float64), np.cumsum(counts)[:-1])
+
+    def score_junctions(self, prefixes: list[PrefixState], token_lists: list[list[int]],
+                        candidate_lists: list[np.ndarray]) -> tuple[list[PrefixState], list[np.ndarray], list[bool]]:
+        """Several generations' junctions in at most two calls: fold each one's new tokens into its prefix, then
+        score all their candidates. -> new prefixes, rewards per junction, which prefixes needed a fold"""
+        new_prefixes, folded = self.extend_many(prefixes, token_lists)
+        return new_prefixes, self.score_candidates_many(new_prefixes, candidate_lists), folded
 
     def score_sequences(self, sequences: list[list[int]]) -> np.ndarray:
         """Scores of whole token sequences from the empty prefix (Best-of-N, evaluation).  # (n,) float64"""

@@ -23,8 +23,26 @@ def smollm_path() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(gemma_path):
+    """One generation at a time on the model's own context (exact seeded replay; tests compare it with the
+    model's logits)."""
     from sia_edge.engine import Engine
 
-    engine = Engine(model=gemma_path)
+    engine = Engine(model=gemma_path, parallel=1)
     assert engine.value_model is not None, "the shipped value model for Gemma must load"
     return engine
+
+
+@pytest.fixture(scope="session")
+def parallel_engine(gemma_path):
+    """The default engine: concurrent generations share the slots of one batched context (the scheduler)."""
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gemma_path, parallel=4)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(params=["alone", "parallel"])
+def any_engine(request):
+    """Both decoding paths: every behaviour a user sees must hold on each."""
+    return request.getfixturevalue("engine" if request.param == "alone" else "parallel_engine")

@@ -21,8 +21,8 @@ GATES = [
 
 
 @pytest.mark.parametrize("gate", GATES, ids=[g["gate"] for g in GATES])
-def test_every_gate_generates(engine, gate):
-    stream = engine.stream(PROMPT, max_tokens=12, seed=3, **gate)
+def test_every_gate_generates(any_engine, gate):
+    stream = any_engine.stream(PROMPT, max_tokens=12, seed=3, **gate)
     events = list(stream)
     result = stream.result
     assert result.stop_reason in ("length", "eos")
@@ -41,9 +41,9 @@ def test_every_gate_generates(engine, gate):
         assert not any(e.junction for e in events[4:])
 
 
-def test_dense_and_none_ratios(engine):
-    dense = engine.generate(PROMPT, gate="dense", max_tokens=10, seed=5)
-    none = engine.generate(PROMPT, gate="none", max_tokens=10, seed=5)
+def test_dense_and_none_ratios(any_engine):
+    dense = any_engine.generate(PROMPT, gate="dense", max_tokens=10, seed=5)
+    none = any_engine.generate(PROMPT, gate="none", max_tokens=10, seed=5)
     assert dense.stats.junction_ratio == 1.0
     assert dense.stats.value_model_calls == 2 * dense.stats.tokens  # fold-in + candidates, every step
     assert none.stats.junction_ratio == 0.0
@@ -55,17 +55,17 @@ def test_entropy_gate_ratio_is_strictly_between(engine):
     assert 0.0 < result.stats.junction_ratio < 1.0
 
 
-def test_same_seed_same_text(engine):
-    first = engine.generate(PROMPT, max_tokens=16, seed=42)
-    second = engine.generate(PROMPT, max_tokens=16, seed=42)
-    other = engine.generate(PROMPT, max_tokens=16, seed=43)
+def test_same_seed_same_text(any_engine):
+    first = any_engine.generate(PROMPT, max_tokens=16, seed=42)
+    second = any_engine.generate(PROMPT, max_tokens=16, seed=42)
+    other = any_engine.generate(PROMPT, max_tokens=16, seed=43)
     assert first.token_ids == second.token_ids and first.text == second.text
     assert first.token_ids != other.token_ids
 
 
-def test_unseeded_generation_reports_its_seed_and_replays(engine):
-    first = engine.generate(PROMPT, max_tokens=8)
-    replay = engine.generate(PROMPT, max_tokens=8, seed=first.stats.seed)
+def test_unseeded_generation_reports_its_seed_and_replays(any_engine):
+    first = any_engine.generate(PROMPT, max_tokens=8)
+    replay = any_engine.generate(PROMPT, max_tokens=8, seed=first.stats.seed)
     assert replay.token_ids == first.token_ids
 
 
@@ -128,14 +128,14 @@ def test_huge_weight_picks_the_value_models_favourite(engine, norm):
     assert ("norm=zscore" in stream.result.pipeline) == (norm == "zscore")
 
 
-def test_max_tokens_and_stop_string(engine):
-    limited = engine.generate(PROMPT, gate="none", max_tokens=5, seed=4)
+def test_max_tokens_and_stop_string(any_engine):
+    limited = any_engine.generate(PROMPT, gate="none", max_tokens=5, seed=4)
     assert limited.stop_reason == "length" and len(limited.token_ids) == 5
-    free = engine.generate(PROMPT, gate="none", max_tokens=30, seed=4)
+    free = any_engine.generate(PROMPT, gate="none", max_tokens=30, seed=4)
     words = free.text.split()
     assert len(words) > 3
     stop = words[2]
-    stopped = engine.generate(PROMPT, gate="none", max_tokens=30, seed=4, stop=[stop])
+    stopped = any_engine.generate(PROMPT, gate="none", max_tokens=30, seed=4, stop=[stop])
     assert stopped.stop_reason == "stop"
     assert stop not in stopped.text
     assert free.text.startswith(stopped.text)

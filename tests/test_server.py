@@ -25,25 +25,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(gemma_path, tmp_path_factory):
+def start_server(gemma_path, log: Path, *options: str):
+    """A real `sia-edge serve` subprocess on a free port; -> (process, base URL) once /health answers."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    log = tmp_path_factory.mktemp("server") / "stderr.txt"
     with log.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "sia_edge", "serve", "--model", str(gemma_path), "--threads", "1",
-                                 "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+                                 "--port", str(port), *options], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:
         assert proc.poll() is None, f"server exited: {log.read_text()}"
         try:
             if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
+                return proc, base
         except httpx.HTTPError:
             pass
         assert time.time() < deadline, "server did not come up"
         time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def server(gemma_path, tmp_path_factory):
+    proc, base = start_server(gemma_path, tmp_path_factory.mktemp("server") / "stderr.txt")
     yield base
     proc.terminate()
     proc.wait(timeout=20)
@@ -240,3 +244,33 @@ def test_request_fields_follow_the_settings_rules(engine):
     with pytest.raises(ApiError) as err:
         server.settings(served, CompletionRequest(prompt="x", tau=0.9, ratio=0.3), max_tokens=8)
     assert err.value.status == 400 and "not both" in err.value.message
+
+
+def test_health_counters_add_up(server, client):
+    client.completions.create(model="sia-edge-default", prompt="Hello", max_tokens=2, seed=1)
+    health = httpx.get(server + "/health").json()
+    assert health["parallel"] == 4 and health["busy"] == health["queued"] == 0  # the default slots, all idle
+    ended = health["served"] + health["cancelled"] + health["errors"] + health["rejected"]
+    assert health["accepted"] == health["active"] + ended and health["served"] >= 1
+    assert health["generations"] == health["served"] + health["cancelled"]
+
+
+def test_a_request_queued_past_the_timeout_gets_503_with_retry_after(gemma_path, tmp_path):
+    proc, base = start_server(gemma_path, tmp_path / "stderr.txt", "--parallel", "1", "--queue-timeout", "0.2")
+    try:
+        long = {"model": "sia-edge-default", "prompt": "Chapter One\n\nIt was a dark and stormy night",
+                "max_tokens": 1500, "seed": 1, "stream": True, "gate": "none"}
+        with httpx.Client(timeout=60) as http:
+            with http.stream("POST", base + "/v1/completions", json=long) as response:
+                lines = response.iter_lines()  # kept: closing this iterator would hang up
+                assert next(lines).startswith("data:")  # the long generation holds the one slot
+                busy = http.post(base + "/v1/completions", json={"prompt": "Hello", "max_tokens": 2})
+                assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+                assert busy.json()["error"]["code"] == "server_busy" and "busy" in busy.json()["error"]["message"]
+        wait_for_counter(base, "cancelled", 1)
+        health = httpx.get(base + "/health").json()
+        assert health["rejected"] == 1 and health["parallel"] == 1 and health["active"] == 0
+        assert health["accepted"] == health["served"] + health["cancelled"] + health["errors"] + health["rejected"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

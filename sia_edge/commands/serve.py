@@ -4,9 +4,10 @@ Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `"stream":
 GET /v1/models, GET /health. SIA settings ride along as extra request fields (gate, tau, ratio, q, first_n,
 weight, top_k, best_of, seed, objective) and come back in an extra `sia` object of every response.
 
-One Engine per model; its lock serialises requests (they queue, the shared llama.cpp context is never used by
-two generations at once). Generation runs in a worker thread so the event loop keeps answering; a client that
-disconnects stops its generation through the Engine's cancel Event.
+One Engine per model with `--parallel` slots: concurrent requests are decoded together (continuous batching in
+the engine's scheduler; requests beyond the slots queue, and one queued longer than `--queue-timeout` gets 503
+with Retry-After). Generation runs in worker threads so the event loop keeps answering; a client that disconnects
+stops its generation, and frees its slot, at the next step.
 """
 
 
@@ -23,33 +24,39 @@ import click
 from pydantic import BaseModel, ValidationError
 
 from ..chat import Trimmed, chat_format, render_tokens
-from ..errors import InvalidSettingError, PromptError, SiaError
+from ..engine import DEFAULT_PARALLEL
+from ..errors import InvalidSettingError, PromptError, QueueTimeoutError, SiaError
 from ..gate import DEFAULT_TAU
 from ..models import OBJECTIVES
 from ..settings import GenerationSettings
 from .common import build_engine, generation_options, model_options, settings_from
 from .serve_api import REQUEST_SETTINGS, ApiError, ChatRequest, CompletionRequest, SiaRequest
+from .serve_stream import FINISH_REASONS, streaming_response
 
 DEFAULT_ALIAS = "sia-edge-default"
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
 
 
 # --- the server --------------------------------------------------------------------------------------------------
 
 
 class Counters:
-    """What /health reports; updated from worker threads."""
+    """What /health reports; updated from worker threads. They add up: every accepted generation request is
+    active (generating or queued for a slot), or ended as served, cancelled (its client went away), errors, or
+    rejected (queued longer than --queue-timeout: 503). A Best-of-N request counts once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.values = {"generations": 0,  # finished generations (a Best-of-N request counts once)
-                       "cancelled": 0,  # of which stopped because their client went away
-                       "active": 0}  # requests generating or queued for their engine's lock
+        self.values = dict.fromkeys(("accepted", "active", "served", "cancelled", "errors", "rejected",
+                                     "generations"), 0)  # generations = served + cancelled (finished ones)
 
     def add(self, **deltas: int) -> None:
         with self._lock:
             for key, delta in deltas.items():
                 self.values[key] += delta
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self.values)
 
 
 @dataclass
@@ -65,8 +72,10 @@ class Server:
     """Holds the engines and builds the FastAPI app. `models[0]` also answers to the name sia-edge-default."""
 
     def __init__(self, engines: list, defaults: GenerationSettings | None = None,
-                 notify=lambda m: print(f"sia-edge: {m}", file=sys.stderr, flush=True)) -> None:
+                 notify=lambda m: print(f"sia-edge: {m}", file=sys.stderr, flush=True),
+                 queue_timeout: float | None = None) -> None:
         defaults = defaults or GenerationSettings()
+        self.queue_timeout = queue_timeout  # seconds a request may wait for a slot before 503
         self.models: dict[str, ServedModel] = {}
         for i, engine in enumerate(engines):
             own = defaults
@@ -160,14 +169,23 @@ class Server:
         if req.stream and (req.best_of or 1) > 1:
             raise ApiError(400, "best_of cannot be combined with stream", "best_of", "unsupported")
 
-    @staticmethod
-    def open_stream(served: ServedModel, tokens: list[int], settings: GenerationSettings, cancel: threading.Event,
-                    objective: str | None = None):
+    def open_stream(self, served: ServedModel, tokens: list[int], settings: GenerationSettings,
+                    cancel: threading.Event, objective: str | None = None):
         """The Stream for this request, checked now (prompt, settings) so errors go out as 400 before any text."""
         try:
-            return served.engine.stream(tokens, settings, cancel=cancel, value_model=objective)
+            return served.engine.stream(tokens, settings, cancel=cancel, value_model=objective,
+                                        queue_timeout=self.queue_timeout)
         except SiaError as exc:
             raise ApiError(400, str(exc), None, "invalid_request") from exc
+
+    def start(self, stream) -> None:
+        """Blocking: wait for the request's slot; a queue timeout becomes 503 with Retry-After."""
+        try:
+            stream.start()
+        except QueueTimeoutError as exc:
+            self.counters.add(rejected=1, active=-1)
+            raise ApiError(503, f"the server is busy: {exc}", None, "server_busy", type="server_error",
+                           headers={"Retry-After": str(max(1, round(self.queue_timeout or 1)))}) from exc
 
     def generate(self, served: ServedModel, stream, tokens: list[int], settings: GenerationSettings, n: int,
                  cancel: threading.Event, objective: str | None = None):
@@ -175,11 +193,15 @@ class Server:
         from ..best_of import best_of
 
         result = None
-        try:
-            if n > 1:
+        if n > 1:
+            try:
                 chosen = best_of(served.engine, tokens, n, settings, cancel=cancel, value_model=objective)
                 result = chosen.results[-1]  # the last one drawn is the one a disconnect would have cut short
                 return chosen.best_result, chosen
+            finally:
+                self.finished(result)
+        self.start(stream)
+        try:
             for _ in stream:
                 pass
             result = stream.result
@@ -188,8 +210,19 @@ class Server:
             self.finished(result)
 
     def finished(self, result) -> None:
-        cancelled = result is not None and result.stop_reason == "cancelled"
-        self.counters.add(generations=1, cancelled=int(cancelled), active=-1)
+        """A generation request ended: served, cancelled, or (no result) failed."""
+        if result is None:
+            self.counters.add(errors=1, active=-1)
+        elif result.stop_reason == "cancelled":
+            self.counters.add(generations=1, cancelled=1, active=-1)
+        else:
+            self.counters.add(generations=1, served=1, active=-1)
+
+    def health(self) -> dict:
+        """GET /health: the server's request counters and each engine's slots (busy, queued now)."""
+        engines = {name: s.engine.load() for name, s in self.models.items() if name != DEFAULT_ALIAS}
+        slots = {key: sum(e[key] or 0 for e in engines.values()) for key in ("parallel", "busy", "queued")}
+        return {"status": "ok", "models": sorted(self.models), **self.counters.snapshot(), **slots}
 
     def app(self):
         """The FastAPI app: thin routes over the module-level handlers below."""
@@ -201,7 +234,7 @@ class Server:
 
         @app.exception_handler(ApiError)
         async def api_error(request, exc: ApiError):
-            return JSONResponse(exc.body(), status_code=exc.status)
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
         @app.exception_handler(HTTPException)
         async def http_error(request, exc: HTTPException):
@@ -214,7 +247,7 @@ class Server:
 
         @app.get("/health")
         async def health():
-            return {"status": "ok", "models": sorted(self.models), **self.counters.values}
+            return self.health()
 
         @app.get("/v1/models")
         async def models():
@@ -260,7 +293,7 @@ async def complete(server: Server, request):
                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return streaming_response(server, served, tokens, settings, chunk, None, req.objective)
+        return await streaming_response(server, served, tokens, settings, chunk, None, req.objective)
     result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
     return {**meta, "object": "text_completion",
             "choices": [{"index": 0, "text": result.text, "logprobs": None,
@@ -291,7 +324,7 @@ async def chat_complete(server: Server, request):
                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return streaming_response(server, served, tokens, settings, chunk, chunk(None), req.objective)
+        return await streaming_response(server, served, tokens, settings, chunk, chunk(None), req.objective)
     result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
     return {**meta, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text.strip()},
@@ -353,69 +386,13 @@ async def run_cancellable(server: Server, request, served, tokens, settings, n, 
         cancel.set()
 
     watcher = asyncio.create_task(watch())
-    server.counters.add(active=1)
+    server.counters.add(accepted=1, active=1)
     try:
         return await asyncio.to_thread(server.generate, served, stream, tokens, settings, n, cancel, objective)
     except SiaError as exc:
         raise ApiError(400, str(exc), None, "invalid_request") from exc
     finally:
         watcher.cancel()
-
-
-def streaming_response(server: Server, served, tokens, settings, chunk, first, objective=None):
-    from fastapi.responses import StreamingResponse
-
-    cancel = threading.Event()  # set when the client goes away
-    stream = server.open_stream(served, tokens, settings, cancel, objective)
-    return StreamingResponse(stream_events(server, stream, cancel, chunk, first), media_type="text/event-stream")
-
-
-async def stream_events(server: Server, stream, cancel: threading.Event, chunk, first):
-    """Server-sent events: one chunk per piece of text, a final chunk with finish_reason + sia, [DONE]."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def put(item):
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            cancel.set()
-
-    def work():
-        try:
-            for event in stream:
-                if event.text:
-                    put(("text", event.text))
-            put(("done", stream.result))
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-            put(("error", exc))
-        finally:
-            server.finished(stream.result)
-
-    server.counters.add(active=1)
-    threading.Thread(target=work, name="sia-edge-generate", daemon=True).start()
-    try:
-        if first is not None:
-            yield sse(first)
-        while True:
-            kind, value = await queue.get()
-            if kind == "text":
-                piece = chunk(value)
-                if piece is not None:
-                    yield sse(piece)
-            elif kind == "done":
-                yield sse(chunk("", FINISH_REASONS[value.stop_reason], value))
-                yield "data: [DONE]\n\n"
-                return
-            else:
-                yield sse(ApiError(500, f"generation failed: {value}", type="server_error").body())
-                return
-    finally:  # also when the client went away: Starlette closes this generator
-        cancel.set()
-
-
-def sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
 
 
 def _param_of(message: str) -> str | None:
@@ -432,7 +409,13 @@ def _param_of(message: str) -> str | None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default accepts local connections only.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
-def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, **options):
+@click.option("--parallel", type=click.IntRange(min=1), default=DEFAULT_PARALLEL, show_default=True,
+              help="Requests decoded at once (slots of one batched context, like llama.cpp's -np); more wait in "
+                   "line. 1 = one at a time, with exact seeded replay.")
+@click.option("--queue-timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds a request may wait for a free slot before it gets 503 with Retry-After "
+                   "[default: wait as long as it takes].")
+def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, queue_timeout, **options):
     """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
 
     The generation options are defaults for requests that do not set the field (e.g. --max-tokens for requests
@@ -443,10 +426,11 @@ def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, **options)
 
     defaults = settings_from(options)
     engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True,
-                          calibration=options["calibration"], gpu_layers=gpu_layers)
-    server = Server([engine], defaults)
+                          calibration=options["calibration"], gpu_layers=gpu_layers, parallel=parallel)
+    server = Server([engine], defaults, queue_timeout=queue_timeout)
     names = ", ".join(sorted(server.models))
-    click.echo(f"sia-edge: serving {names} on http://{host}:{port}/v1 (Ctrl-C stops)", err=True)
+    click.echo(f"sia-edge: serving {names} on http://{host}:{port}/v1 with {parallel} slot"
+               f"{'s' if parallel > 1 else ''} (Ctrl-C stops)", err=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"sia-edge: warning: listening on {host} without authentication", err=True)
     uvicorn.run(server.app(), host=host, port=port, log_level="warning")

@@ -1,0 +1,74 @@
+"""`sia-edge serve`'s streamed responses: a started generation drained in a worker thread into server-sent events."""
+
+import asyncio
+import json
+import threading
+
+from .serve_api import ApiError
+
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
+
+
+async def streaming_response(server, served, tokens, settings, chunk, first, objective=None):
+    from fastapi.responses import StreamingResponse
+
+    cancel = threading.Event()  # set when the client goes away
+    stream = server.open_stream(served, tokens, settings, cancel, objective)
+    server.counters.add(accepted=1, active=1)
+    await asyncio.to_thread(server.start, stream)  # a slot, or 503 before any byte is sent
+    # The generation runs from here on whether or not the response body is ever read, so its slot and the
+    # counters are always given back (a client gone before the body starts still gets cancelled below).
+    queue = generate_in_thread(server, stream, cancel)
+    return StreamingResponse(stream_events(queue, cancel, chunk, first), media_type="text/event-stream")
+
+
+def generate_in_thread(server, stream, cancel: threading.Event) -> asyncio.Queue:
+    """Drain the started stream in a worker thread; its text, then its result (or error), arrive on the queue."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def put(item):
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            cancel.set()
+
+    def work():
+        try:
+            for event in stream:
+                if event.text:
+                    put(("text", event.text))
+            put(("done", stream.result))
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+            put(("error", exc))
+        finally:
+            server.finished(stream.result)
+
+    threading.Thread(target=work, name="sia-edge-generate", daemon=True).start()
+    return queue
+
+
+async def stream_events(queue: asyncio.Queue, cancel: threading.Event, chunk, first):
+    """Server-sent events: one chunk per piece of text, a final chunk with finish_reason + sia, [DONE]."""
+    try:
+        if first is not None:
+            yield sse(first)
+        while True:
+            kind, value = await queue.get()
+            if kind == "text":
+                piece = chunk(value)
+                if piece is not None:
+                    yield sse(piece)
+            elif kind == "done":
+                yield sse(chunk("", FINISH_REASONS[value.stop_reason], value))
+                yield "data: [DONE]\n\n"
+                return
+            else:
+                yield sse(ApiError(500, f"generation failed: {value}", type="server_error").body())
+                return
+    finally:  # also when the client went away: Starlette closes this generator
+        cancel.set()
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

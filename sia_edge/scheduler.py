@@ -1,0 +1,253 @@
+"""Continuous batching for an Engine: generations asked for from many threads share the slots of one BatchContext.
+
+One worker thread runs the rounds. A round admits waiting requests into free slots, advances every active
+generation by one step (the `Decoding.steps` loop: logits, gate, junction, choice), scores the junctions of all
+slots that share a value model in one batched call (a fold call and a scoring call, however many slots are at a
+junction), then feeds every slot's next token to llama.cpp in one decode. A finished, failed or cancelled request
+frees its slot at once; the next waiting request takes it in the following round.
+
+Each request keeps its own settings, seed, cancel flag and value model. Its events go to its caller through a
+queue, so the caller's thread only waits. Batched logits equal single-sequence logits to float tolerance only,
+and depend on which other requests share the round: a seed replays exactly only through `Engine(parallel=1)`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .decoder import Decoding, GenerationResult, Junction, TokenEvent, score_junctions
+from .errors import QueueTimeoutError
+
+_IDLE_SECONDS = 30.0  # the worker thread exits after this long without work (a new request starts it again)
+
+
+@dataclass
+class Request:
+    """One generation handed to the scheduler; its caller reads `events` until a result or an error arrives."""
+
+    prompt_tokens: list[int]
+    settings: object  # GenerationSettings, validated by the engine
+    seed: int
+    value_model: object | None
+    cancel: Callable[[], bool]
+    log_probs: bool = False
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    admitted: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False  # the caller went away: stop at the next step
+
+    def stopped(self) -> bool:
+        return self.abandoned or self.cancel()
+
+
+@dataclass
+class _Done:
+    result: GenerationResult
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+@dataclass
+class _Slotted:
+    request: Request
+    decoding: Decoding
+    steps: Iterator
+
+
+class Scheduler:
+    """The slots, the waiting line and the worker thread of one Engine (`parallel` > 1)."""
+
+    def __init__(self, base, n_slots: int, n_ctx_per_slot: int) -> None:
+        self.base = base
+        self.n_slots = n_slots
+        self.n_ctx_per_slot = n_ctx_per_slot
+        self._cond = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._active: dict[int, _Slotted] = {}  # slot index -> its generation; changed by the worker only
+        self._context = None  # BatchContext, made by the worker when first needed
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self.counts = {"served": 0, "cancelled": 0, "errors": 0, "rejected": 0, "rounds": 0,
+                       "value_model_calls": 0}
+
+    # -- the callers' side --
+
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._waiting.append(request)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="sia-edge-scheduler", daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+
+    def wait_admitted(self, request: Request, timeout: float | None) -> None:
+        """Block until the request has a slot; after `timeout` seconds in the queue it is withdrawn and
+        QueueTimeoutError raised (nothing of it ran)."""
+        if request.admitted.wait(timeout):
+            return
+        with self._cond:
+            if request in self._waiting:
+                self._waiting.remove(request)
+                self.counts["rejected"] += 1
+                raise QueueTimeoutError(f"all {self.n_slots} slots stayed busy for {timeout:g} s; try again later")
+
+    def abandon(self, request: Request) -> None:
+        """The caller stopped reading: drop it from the queue, or stop it at its next step."""
+        with self._cond:
+            request.abandoned = True
+            if request in self._waiting:
+                self._waiting.remove(request)
+                self.counts["cancelled"] += 1
+
+    def load(self) -> dict:
+        """Slots busy and requests queued now, and totals since start (served, cancelled, errors, rejected by the
+        queue timeout, rounds and value-model calls)."""
+        with self._cond:
+            return {"parallel": self.n_slots, "busy": len(self._active), "queued": len(self._waiting),
+                    **self.counts}
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            worker = self._worker
+        if worker is not None:
+            worker.join()
+
+    # -- the worker --
+
+    def _run(self) -> None:
+        try:
+            while self._admit():
+                self._round()
+        except BaseException as exc:  # llama.cpp failed under every slot: tell their callers, start afresh
+            with self._cond:
+                self._fail_all_locked(exc)
+                self._retire_locked()
+
+    def _admit(self) -> bool:
+        """Fill free slots from the queue; False when the worker should exit (closed, or idle too long)."""
+        with self._cond:
+            while not self._waiting and not self._active:
+                if self._closed or not self._cond.wait(_IDLE_SECONDS) and not self._waiting:
+                    self._retire_locked()
+                    return False
+            if self._closed:
+                self._fail_all_locked(RuntimeError("the engine was closed"))
+                self._retire_locked()
+                return False
+            if self._context is None:
+                from .base_model import BatchContext
+
+                self._context = BatchContext(self.base, self.n_slots, self.n_ctx_per_slot)
+            for index in range(self.n_slots):
+                if index not in self._active and self._waiting:
+                    request = self._waiting.popleft()
+                    slot = self._context.slots[index]
+                    decoding = Decoding(slot, request.value_model, request.prompt_tokens, request.settings,
+                                        request.seed, request.stopped, request.log_probs)
+                    self._active[index] = _Slotted(request, decoding, decoding.steps())
+                    request.admitted.set()
+            return True
+
+    def _round(self) -> None:
+        """One step of every active generation, their junctions scored together per value model, one decode."""
+        waiting: dict[int, Junction] = {}
+        for index in list(self._active):
+            item = self._advance(index, None)
+            if isinstance(item, Junction):
+                waiting[index] = item
+        by_model: dict[int, list[int]] = {}
+        for index, junction in waiting.items():
+            by_model.setdefault(id(junction.view.value_model), []).append(index)
+        for indexes in by_model.values():
+            model = waiting[indexes[0]].view.value_model
+            calls_before = model.calls
+            try:
+                rewards = score_junctions([waiting[i] for i in indexes])
+            except Exception as exc:  # a broken value model fails its own requests only
+                for i in indexes:
+                    self._finish(i, _Failed(exc))
+                continue
+            self.counts["value_model_calls"] += model.calls - calls_before
+            for i, reward in zip(indexes, rewards):
+                self._advance(i, reward)
+        self._context.flush()
+        self.counts["rounds"] += 1
+
+    def _advance(self, index: int, reply: np.ndarray | None) -> Junction | None:
+        """Send the slot's generation its reply; pass a token event to its caller; return a Junction if it
+        waits for scores."""
+        slotted = self._active[index]
+        try:
+            item = slotted.steps.send(reply)
+        except StopIteration:
+            self._finish(index, _Done(slotted.decoding.result))
+            return None
+        except Exception as exc:
+            self._finish(index, _Failed(exc))
+            return None
+        if isinstance(item, Junction):
+            return item
+        slotted.request.events.put(item)
+        if item.token_id < 0:  # the held-back tail of a stop string: the generation's last event
+            return self._advance(index, None)
+        return None
+
+    def _finish(self, index: int, outcome: _Done | _Failed) -> None:
+        slotted = self._active.pop(index)
+        self._context.slots[index].clear()
+        with self._cond:
+            if isinstance(outcome, _Failed):
+                self.counts["errors"] += 1
+            elif outcome.result.stop_reason == "cancelled":
+                self.counts["cancelled"] += 1
+            else:
+                self.counts["served"] += 1
+        slotted.request.events.put(outcome)
+
+    def _retire_locked(self) -> None:
+        """The worker is leaving: free the llama.cpp context (its KV cells) until work comes again."""
+        if self._context is not None:
+            self._context.close()
+            self._context = None
+        self._worker = None
+
+    def _fail_all_locked(self, exc: BaseException) -> None:
+        for slotted in self._active.values():
+            slotted.request.events.put(_Failed(exc))
+        for request in self._waiting:
+            request.events.put(_Failed(exc))
+        self.counts["errors"] += len(self._active) + len(self._waiting)
+        self._active.clear()
+        self._waiting.clear()
+
+
+def read_events(scheduler: Scheduler, request: Request) -> Iterator:
+    """The caller's side of a submitted request: its TokenEvents, then its GenerationResult as the generator's
+    return value. Leaving early (break, close, an exception) cancels it at its next step."""
+    finished = False
+    try:
+        while True:
+            item = request.events.get()
+            if isinstance(item, TokenEvent):
+                yield item
+            elif isinstance(item, _Done):
+                finished = True
+                return item.result
+            else:
+                finished = True
+                raise item.error
+    finally:
+        if not finished:
+            scheduler.abandon(request)

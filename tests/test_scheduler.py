@@ -1,0 +1,210 @@
+"""Continuous batching in Engine (sia_edge/scheduler.py), on the real Gemma model and the shipped value models.
+
+Concurrent requests each keep their own settings, seed, value model and cancellation; junctions of all slots that
+share a value model cost at most two value-model calls per step; a full queue turns away with QueueTimeoutError.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from sia_edge.decoder import Junction, ValueView, score_junctions
+from sia_edge.errors import InvalidSettingError, QueueTimeoutError
+
+PROMPTS = ["The movie was", "My flight to Chicago was", "The new phone arrived and", "Yesterday at the park"]
+
+
+def in_threads(work, items):
+    """Run work(item) for every item in its own thread, all at once; results in item order."""
+    results, errors = [None] * len(items), []
+    start = threading.Barrier(len(items))
+
+    def run(i, item):
+        try:
+            start.wait()
+            results[i] = work(item)
+        except Exception as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, item)) for i, item in enumerate(items)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
+def wait_idle(engine, seconds=120):
+    """Cancellation takes effect at the worker's next step: wait (bounded) until no slot is busy."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while engine.load()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return engine.load()
+
+
+def consistent(stream_events, result, max_tokens):
+    steps = [e for e in stream_events if e.token_id >= 0]
+    assert "".join(e.text for e in stream_events) == result.text
+    assert len(steps) == result.stats.tokens <= max_tokens
+    assert sum(e.junction for e in steps) == result.stats.junctions
+    assert [e.token_id for e in steps if not e.end] == result.token_ids
+
+
+def test_concurrent_requests_keep_their_own_settings(parallel_engine):
+    """Four threads at once, each with another gate, seed and length: every one gets a whole, self-consistent
+    generation with its own gate's bookkeeping."""
+    asks = [dict(gate="dense", max_tokens=12, seed=1), dict(gate="none", max_tokens=20, seed=2),
+            dict(gate="entropy", tau=1.0, max_tokens=16, seed=3), dict(gate="first-n", first_n=3, max_tokens=9, seed=4)]
+
+    def work(i):
+        stream = parallel_engine.stream(PROMPTS[i], **asks[i])
+        return list(stream), stream.result
+
+    for ask, (events, result) in zip(asks, in_threads(work, range(4))):
+        consistent(events, result, ask["max_tokens"])
+        assert result.stats.seed == ask["seed"] and result.stop_reason in ("length", "eos")
+        steps = [e for e in events if e.token_id >= 0]
+        if ask["gate"] == "dense":
+            assert all(e.junction and len(e.rewards) == 10 for e in steps)
+        if ask["gate"] == "none":
+            assert result.stats.junctions == 0 and result.stats.value_model_calls == 0
+        if ask["gate"] == "first-n":
+            assert [e.junction for e in steps] == [True] * 3 + [False] * (len(steps) - 3)
+
+
+def test_a_lone_request_replays_its_seed(parallel_engine):
+    first = parallel_engine.generate(PROMPTS[0], gate="dense", max_tokens=12, seed=7)
+    again = parallel_engine.generate(PROMPTS[0], gate="dense", max_tokens=12, seed=7)
+    assert first.token_ids == again.token_ids and first.text == again.text
+
+
+def test_value_model_work_is_merged_across_slots(parallel_engine):
+    """Dense steering in four slots at once: each request is charged its own fold + scoring calls (2 per step),
+    while the engine made at most 2 value-model calls per round, whatever the number of slots at a junction."""
+    before = parallel_engine.load()
+
+    def work(i):
+        return parallel_engine.generate(PROMPTS[i], gate="dense", max_tokens=10, seed=20 + i)
+
+    results = in_threads(work, range(4))
+    after = parallel_engine.load()
+    rounds = after["rounds"] - before["rounds"]
+    calls = after["value_model_calls"] - before["value_model_calls"]
+    charged = sum(r.stats.value_model_calls for r in results)
+    assert all(r.stats.value_model_calls == 2 * r.stats.tokens for r in results)
+    assert 0 < calls <= 2 * rounds
+    assert calls < charged  # merged: fewer real calls than the requests would have made alone
+    assert after["served"] - before["served"] == 4
+
+
+def test_merged_scores_equal_scores_alone(parallel_engine):
+    """score_junctions over several views (different prefixes and lengths) gives each the scores it gets alone."""
+    vm = parallel_engine.value_model
+    tokens = [parallel_engine.tokenize(p)[1:] for p in PROMPTS]
+    candidates = [np.array([100 + 7 * i + j for j in range(10)]) for i in range(4)]
+    alone = []
+    for t, c in zip(tokens, candidates):
+        view = ValueView(vm, [parallel_engine.base.bos_id] + t, parallel_engine.base.bos_id)
+        alone.append(Junction(view, c).score_alone())
+    views = [ValueView(vm, [parallel_engine.base.bos_id] + t, parallel_engine.base.bos_id) for t in tokens]
+    calls = vm.calls
+    merged = score_junctions([Junction(v, c) for v, c in zip(views, candidates)])
+    assert vm.calls - calls == 2
+    for a, m in zip(alone, merged):
+        np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-5)
+
+
+def test_each_request_steers_toward_its_own_objective(parallel_engine):
+    def work(objective):
+        return parallel_engine.generate(PROMPTS[1], gate="dense", max_tokens=8, seed=5, value_model=objective)
+
+    sentiment, clean = in_threads(work, ["sentiment", "clean"])
+    assert sentiment.value_model == "gemma3-270m-sentiment.onnx"
+    assert clean.value_model == "gemma3-270m-clean.onnx"
+    assert sentiment.stats.value_model_calls == clean.stats.value_model_calls == 16
+
+
+def test_cancelling_one_request_leaves_the_others_running(parallel_engine):
+    cancel = threading.Event()
+    before = parallel_engine.load()
+
+    def work(i):
+        if i == 0:
+            stream = parallel_engine.stream(PROMPTS[0], gate="none", max_tokens=200, seed=1, cancel=cancel)
+            events = []
+            for event in stream:
+                events.append(event)
+                if len(events) == 3:
+                    cancel.set()
+            return events, stream.result
+        stream = parallel_engine.stream(PROMPTS[i], gate="none", max_tokens=12, seed=i)
+        return list(stream), stream.result
+
+    outcomes = in_threads(work, range(3))
+    events, result = outcomes[0]
+    assert result.stop_reason == "cancelled" and 3 <= len(result.token_ids) < 200
+    assert "".join(e.text for e in events) == result.text  # everything generated reached the caller
+    for events, result in outcomes[1:]:
+        consistent(events, result, 12)
+        assert result.stop_reason in ("length", "eos")
+    after = parallel_engine.load()
+    assert after["cancelled"] - before["cancelled"] == 1 and after["served"] - before["served"] == 2
+
+
+def test_a_caller_that_stops_reading_frees_its_slot(parallel_engine):
+    before = parallel_engine.load()
+    stream = parallel_engine.stream(PROMPTS[2], gate="none", max_tokens=500, seed=3)
+    for event in stream:
+        break
+    stream.close()
+    after = wait_idle(parallel_engine)
+    assert after["busy"] == 0  # its slot is free again
+    assert after["cancelled"] - before["cancelled"] == 1
+
+
+def test_a_full_queue_turns_requests_away(gemma_path):
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gemma_path, n_ctx=256, parallel=2, use_value_model=False)
+    try:
+        busy = [engine.stream(PROMPTS[i], gate="none", max_tokens=240, seed=i).start() for i in range(2)]
+        assert engine.load()["busy"] == 2
+        with pytest.raises(QueueTimeoutError, match="slots stayed busy"):
+            engine.stream(PROMPTS[2], gate="none", max_tokens=4, queue_timeout=0.05).start()
+        for stream in busy:
+            stream.close()
+        load = wait_idle(engine)
+        assert load["rejected"] == 1 and load["cancelled"] == 2 and load["queued"] == 0
+        assert engine.generate(PROMPTS[3], gate="none", max_tokens=3, seed=1, queue_timeout=30).stats.tokens == 3
+        with pytest.raises(InvalidSettingError, match="queue_timeout"):
+            engine.stream(PROMPTS[0], queue_timeout=-1)
+    finally:
+        engine.close()
+
+
+def test_a_slot_that_fills_up_stops_with_context(gemma_path):
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gemma_path, n_ctx=24, parallel=2, use_value_model=False)
+    try:
+        prompt = "Once upon a time"
+        results = in_threads(lambda s: engine.generate(prompt, max_tokens=40, seed=s, gate="none", temperature=0.7),
+                             [1, 2, 3, 4])
+        assert {r.stop_reason for r in results} <= {"context", "eos"} and any(
+            r.stop_reason == "context" for r in results)
+        for result in results:
+            if result.stop_reason == "context":
+                assert len(engine.tokenize(prompt)) + len(result.token_ids) - 1 == 24
+    finally:
+        engine.close()
+
+
+def test_parallel_must_be_positive(gemma_path):
+    from sia_edge.engine import Engine
+
+    with pytest.raises(InvalidSettingError, match="parallel must be >= 1"):
+        Engine(model=gemma_path, parallel=0)
