@@ -221,7 +221,8 @@ class Server:
     def health(self) -> dict:
         """GET /health: the server's request counters and each engine's slots (busy, queued now)."""
         engines = {name: s.engine.load() for name, s in self.models.items() if name != DEFAULT_ALIAS}
-        slots = {key: sum(e[key] or 0 for e in engines.values()) for key in ("parallel", "busy", "queued")}
+        slots = {key: sum(e[key] or 0 for e in engines.values())
+                 for key in ("parallel", "busy", "queued", "rounds", "value_model_calls")}  # rounds: batched steps
         return {"status": "ok", "models": sorted(self.models), **self.counters.snapshot(), **slots}
 
     def app(self):
