@@ -210,7 +210,7 @@ class Decoding:
             stats.value_model_calls += request.calls
             stats.value_model_seconds += request.seconds
         t2 = time.perf_counter()
-        scores = steered_scores(step.candidate_logits, rewards, s.weight, s.reward_norm)
+        scores = steered_scores(step.candidate_logits, rewards, s.w, s.reward_norm)
         rank = choose(scores, s.temperature, rng.random())
         token = int(step.candidate_ids[rank])
         stats.gate_seconds += t1 - t0

@@ -253,6 +253,7 @@ class GateSpec:
     build: Callable[[object], Gate]  # GenerationSettings -> a fresh gate
     arm: str  # one of ARM_KINDS
     steers: bool = True  # False only for the gate that never steers
+    weight: float = 1.0  # its default w (GenerationSettings.weight None): sparse gates may steer each step harder
 
 
 GATES: dict[str, GateSpec] = {spec.name: spec for spec in (
@@ -270,3 +271,12 @@ GATES: dict[str, GateSpec] = {spec.name: spec for spec in (
 )}
 GATE_NAMES = tuple(GATES)
 GATE_HELP = "When to steer: " + "; ".join(f"{spec.name}: {spec.help}" for spec in GATES.values()) + "."
+
+
+def default_weights_text() -> str:
+    """'1 for dense, none; 2 for entropy, ...': each default w and its gates, for help texts."""
+    by_weight: dict[float, list[str]] = {}
+    for spec in GATES.values():
+        if spec.steers:
+            by_weight.setdefault(spec.weight, []).append(spec.name)
+    return "; ".join(f"{w:g} for {', '.join(names)}" for w, names in by_weight.items())

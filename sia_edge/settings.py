@@ -25,7 +25,7 @@ class GenerationSettings:
     q: float = 0.2  # steering probability of the random gate
     first_n: int = 32  # steered positions of the first-n gate
     top_k: int = 10  # candidates per step (the paper's k)
-    weight: float = 1.0  # w in s = l + w * r
+    weight: float | None = None  # w in s = l + w * r; None: the gate's default (gate.GATES[...].weight)
     reward_norm: str = "none"  # steering.REWARD_NORMS: the k rewards as they are, centred, or z-scored per junction
     temperature: float = 1.0  # T; 0 means greedy
     signal: str = "top-k"  # what the gate thresholds: a name in signals.SIGNALS
@@ -45,7 +45,7 @@ class GenerationSettings:
         if self.tau is not None and self.ratio is not None:
             raise InvalidSettingError(TAU_AND_RATIO)
         _check(isinstance(self.top_k, int) and self.top_k >= 1, "top_k must be >= 1", self.top_k)
-        _check(math.isfinite(self.weight), "weight must be a finite number", self.weight)
+        _check(self.weight is None or math.isfinite(self.weight), "weight must be a finite number", self.weight)
         _check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0",
                self.temperature)
         _check(self.signal in SIGNALS, f"signal must be one of {', '.join(SIGNALS)}", self.signal)
@@ -62,7 +62,12 @@ class GenerationSettings:
     @property
     def steers(self) -> bool:
         """Whether this generation can call the value model at all."""
-        return GATES[self.gate].steers and self.weight != 0.0
+        return GATES[self.gate].steers and self.w != 0.0
+
+    @property
+    def w(self) -> float:
+        """The weight steering uses: the one given, else this gate's default."""
+        return self.weight if self.weight is not None else GATES[self.gate].weight
 
     @property
     def needs_calibration(self) -> bool:
@@ -122,7 +127,7 @@ class GenerationSettings:
         """One line, like llama.cpp's sampler-chain print."""
         norm = "" if self.reward_norm == "none" else f", norm={self.reward_norm}"
         return (f"logits -> top-k({self.top_k}) -> {SIGNALS[self.signal].label} -> {self.build_gate().describe()} -> "
-                f"value(w={self.weight:g}{norm}) -> sample(T={self.temperature:g})")
+                f"value(w={self.w:g}{norm}) -> sample(T={self.temperature:g})")
 
 
 # what a calibrated tau depends on: changing any of these makes a looked-up tau stale

@@ -150,3 +150,20 @@ def test_describe_reads_the_signal_label():
     assert "full-entropy" in GenerationSettings(signal="full").describe()
     with pytest.raises(InvalidSettingError, match="signal must be one of"):
         GenerationSettings(signal="top-p")
+
+
+def test_weight_defaults_to_the_gates_own(monkeypatch):
+    """weight=None means the gate's default w (sparse gates may steer each junction harder than dense); a given
+    weight wins; switching gates keeps a given weight and follows the new gate's default otherwise."""
+    import dataclasses
+
+    from sia_edge import gate as gate_module
+
+    monkeypatch.setitem(gate_module.GATES, "entropy", dataclasses.replace(gate_module.GATES["entropy"], weight=2.5))
+    sparse = GenerationSettings(gate="entropy", tau=1.0)
+    assert sparse.weight is None and sparse.w == 2.5 and "value(w=2.5)" in sparse.describe()
+    assert sparse.updated(gate="dense").w == gate_module.GATES["dense"].weight
+    assert GenerationSettings(gate="entropy", weight=1.5).w == 1.5
+    assert GenerationSettings(gate="entropy", weight=1.5).updated(gate="dense").w == 1.5
+    assert not GenerationSettings(gate="entropy", weight=0.0).steers
+    assert "2.5 for entropy" in gate_module.default_weights_text()

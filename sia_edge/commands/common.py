@@ -13,7 +13,7 @@ import click
 
 from ..base_model import DEFAULT_CONTEXT
 from ..errors import PromptError
-from ..gate import GATE_HELP, GATE_NAMES, GATES, PARAMETERS
+from ..gate import GATE_HELP, GATE_NAMES, GATES, PARAMETERS, default_weights_text
 from ..settings import GenerationSettings
 from ..signals import SIGNAL_HELP, SIGNALS
 from ..steering import REWARD_NORMS
@@ -106,6 +106,11 @@ def gate_parameter_option(name: str, **extra):
                         help=f"{parameter.help[0].upper()}{parameter.help[1:]} (gate {users}).", **extra)
 
 
+weight_option = click.option(
+    "-w", "--weight", type=float, default=None,
+    help=f"Reward weight w in s = logit + w * value [default: the gate's own: {default_weights_text()}].")
+
+
 def generation_options(func):
     """The steering and sampling options, shared by generate, chat and serve."""
     return _apply(func, [
@@ -118,8 +123,7 @@ def generation_options(func):
         gate_parameter_option("q"),
         gate_parameter_option("first_n"),
         sampling_options,
-        click.option("-w", "--weight", type=float, default=DEFAULTS.weight, show_default=True,
-                     help="Reward weight w in s = logit + w * value."),
+        weight_option,
         reward_norm_option,
         click.option("-n", "--max-tokens", type=int, default=DEFAULTS.max_tokens, show_default=True,
                      help="Most tokens to generate."),

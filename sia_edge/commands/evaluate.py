@@ -11,8 +11,8 @@ from ..evaluation.arms import DEFAULT_ARMS, parse_arms
 from ..evaluation.run import EVAL_BATCH_SIZE, EvalConfig, run_evaluation
 from ..gate import GATES
 from ..judges import load_judge
-from ..settings import GenerationSettings
-from .common import build_engine, chosen_signal, model_options, reward_norm_option, sampling_options
+from .common import (build_engine, chosen_signal, model_options, reward_norm_option, sampling_options,
+                     weight_option)
 
 ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATES.items()]
 
@@ -36,8 +36,7 @@ ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATE
               help="Calibration JSON for the entropy/online arms [default: the cached one, else the shipped one].")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N prompts of the file.")
-@click.option("-w", "--weight", type=float, default=GenerationSettings().weight, show_default=True,
-              help="Reward weight w in s = logit + w * value, for every steered arm.")
+@weight_option
 @reward_norm_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=EVAL_BATCH_SIZE, show_default=True,
               help="Generations decoded together in one llama.cpp context (throughput; 1 = one at a time).")

@@ -19,13 +19,23 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _weights(weight) -> str:
+    """One w for every arm, or each gate's default ({gate: w}) grouped: '1 (dense), 2 (entropy, random)'."""
+    if not isinstance(weight, dict):
+        return f"{weight:g}"
+    groups: dict[float, list[str]] = {}
+    for gate, w in weight.items():
+        groups.setdefault(w, []).append(gate)
+    return ", ".join(f"{w:g} ({', '.join(gates)})" for w, gates in groups.items())
+
+
 def markdown_report(summary: dict, config: dict) -> str:
     """results.md: the per-arm table, the paired comparisons, ratio control and the goals."""
     lines = [f"# Evaluation: {config['n_prompts']} prompts x {config['seeds']} seeds, {config['max_tokens']} tokens",
              "",
              f"Judge: `{config['judge']}` on the continuation. Value score: sigmoid of the value model on "
              f"prompt + continuation. Perplexity: unsteered base model, T=1, full vocabulary. "
-             f"k={config['top_k']}, w={config['weight']:g}, T={config['temperature']:g}. "
+             f"k={config['top_k']}, w={_weights(config['weight'])}, T={config['temperature']:g}. "
              "Brackets: 95% percentile-bootstrap CI over prompts.", "",
              "| arm | samples | realised ratio | judge | value score | perplexity | distinct-1 | distinct-2 "
              "| VM calls/token | ms/token |",

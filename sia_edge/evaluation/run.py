@@ -67,6 +67,7 @@ def sample_record(engine, judge, prompt: str, result, events) -> dict:
     junction_entropies = [event.entropy for event in steps if event.junction]
     log_probs = np.asarray([event.log_prob for event in steps], dtype=np.float64)
     stats = result.stats
+    ran = GenerationSettings(**result.settings)
     continuation = list(result.token_ids)
     scored = value_model_tokens(engine.tokenize(prompt), continuation, engine.base.bos_id)
     return {
@@ -88,7 +89,8 @@ def sample_record(engine, judge, prompt: str, result, events) -> dict:
         "junction_entropy_mean": float(np.mean(junction_entropies)) if junction_entropies else math.nan,
         "entropies": [round(float(h), 4) for h in entropies],  # per step, for offline replays of gate policies
         "junction_steps": [event.index for event in steps if event.junction],
-        "gate": GenerationSettings(**result.settings).build_gate().describe(),  # as it ran: entropy-gate(tau=1.88)
+        "gate": ran.build_gate().describe(),  # as it ran: entropy-gate(tau=1.88)
+        "weight": ran.w,  # the w it steered with (given, or its gate's default)
         "settings": {key: result.settings[key] for key in ("gate", "tau", "ratio", "q", "first_n", "calibrated_tau")},
     }
 
@@ -106,7 +108,7 @@ class EvalConfig:
     arms: list[Arm]
     judge: str = "vader"
     top_k: int = _DEFAULTS.top_k
-    weight: float = _DEFAULTS.weight
+    weight: float | None = None  # None: each arm's gate default (gate.GATES[...].weight)
     reward_norm: str = _DEFAULTS.reward_norm
     temperature: float = _DEFAULTS.temperature
     signal: str = _DEFAULTS.signal
@@ -124,7 +126,9 @@ def run_config(config: EvalConfig, engine, calibration: dict | None) -> dict:
         "format": FORMAT, "prompt_file": config.prompt_file, "n_prompts": len(config.prompts),
         "prompts_sha256": hashlib.sha256("\n".join(config.prompts).encode()).hexdigest(),
         "seeds": config.seeds, "max_tokens": config.max_tokens, "judge": config.judge, "top_k": config.top_k,
-        "weight": config.weight, "temperature": config.temperature, "entropy_over": config.signal,
+        "weight": config.weight if config.weight is not None else {
+            name: spec.weight for name, spec in GATES.items() if spec.steers},  # the defaults this run used
+        "temperature": config.temperature, "entropy_over": config.signal,
         "model": engine.base.name, "model_fingerprint": engine.fingerprint,
         "value_model": engine.value_model.path.name, "value_model_sha256": _sha256(engine.value_model.path),
         "calibration_taus": calibration["taus"] if calibration else None,
