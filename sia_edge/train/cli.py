@@ -186,7 +186,13 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch threads; results are reproducible for a given thread count.")
 @click.option("--llama-threads", type=click.IntRange(min=1), default=None,
-              help="llama.cpp threads while sampling [default: all cores].")
+              help="llama.cpp threads while sampling [default: all cores; with --ray, per actor, default 1].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Draw the samples on Ray actors, each holding its own engine: bare --ray starts Ray on this "
+                   "machine, an ADDRESS ('auto', 'ray://HEAD:10001') joins a cluster. Needs sia-edge[ray] "
+                   "(docs/ray.md).")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Ray actors with --ray; each loads the base model once and samples one batch at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 def distill_command(model: Path | None, input_kind: str, as_json: bool, **options) -> None:
     """Distil a sequence-level reward into a value model on the base model's own continuations.

@@ -77,6 +77,8 @@ class DistillConfig:
     texts: Path | None = None  # ... or finished texts used as they are (off-policy), instead of prompts
     text_column: str = "text"  # the column of `texts` when it is CSV or JSONL
     max_texts: int | None = None  # a seeded random subset of `texts` of at most this many
+    ray_address: str | None = None  # sample on Ray actors: "local" (this machine) or a cluster address
+    ray_actors: int = 2  # each holds an engine with llama_threads threads [default 1 on Ray]
 
     @property
     def cache_path(self) -> Path:
@@ -199,43 +201,60 @@ def cache_header(config: DistillConfig, fingerprint: str, steer_sha256: str | No
 
 
 def sample_missing(config: DistillConfig, prompts: list[str], cache: SampleCache, engine_factory,
-                   progress_bar: bool = True) -> int:
-    """Draw every (prompt, sample) not in the cache; append each as it finishes. Returns how many were drawn."""
+                   progress_bar: bool = True, pool=None) -> int:
+    """Draw every (prompt, sample) not in the cache, in fixed batches of config.batch_size (unsteered ones first),
+    here (an engine from `engine_factory`) or on `pool` (Ray actors); append each batch as it finishes. Returns how
+    many were drawn."""
     from tqdm import tqdm
 
-    from ..decoder import value_model_tokens
+    from ..batch import fixed_batches, run_batches
     from ..settings import GenerationSettings
 
     missing = [(p, s) for p in range(len(prompts)) for s in range(config.samples_per_prompt)
                if (p, s) not in cache.samples or cache.samples[(p, s)]["prompt"] != prompts[p]]
     if not missing:
         return 0
-    engine = engine_factory()
+    engine = engine_factory() if pool is None else None
     base_settings = GenerationSettings(top_k=config.top_k, temperature=config.temperature,
                                        max_tokens=config.max_tokens)
     groups = {False: [], True: []}
     for p, s in missing:
         groups[is_steered(config.seed, p, s, config.steered_share)].append((p, s))
+    batches = [SampleBatch([(p, s, sample_seed(config.seed, p, s), prompts[p]) for p, s in chunk],
+                           base_settings.with_(gate="entropy" if steered else "none"), steered)
+               for steered, group in groups.items() for chunk in fixed_batches(group, config.batch_size)]
     with tqdm(total=len(missing), desc="sampling", unit="sample", file=sys.stderr, disable=not progress_bar) as bar:
-        for steered, group in groups.items():
-            if not group:
-                continue
-            settings = base_settings.with_(gate="entropy" if steered else "none")
-            seeds = [sample_seed(config.seed, p, s) for p, s in group]
-            outputs = engine.generate_many([prompts[p] for p, _ in group], settings, seeds=seeds,
-                                           batch_size=config.batch_size)
-            for output in outputs:
-                p, s = group[output.index]
-                result = output.result
-                cache.add({
-                    "type": "sample", "prompt_index": p, "sample_index": s, "seed": seeds[output.index],
-                    "steered": steered, "prompt": prompts[p],
-                    "prompt_tokens": value_model_tokens(engine.tokenize(prompts[p]), (), engine.base.bos_id),
-                    "continuation": result.text, "token_ids": list(result.token_ids),
-                    "stop_reason": result.stop_reason, "junctions": result.stats.junctions, "rewards": {},
-                })
-                bar.update(1)
+        for _, records in run_batches(engine, sample_batch, batches, pool):
+            for record in records:
+                cache.add(record)
+            bar.update(len(records))
     return len(missing)
+
+
+@dataclass
+class SampleBatch:
+    jobs: list[tuple[int, int, int, str]]  # (prompt index, sample index, seed, prompt)
+    settings: object  # GenerationSettings
+    steered: bool
+
+
+def sample_batch(engine, batch: SampleBatch) -> list[dict]:
+    """The cache records of one batch, in finishing order: one `generate_many` call over exactly these jobs."""
+    from ..decoder import value_model_tokens
+
+    jobs = batch.jobs
+    records = []
+    for output in engine.generate_many([prompt for *_, prompt in jobs], batch.settings,
+                                       seeds=[seed for _, _, seed, _ in jobs], batch_size=len(jobs)):
+        p, s, seed, prompt = jobs[output.index]
+        result = output.result
+        records.append({
+            "type": "sample", "prompt_index": p, "sample_index": s, "seed": seed, "steered": batch.steered,
+            "prompt": prompt, "prompt_tokens": value_model_tokens(engine.tokenize(prompt), (), engine.base.bos_id),
+            "continuation": result.text, "token_ids": list(result.token_ids), "stop_reason": result.stop_reason,
+            "junctions": result.stats.junctions, "rewards": {},
+        })
+    return records
 
 
 def read_texts(path: Path, column: str) -> list[str]:
@@ -375,7 +394,12 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
     if config.texts:
         sampled = ingest_texts(config, prompts, cache, tokenizer)
     else:
-        sampled = sample_missing(config, prompts, cache, engine_factory, progress_bar)
+        pool = _ray_pool(config, steer_path, tokenizer.fingerprint)
+        try:
+            sampled = sample_missing(config, prompts, cache, engine_factory, progress_bar, pool)
+        finally:
+            if pool is not None:
+                pool.close()
     sampling_seconds = time.perf_counter() - sampling_started
     keys = [(p, s) for p in range(len(prompts)) for s in range(config.samples_per_prompt)]
     scored = score_missing(config, keys, cache, reward, progress_bar)
@@ -400,6 +424,17 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
                          cache=str(cache.path), samples=len(used), sampled_now=sampled, scored_now=scored,
                          skipped_empty=len(keys) - len(used), n_holdout_prompts=len(held_prompts),
                          seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, graph=graph)
+
+
+def _ray_pool(config: DistillConfig, steer_path: Path | None, fingerprint: str):
+    """Ray actors for the sampling stage (config.ray_address), started only if a sample is missing."""
+    if config.ray_address is None:
+        return None
+    from ..distributed import EngineSpec, RayPool
+
+    spec = EngineSpec.of(config.model, steer_path, threads=config.llama_threads or 1,
+                         use_value_model=steer_path is not None)
+    return RayPool(spec, config.ray_address, config.ray_actors, expect={"model_fingerprint": fingerprint})
 
 
 def _steer_value_model(config: DistillConfig, tokenizer) -> Path:
