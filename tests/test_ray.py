@@ -118,7 +118,7 @@ def test_calibration_and_distillation_sampling_on_ray_match_in_process(ray_sessi
 
     settings = GenerationSettings(max_tokens=8)
     config = DistillConfig(prompts=None, reward="unused", out=tmp_path / "vm.onnx", model=gemma_path,
-                           samples_per_prompt=2, max_tokens=8, batch_size=4)
+                           samples_per_prompt=2, max_tokens=8, sample_batch_size=4)
     with RayPool(EngineSpec.of(gemma_path, threads=1, use_value_model=False), actors=2,
                  expect={"model_fingerprint": one_thread_engine.fingerprint}) as pool:
         assert collect_entropies(one_thread_engine, PROMPTS, settings, 2, batch_size=2, pool=pool) == \
