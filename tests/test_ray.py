@@ -130,3 +130,28 @@ def test_calibration_and_distillation_sampling_on_ray_match_in_process(ray_sessi
             caches.append(cache.samples)
     assert caches[0] == caches[1] and len(caches[0]) == 6
     assert [json.loads(line)["type"] for line in (tmp_path / "ray.jsonl").read_text().splitlines()].count("sample") == 6
+
+
+@pytest.mark.slow  # samples with the real GGUF in two actors, trains a tiny value model
+def test_cli_distill_on_ray_samples_what_the_in_process_loop_samples(ray_session, one_thread_engine, gemma_path,
+                                                                    tmp_path):
+    from sia_edge.train.cli import vm
+    from sia_edge.train.distill import DistillConfig, SampleCache, sample_missing
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    cache = tmp_path / "ray.samples.jsonl"
+    result = CliRunner().invoke(vm, [
+        "distill", "--prompts", str(prompts), "--reward", "test_distill:LetterShare", "--out", str(tmp_path / "vm.onnx"),
+        "--cache", str(cache), "--samples-per-prompt", "2", "-n", "8", "--seed", "3", "--holdout", "0.34",
+        "--epochs", "1", "--dim", "8", "--hidden", "8", "--min-count", "1", "--batch-size", "4", "--ray",
+        "--ray-actors", "2", "--llama-threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("{"):])["sampled_now"] == 6
+    config = DistillConfig(prompts=prompts, reward="unused", out=tmp_path / "unused.onnx", model=gemma_path,
+                           samples_per_prompt=2, max_tokens=8, seed=3, sample_batch_size=4)
+    here = SampleCache(tmp_path / "here.jsonl", {"format": 1})
+    sample_missing(config, PROMPTS, here, lambda: one_thread_engine, False)
+    on_ray = {(r["prompt_index"], r["sample_index"]): r for r in map(json.loads, cache.read_text().splitlines()[1:])}
+    assert {k: (r["seed"], r["token_ids"]) for k, r in on_ray.items()} == \
+        {k: (r["seed"], r["token_ids"]) for k, r in here.samples.items()}

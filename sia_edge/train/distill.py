@@ -385,14 +385,20 @@ def model_input(kind: str, record: dict, tokenizer) -> tuple[list[int], int]:
 
 
 def _ray_pool(config: DistillConfig, steer_path: Path | None, fingerprint: str):
-    """Ray actors for the sampling stage (config.ray_address), started only if a sample is missing."""
+    """Ray actors for the sampling stage (config.ray_address), started only if a sample is missing. Models left to
+    their defaults are resolved on each node (their paths there may differ); the actors' are checked against ours."""
     if config.ray_address is None:
         return None
     from ..distributed import EngineSpec, RayPool
+    from ..models import resolve_base_model
 
-    spec = EngineSpec.of(config.model, steer_path, threads=config.llama_threads or 1,
-                         use_value_model=steer_path is not None)
-    return RayPool(spec, config.ray_address, config.ray_actors, expect={"model_fingerprint": fingerprint})
+    default_model = Path(config.model).resolve() == Path(resolve_base_model(None)).resolve()
+    spec = EngineSpec.of(None if default_model else config.model, config.steer_value_model,
+                         threads=config.llama_threads or 1, use_value_model=steer_path is not None)
+    expect = {"model_fingerprint": fingerprint}
+    if steer_path is not None:
+        expect["value_model_sha256"] = hashlib.sha256(steer_path.read_bytes()).hexdigest()
+    return RayPool(spec, config.ray_address, config.ray_actors, expect=expect)
 
 
 def _steer_value_model(config: DistillConfig, tokenizer) -> Path:
