@@ -28,9 +28,11 @@ def _fit_options(func):
                           "train: '<label-column> = <positive>'; distill: the reward's name]."),
         click.option("--description", default=None, help="One-line description stored in the model."),
         click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
-                     help="Token (byte) embedding size D; with --arch bag the state has 2D+1 numbers."),
+                     help="Token (byte) embedding size D; the bag architecture's state has 2D+1 numbers."),
         click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
                      help="Hidden units of the scoring MLP."),
+        click.option("--recurrent-size", type=click.IntRange(min=1), default=_DEFAULTS["recurrent_size"],
+                     show_default=True, help="gru (and --input bytes): hidden size H of the GRU, also the state size."),
         click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
                      help="Tokens seen fewer times in training share the unknown-token embedding."),
         click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
@@ -106,8 +108,6 @@ def vm() -> None:
 @click.option("--context-tokens", type=click.IntRange(min=1), default=_DEFAULTS["context_tokens"], show_default=True,
               help="Longest context put before a training text; also the context of the 'after context' metric "
                    "(with --input bytes: 4x as many bytes).")
-@click.option("--recurrent-size", type=click.IntRange(min=1), default=_DEFAULTS["recurrent_size"],
-              show_default=True, help="gru: hidden size H of the GRU, which is also the state size.")
 @_fit_options
 def train_command(model: Path | None, input_kind: str, as_json: bool, **options) -> None:
     """Train a value model on labelled text and export it as ONNX: for one base model's tokenizer (--input
