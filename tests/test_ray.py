@@ -25,11 +25,24 @@ def test_a_missing_ray_is_one_line_with_the_install_command(monkeypatch):
     assert str(error.value) == RAY_MISSING == "Ray is not installed: pip install 'sia-edge[ray]'"
 
 
+def test_cli_ray_without_ray_is_one_line_and_exit_2_before_loading_models(monkeypatch, tmp_path):
+    from sia_edge.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setattr("sia_edge.engine.Engine", None)  # loading models would fail differently
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The movie was\n", encoding="utf-8")
+    for command in (["eval", "--arms", "none"], ["calibrate"]):
+        result = CliRunner().invoke(main, [*command, "--prompts", str(prompts), "--ray"])
+        assert result.exit_code == 2
+        assert result.stderr == "sia-edge: error: Ray is not installed: pip install 'sia-edge[ray]'\n"
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     ray = pytest.importorskip("ray")
     # the workers import sia_edge from this checkout, whatever is installed
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", object_store_memory=100 * 2**20,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     yield ray
     ray.shutdown()
