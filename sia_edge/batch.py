@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .decoder import Decoding, GenerationResult, TokenEvent
 
@@ -73,3 +73,26 @@ def run_batched(base, value_model, requests: Iterable[BatchRequest], batch_size:
             context.flush()
     finally:
         context.close()
+
+
+def fixed_batches(items: Sequence, size: int) -> list[list]:
+    """`items` cut into consecutive chunks of `size` (the last may be shorter).
+
+    Batched logits depend (in the last float digits) on which sequences share a decode, so a seeded sample is
+    reproducible for a given batch composition. Evaluation, calibration and distillation therefore decode work in
+    these fixed chunks, in this process and on Ray actors alike (sia_edge/distributed.py): the same chunks give the
+    same samples wherever they run."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def run_batches(engine, work: Callable, batches: list, pool=None) -> Iterator[tuple[int, object]]:
+    """(index, work(engine, batch)) for every batch: one after another on `engine` in this process, or on `pool`
+    (a sia_edge.distributed.RayPool, whose actors each hold an engine), as they finish. `work` must be a module-level
+    function (it is sent to the actors by name) and must decode each batch as one `generate_many` call."""
+    if pool is not None:
+        yield from pool.map(work, batches)
+        return
+    for index, batch in enumerate(batches):
+        yield index, work(engine, batch)

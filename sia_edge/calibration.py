@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import DEFAULT_BATCH_SIZE
+from .batch import DEFAULT_BATCH_SIZE, fixed_batches, run_batches
 from .errors import CalibrationError, InvalidSettingError, PromptError
 from .settings import GenerationSettings
 
@@ -63,19 +63,29 @@ def parse_ratios(text: str) -> list[float]:
 
 
 def collect_entropies(engine, prompts: list[str], settings: GenerationSettings, seeds: int,
-                      progress: bool = False, batch_size: int = DEFAULT_BATCH_SIZE) -> list[float]:
-    """Every step's gate signal over unsteered generations: each prompt with seeds 0..seeds-1, decoded batched."""
+                      progress: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, pool=None) -> list[float]:
+    """Every step's gate signal over unsteered generations: each prompt with seeds 0..seeds-1, decoded in fixed
+    batches of `batch_size`, here or on `pool` (Ray actors); the values come back in job order either way."""
     from tqdm import tqdm
 
     unsteered = settings.with_(gate="none")
-    entropies: list[float] = []
     jobs = [(prompt, seed) for prompt in prompts for seed in range(seeds)]
-    outputs = engine.generate_many([prompt for prompt, _ in jobs], unsteered, seeds=[seed for _, seed in jobs],
-                                   batch_size=batch_size)
-    for output in tqdm(outputs, total=len(jobs), desc="calibrate", unit="gen", disable=not progress, leave=False):
-        # token_id -1 is a held-back stop-string tail, not a decoding step
-        entropies += [float(event.entropy) for event in output.events if event.token_id >= 0]
-    return entropies
+    batches = [(chunk, unsteered) for chunk in fixed_batches(jobs, batch_size)]
+    per_batch: dict[int, list[float]] = {}
+    with tqdm(total=len(jobs), desc="calibrate", unit="gen", disable=not progress, leave=False) as bar:
+        for index, values in run_batches(engine, batch_entropies, batches, pool):
+            per_batch[index] = values
+            bar.update(len(batches[index][0]))
+    return [value for index in range(len(batches)) for value in per_batch[index]]
+
+
+def batch_entropies(engine, batch) -> list[float]:
+    """The gate signal of every decoding step of one batch of (prompt, seed) jobs, in job order."""
+    jobs, settings = batch
+    outputs = sorted(engine.generate_many([prompt for prompt, _ in jobs], settings, seeds=[seed for _, seed in jobs],
+                                          batch_size=len(jobs)), key=lambda output: output.index)
+    # token_id -1 is a held-back stop-string tail, not a decoding step
+    return [float(event.entropy) for output in outputs for event in output.events if event.token_id >= 0]
 
 
 def taus_from_entropies(entropies, ratios) -> dict[str, float]:
@@ -91,9 +101,10 @@ def ratio_key(ratio: float) -> str:
 
 
 def build_calibration(engine, prompts: list[str], prompt_file: str | None, settings: GenerationSettings,
-                      ratios, seeds: int, progress: bool = False) -> dict:
-    """Run the unsteered generations and return the calibration as a JSON-ready dict."""
-    entropies = collect_entropies(engine, prompts, settings, seeds, progress)
+                      ratios, seeds: int, progress: bool = False, pool=None) -> dict:
+    """Run the unsteered generations (here, or on `pool`'s Ray actors) and return the calibration as a JSON-ready
+    dict."""
+    entropies = collect_entropies(engine, prompts, settings, seeds, progress, pool=pool)
     values = np.asarray(entropies)
     taus = taus_from_entropies(values, ratios)
     return {

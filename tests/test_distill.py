@@ -73,7 +73,7 @@ def _config(folder: Path, gemma_path: Path, **overrides):
         prompts.write_text("\n".join(TINY_PROMPTS) + "\n", encoding="utf-8")
     settings = dict(prompts=prompts, reward="tests:letter-e", out=folder / "vm.onnx", model=gemma_path,
                     samples_per_prompt=2, max_tokens=8, holdout=0.34, epochs=1, dim=8, hidden=8, min_count=1,
-                    seed=3, batch_size=6, llama_threads=1)
+                    seed=3, sample_batch_size=6, llama_threads=1)
     settings.update(overrides)
     return DistillConfig(**settings)
 
@@ -338,3 +338,33 @@ def test_cli_reports_a_bad_module_reward_on_one_line_and_keeps_the_cache(distill
                       f"one per text; the 6 samples drawn so far stay in {cache}"]
     assert cache.read_text(encoding="utf-8") == before
     assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.mark.slow  # trains a byte-level value model on the real samples
+def test_cli_distills_a_byte_level_model_that_reads_the_token_bytes(distilled, gemma_path, tmp_path):
+    from sia_edge.base_model import BaseModel
+    from sia_edge.train.cli import vm
+    from sia_edge.value_model import ValueModel
+
+    cache = _copy_cache(distilled, tmp_path)  # the samples do not depend on what the value model reads
+    _, config, _ = distilled
+    out = tmp_path / "bytes.onnx"
+    result = CliRunner().invoke(vm, [
+        "distill", "--prompts", str(config.prompts), "--reward", "test_distill:LetterShare", "--input", "bytes",
+        "--out", str(out), "--cache", str(cache), "--samples-per-prompt", "2", "-n", "8", "--seed", "3",
+        "--holdout", "0.34", "--epochs", "1", "--dim", "8", "--hidden", "8"])
+    assert result.exit_code == 0, result.output
+    assert "bytes, gru" in result.stdout and "continuation" in result.stdout
+    model = ValueModel(out)
+    assert model.reads_bytes and model.fingerprint == "" and model.metadata["architecture"] == "gru"
+    assert json.loads(model.metadata["training"])["sampled_by"] == BaseModel(gemma_path, vocab_only=True).name
+    # the runtime feeds it the bytes of the ids it decodes: scoring the ids equals scoring their bytes
+    tokenizer = BaseModel(gemma_path, vocab_only=True)
+    model.bind(tokenizer.fingerprint, tokenizer.name, tokenizer.token_bytes, tokenizer.n_vocab)
+    records = _records(cache)[1:]
+    ids = [r["prompt_tokens"] + r["token_ids"] for r in records]
+    as_bytes = ValueModel(out)
+    as_bytes.bind("", "bytes", lambda token: bytes([token]), 256)
+    text_bytes = [list((r["prompt"] + r["continuation"]).encode("utf-8")) for r in records]
+    np.testing.assert_allclose(model.score_sequences(ids), as_bytes.score_sequences(text_bytes), atol=1e-5)
+    assert np.ptp(model.score_sequences(ids)) > 0

@@ -2,7 +2,8 @@
 
 Commands (the click layer, the server, bench) sit on top and import downwards only; the library never imports a
 command module or click; no two modules import each other in a loop; only base_model.py imports llama_cpp and only
-value_model.py imports onnxruntime; the runtime never imports torch.
+value_model.py imports onnxruntime; only distributed.py imports ray (an optional extra); the runtime never imports
+torch.
 """
 
 import ast
@@ -86,7 +87,8 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("library, allowed", [("llama_cpp", {"sia_edge.base_model"}),
-                                              ("onnxruntime", {"sia_edge.value_model"})])
+                                              ("onnxruntime", {"sia_edge.value_model"}),
+                                              ("ray", {"sia_edge.distributed"})])
 def test_heavy_libraries_have_one_door(library, allowed):
     users = {name for name, path in MODULES.items()
              if any(m == library or m.startswith(library + ".") for m in imports_of(path))}

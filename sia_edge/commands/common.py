@@ -152,6 +152,33 @@ def build_engine(model, value_model, n_ctx, threads, needs_value_model: bool, ca
                   parallel=parallel)
 
 
+RAY_LOCAL = "local"  # bare --ray (distributed.LOCAL, repeated so that --help imports nothing more)
+
+
+def ray_options(func):
+    """--ray [ADDRESS] and --ray-actors, for the commands whose generations can run on Ray actors."""
+    return _apply(func, [
+        click.option("--ray", "ray_address", is_flag=False, flag_value=RAY_LOCAL, default=None, metavar="[ADDRESS]",
+                     help="Run the generations on Ray actors, each holding its own engine: bare --ray starts Ray on "
+                          "this machine, an ADDRESS ('auto', 'ray://HEAD:10001') joins a cluster; --threads is then "
+                          "per actor [default 1]. Needs sia-edge[ray] (docs/ray.md)."),
+        click.option("--ray-actors", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="Ray actors with --ray; each loads the models once and decodes one batch at a time."),
+    ])
+
+
+def build_pool(ray_address, ray_actors, model, value_model, n_ctx, threads, gpu_layers, use_value_model: bool,
+               expect: dict | None = None):
+    """A RayPool for --ray (None without it), whose actors build the engine these options describe."""
+    if ray_address is None:
+        return None
+    from ..distributed import EngineSpec, RayPool
+
+    spec = EngineSpec.of(model, value_model, n_ctx=n_ctx, threads=threads or 1, gpu_layers=gpu_layers,
+                         use_value_model=use_value_model)
+    return RayPool(spec, ray_address, ray_actors, expect=expect)
+
+
 def read_prompt(prompt: str) -> str:
     """The prompt argument, or stdin for '-'; text that is not UTF-8 is refused in one line."""
     if prompt != "-":

@@ -11,8 +11,8 @@ from ..evaluation.arms import DEFAULT_ARMS, parse_arms
 from ..evaluation.run import EVAL_BATCH_SIZE, EvalConfig, run_evaluation
 from ..gate import GATES
 from ..judges import load_judge
-from .common import (build_engine, chosen_signal, model_options, reward_norm_option, sampling_options,
-                     weight_option)
+from .common import (build_engine, build_pool, chosen_signal, model_options, ray_options, reward_norm_option,
+                     sampling_options, weight_option)
 
 ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATES.items()]
 
@@ -39,12 +39,14 @@ ARM_FORMS = [name if spec.arm == "fixed" else f"{name}@R" for name, spec in GATE
 @weight_option
 @reward_norm_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=EVAL_BATCH_SIZE, show_default=True,
-              help="Generations decoded together in one llama.cpp context (throughput; 1 = one at a time).")
+              help="Generations decoded together in one llama.cpp context (throughput; 1 = one at a time). Each arm's "
+                   "work is cut into fixed batches of this size, here or on Ray: same size, same samples.")
+@ray_options
 @sampling_options
 @model_options
 def eval_command(prompt_file, seeds, max_tokens, arms, out_dir, judge, calibration, limit, weight, reward_norm,
-                 batch_size, top_k, temperature, signal, entropy_over, model, value_model, n_ctx, threads,
-                 gpu_layers):
+                 batch_size, ray_address, ray_actors, top_k, temperature, signal, entropy_over, model, value_model,
+                 n_ctx, threads, gpu_layers):
     """Compare the gates (none, dense, entropy, online, random, first-n) on a prompt set: judge score, value score,
     perplexity, repetition, realised ratio and cost, with bootstrap CIs. Writes DIR/results.{json,md}, tradeoff.png."""
     prompts = read_prompt_file(prompt_file)[:limit]
@@ -53,8 +55,18 @@ def eval_command(prompt_file, seeds, max_tokens, arms, out_dir, judge, calibrati
                         temperature=temperature, signal=chosen_signal(signal, entropy_over),
                         calibration=calibration, batch_size=batch_size)
     chosen_judge = load_judge(judge)  # fail on a bad judge before loading models
+    # a missing Ray fails here too; its actors start (and are checked against these models) at the first batch
+    pool = build_pool(ray_address, ray_actors, model, value_model, n_ctx, threads, gpu_layers, use_value_model=True)
     engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True, calibration=calibration,
                           gpu_layers=gpu_layers)
-    summary = run_evaluation(engine, config, out_dir, judge=chosen_judge)
+    if pool is not None:
+        from ..distributed import engine_identity
+
+        pool.expect = engine_identity(engine)
+    try:
+        summary = run_evaluation(engine, config, out_dir, judge=chosen_judge, pool=pool)
+    finally:
+        if pool is not None:
+            pool.close()
     click.echo((Path(out_dir) / "results.md").read_text(encoding="utf-8"))
     click.echo(f"sia-edge: {sum(a['samples'] for a in summary['arms'].values())} samples -> {out_dir}", err=True)

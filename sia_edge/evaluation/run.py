@@ -5,8 +5,9 @@ Every arm generates from every prompt with every seed; a prompt and seed pair is
 are compared pairwise. Per sample we record the value model's score of the text (the proxy objective being
 steered), an independent judge's score of the continuation, the unsteered base model's perplexity of the
 continuation (distribution preservation), distinct-1/2 (repetition), the realised junction ratio and the cost.
-Samples of an arm are generated batched (`--batch-size` sequences per llama.cpp decode), and the loop records each
-token's base log-probability as it goes, so perplexity needs no second pass. Aggregates carry 95% percentile-bootstrap confidence intervals over prompts (seeds are averaged within a prompt
+Samples of an arm are generated in fixed batches (`--batch-size` sequences per llama.cpp decode; a seeded sample is
+reproducible for a given batch composition), here or on Ray actors (`--ray`, sia_edge/distributed.py), and the loop
+records each token's base log-probability as it goes, so perplexity needs no second pass. Aggregates carry 95% percentile-bootstrap confidence intervals over prompts (seeds are averaged within a prompt
 first, so a prompt is the unit of resampling).
 
 The package, one module per job: arms.py (which arms, their settings), run.py (this file: generating and
@@ -26,11 +27,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ..batch import DEFAULT_BATCH_SIZE
+from ..batch import DEFAULT_BATCH_SIZE, fixed_batches, run_batches
 from ..calibration import load_calibration, write_json
 from ..decoder import value_model_tokens
 from ..errors import InvalidSettingError, SiaError
@@ -96,6 +98,39 @@ def sample_record(engine, judge, prompt: str, result, events) -> dict:
 
 
 
+# --- one batch ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalBatch:
+    """A fixed chunk of one arm's work: decoded together, in this process or on a Ray actor."""
+
+    arm: str
+    prompt_indices: list[int]
+    prompts: list[str]
+    seeds: list[int]
+    settings: GenerationSettings
+    judge: object  # a judge, or its spec (loaded once per process)
+
+
+def generate_batch(engine, batch: EvalBatch) -> list[dict]:
+    """The sample records of one batch, in finishing order: one `generate_many` call over exactly these prompts."""
+    judge = _judge(batch.judge) if isinstance(batch.judge, str) else batch.judge
+    outputs = engine.generate_many(batch.prompts, batch.settings, seeds=batch.seeds, batch_size=len(batch.prompts),
+                                   log_probs=True)
+    return [{"arm": batch.arm, "prompt_index": batch.prompt_indices[output.index],
+             "prompt": batch.prompts[output.index],
+             **sample_record(engine, judge, batch.prompts[output.index], output.result, output.events)}
+            for output in outputs]
+
+
+@lru_cache(maxsize=4)
+def _judge(spec: str):
+    from ..judges import load_judge
+
+    return load_judge(spec)
+
+
 # --- the run ---------------------------------------------------------------------------------------------
 
 
@@ -113,7 +148,7 @@ class EvalConfig:
     temperature: float = _DEFAULTS.temperature
     signal: str = _DEFAULTS.signal
     calibration: str | None = None  # explicit calibration file, else the cache / shipped one
-    batch_size: int = DEFAULT_BATCH_SIZE  # sequences decoded together (throughput only; not part of the run)
+    batch_size: int = DEFAULT_BATCH_SIZE  # sequences decoded together (fixes the batches; not part of run.json)
 
     def base_settings(self) -> GenerationSettings:
         return GenerationSettings(top_k=self.top_k, weight=self.weight, reward_norm=self.reward_norm,
@@ -182,8 +217,13 @@ def sample_seed(prompt_index: int, seed_index: int) -> int:
     return prompt_index + 10_000 * seed_index
 
 
-def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge=None, progress: bool = True) -> dict:
-    """Generate every missing sample, then write results.json, results.md and tradeoff.png. Returns the summary."""
+def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge=None, progress: bool = True,
+                   pool=None) -> dict:
+    """Generate every missing sample, then write results.json, results.md and tradeoff.png. Returns the summary.
+
+    Each arm's missing (prompt, seed) pairs are cut into fixed batches of `config.batch_size`, decoded here or on
+    `pool` (a sia_edge.distributed.RayPool, which loads the judge by name on its actors); the same batches give
+    the same samples either way."""
     from tqdm import tqdm
 
     from ..judges import load_judge
@@ -206,8 +246,9 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
     names = {arm.name for arm in config.arms}
     bar = tqdm(total=total, initial=sum(key[0] in names for key in done), desc="eval", unit="gen", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
+    batch_judge = judge if pool is None else config.judge  # actors load the judge by name, once each
     with samples_path.open("a", encoding="utf-8") as sink:
-        for arm in config.arms:
+        for arm in config.arms:  # arm by arm: a matched arm reads the finished samples of its entropy arm
             todo = [(index, seed) for index in range(len(config.prompts))
                     for seed in (sample_seed(index, s) for s in range(config.seeds))
                     if (arm.name, index, seed) not in done]
@@ -215,18 +256,15 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
                 continue  # a finished arm needs no calibration lookup or matching
             bar.set_postfix_str(arm.name)
             settings = arm_settings(arm, engine, config.base_settings(), samples, config.calibration)
-            outputs = engine.generate_many([config.prompts[i] for i, _ in todo], settings,
-                                           seeds=[seed for _, seed in todo], batch_size=config.batch_size,
-                                           log_probs=True)
-            for output in outputs:  # in finishing order; each is written at once, so an interrupt loses little
-                index = todo[output.index][0]
-                prompt = config.prompts[index]
-                sample = {"arm": arm.name, "prompt_index": index, "prompt": prompt,
-                          **sample_record(engine, judge, prompt, output.result, output.events)}
-                sink.write(json.dumps(json_safe(sample)) + "\n")
+            batches = [EvalBatch(arm.name, [i for i, _ in chunk], [config.prompts[i] for i, _ in chunk],
+                                 [seed for _, seed in chunk], settings, batch_judge)
+                       for chunk in fixed_batches(todo, config.batch_size)]
+            for _, records in run_batches(engine, generate_batch, batches, pool):
+                for sample in records:  # each batch is written as it arrives, so an interrupt loses little
+                    sink.write(json.dumps(json_safe(sample)) + "\n")
+                    samples.append(sample)
                 sink.flush()
-                samples.append(sample)
-                bar.update(1)
+                bar.update(len(records))
     bar.close()
     summary = summarize(samples, config.arms)
     summary["config"] = run

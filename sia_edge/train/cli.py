@@ -12,15 +12,49 @@ from pathlib import Path
 
 import click
 
+from .config import ARCHITECTURES, INPUTS, DistillConfig, FitConfig, TrainingConfig, default
 from .data import LABEL_TYPES
 
-_DEFAULTS = {  # mirrors TrainingConfig, without importing the trainer (and numpy) for --help
-    "epochs": 3, "dim": 64, "hidden": 64, "ema_decay": 0.9, "holdout": 0.1, "max_tokens": 128, "min_count": 2,
-    "batch_size": 64, "learning_rate": 3e-3, "token_dropout": 0.1, "context_prob": 0.1, "context_tokens": 64,
-    "recurrent_size": 128,
-}
-_INPUTS = ("tokens", "bytes")  # mirrors trainer.INPUTS
-_ARCHS = ("bag", "gru")
+_DEFAULTS = {name: default(FitConfig, name) for name in ("dim", "hidden", "ema_decay", "holdout", "min_count",
+                                                         "batch_size", "learning_rate", "token_dropout",
+                                                         "context_prob", "context_tokens", "recurrent_size")}
+
+
+def _fit_options(func):
+    """The options `vm train` and `vm distill` share, declared once (FitConfig holds their values)."""
+    for option in reversed([
+        click.option("--objective", default=None,
+                     help="What 'aligned' means, stored in the model, e.g. 'positive sentiment' [default: "
+                          "train: '<label-column> = <positive>'; distill: the reward's name]."),
+        click.option("--description", default=None, help="One-line description stored in the model."),
+        click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
+                     help="Token (byte) embedding size D; the bag architecture's state has 2D+1 numbers."),
+        click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
+                     help="Hidden units of the scoring MLP."),
+        click.option("--recurrent-size", type=click.IntRange(min=1), default=_DEFAULTS["recurrent_size"],
+                     show_default=True, help="gru (and --input bytes): hidden size H of the GRU, also the state size."),
+        click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
+                     help="Tokens seen fewer times in training share the unknown-token embedding."),
+        click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
+                     show_default=True, help="Peak AdamW learning rate (cosine decay)."),
+        click.option("--threads", type=click.IntRange(min=1), default=default(FitConfig, "threads"),
+                     show_default=True, help="torch threads; results are reproducible for a given thread count."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _echo_report(report, lines: list[str], first_column: str, rows: list[dict], columns: list[str]) -> None:
+    """The shape both reports share: what was written, what it says, then held-out metrics by prefix length."""
+    click.echo(f"wrote {report.out} ({report.file_bytes / 1e6:.1f} MB, {report.input}, {report.arch}, state size "
+               f"{report.state_size}, {report.vocab_rows} embedding rows) in {report.seconds:.0f} s"
+               + (f" ({report.sampling_seconds:.0f} s sampling)" if hasattr(report, "sampling_seconds") else ""))
+    for line in lines:
+        click.echo(line)
+    click.echo(f"{first_column:>12}  " + "  ".join(f"{c:>11}" for c in columns))
+    for row in rows:
+        click.echo(f"{row['fraction']:>12.0%}  " + "  ".join(f"{row[c]:11.3f}" for c in columns))
 
 
 @click.group("vm")
@@ -34,10 +68,10 @@ def vm() -> None:
 @click.option("-m", "--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="GGUF base model whose tokenizer a token-level value model uses [default: $SIA_EDGE_MODEL, else "
                    "the built-in Gemma 3 270M base]. Not used with --input bytes.")
-@click.option("--input", "input_kind", type=click.Choice(_INPUTS), default="tokens", show_default=True,
+@click.option("--input", "input_kind", type=click.Choice(INPUTS), default="tokens", show_default=True,
               help="What the value model reads: the base model's token ids (one tokenizer), or the UTF-8 bytes of "
                    "the text (any GGUF; no --model needed).")
-@click.option("--arch", type=click.Choice(_ARCHS), default=None,
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default=None,
               help="gru: a GRU over the sequence (order-aware); bag: token embeddings summed plus a recent-token "
                    "average (order-blind, tokens only; what the shipped token models use) [default: gru].")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -52,32 +86,20 @@ def vm() -> None:
                    "is 0/1 or --positive is given.")
 @click.option("--weight-column", default=None,
               help="Optional column of non-negative sample weights, e.g. annotator confidence.")
-@click.option("--objective", default=None,
-              help="What 'aligned' means, stored in the model, e.g. 'positive sentiment' "
-                   "[default: '<label-column> = <positive>'].")
-@click.option("--description", default=None, help="One-line description stored in the model.")
 @click.option("-s", "--seed", type=int, default=0, show_default=True,
               help="Seed for the held-out split, initialisation and batching; same seed, same model.")
-@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=default(TrainingConfig, "epochs"), show_default=True,
               help="Passes over the training texts.")
-@click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
-              help="Token (byte) embedding size D; with --arch bag the state has 2D+1 numbers.")
-@click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
-              help="Hidden units of the scoring MLP.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=_DEFAULTS["ema_decay"], show_default=True,
               help="Decay of the moving average that keeps recent tokens (and candidates) influential.")
 @click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=_DEFAULTS["holdout"], show_default=True,
               help="Fraction of texts held out (stratified by label) for the reported metrics.")
-@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=_DEFAULTS["max_tokens"], show_default=True,
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=default(TrainingConfig, "max_tokens"), show_default=True,
               help="Train on at most the first N tokens of each text (with --input bytes: 4N bytes).")
-@click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
-              help="Tokens seen fewer times in training share the unknown-token embedding.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS["batch_size"], show_default=True,
               help="Texts per optimisation step.")
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
-              show_default=True, help="Peak AdamW learning rate (cosine decay).")
 @click.option("--token-dropout", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS["token_dropout"],
               show_default=True, help="Share of training tokens replaced by the unknown token (regularisation).")
 @click.option("--context-prob", type=click.FloatRange(0, 1), default=_DEFAULTS["context_prob"], show_default=True,
@@ -86,11 +108,7 @@ def vm() -> None:
 @click.option("--context-tokens", type=click.IntRange(min=1), default=_DEFAULTS["context_tokens"], show_default=True,
               help="Longest context put before a training text; also the context of the 'after context' metric "
                    "(with --input bytes: 4x as many bytes).")
-@click.option("--recurrent-size", type=click.IntRange(min=1), default=_DEFAULTS["recurrent_size"],
-              show_default=True, help="gru: hidden size H of the GRU, which is also the state size.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="torch threads; results are reproducible for a given thread count.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@_fit_options
 def train_command(model: Path | None, input_kind: str, as_json: bool, **options) -> None:
     """Train a value model on labelled text and export it as ONNX: for one base model's tokenizer (--input
     tokens) or for any GGUF (--input bytes).
@@ -99,7 +117,7 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
     Progress goes to stderr; the held-out metrics at 25/50/75/100% of each text's length go to stdout.
     """
     from ..models import resolve_base_model
-    from .trainer import TrainingConfig, require_training_extra, train_value_model
+    from .trainer import require_training_extra, train_value_model
 
     require_training_extra()  # before resolving the default model, which may assemble a 250 MB file
     base_model = resolve_base_model(model) if input_kind == "tokens" else None
@@ -108,18 +126,14 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
-    click.echo(f"wrote {report.out} ({report.file_bytes / 1e6:.1f} MB, state size {report.state_size}, "
-               f"{report.vocab_rows} embedding rows) in {report.seconds:.0f} s")
-    click.echo(f"objective: {report.objective} ({report.label_type}); {report.n_train} training texts, "
-               f"{report.n_holdout} held out")
+    lines = [f"objective: {report.objective} ({report.label_type}); {report.n_train} training texts, "
+             f"{report.n_holdout} held out"]
     if not math.isnan(report.majority_baseline):
-        click.echo(f"majority-class accuracy on held-out texts: {report.majority_baseline:.3f}")
+        lines.append(f"majority-class accuracy on held-out texts: {report.majority_baseline:.3f}")
     columns = [k for k in report.prefix_metrics[0] if k != "fraction"]
-    click.echo("prefix  " + "  ".join(f"{c:>8}" for c in columns))
-    for row in report.prefix_metrics:
-        click.echo(f"{row['fraction']:>6.0%}  " + "  ".join(f"{row[c]:8.3f}" for c in columns))
+    _echo_report(report, lines, "prefix", report.prefix_metrics, columns)
     after = report.after_context
-    click.echo(f"{'100%':>6}  " + "  ".join(f"{after[c]:8.3f}" for c in columns)
+    click.echo(f"{'100%':>12}  " + "  ".join(f"{after[c]:11.3f}" for c in columns)
                + f"  (after {after['context_tokens']} {'bytes' if report.input == 'bytes' else 'tokens'} "
                  f"of other held-out texts)")
 
@@ -142,8 +156,10 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
 @click.option("-m", "--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="GGUF base model that writes the samples and whose tokenizer the value model uses "
                    "[default: $SIA_EDGE_MODEL, else the built-in Gemma 3 270M base].")
-@click.option("--input", "input_kind", type=click.Choice(["tokens"]), default="tokens", show_default=True,
-              help="What the value model reads: the base model's token ids (the architecture of `vm train`).")
+@click.option("--input", "input_kind", type=click.Choice(INPUTS), default="tokens", show_default=True,
+              help="What the value model reads: the base model's token ids (bag of embeddings, as the shipped "
+                   "models), or the UTF-8 bytes of those tokens (a GRU that serves any GGUF, as `vm train --input "
+                   "bytes`).")
 @click.option("--samples-per-prompt", type=click.IntRange(min=1), default=4, show_default=True,
               help="Continuations drawn per prompt.")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=64, show_default=True,
@@ -164,30 +180,25 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSONL cache of samples and rewards; rerunning resumes from it [default: OUT with suffix "
                    ".samples.jsonl].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Continuations decoded together while sampling (throughput only).")
-@click.option("--objective", default=None,
-              help="Objective name stored in the model (e.g. 'clean') [default: the reward's name].")
-@click.option("--description", default=None, help="One-line description stored in the model.")
+@click.option("--batch-size", "sample_batch_size", type=click.IntRange(min=1),
+              default=default(DistillConfig, "sample_batch_size"), show_default=True,
+              help="Continuations decoded together while sampling, in fixed batches (here or on Ray: same size, "
+                   "same samples).")
 @click.option("-s", "--seed", type=int, default=0, show_default=True,
               help="Seed for sampling (one derived seed per prompt and sample), the split and training.")
 @click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Share of the prompts (with all their samples) held out for the reported fit.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=default(DistillConfig, "epochs"), show_default=True,
               help="Passes over the training samples (a distillation set is small: more passes than vm train).")
-@click.option("--dim", type=click.IntRange(min=1), default=_DEFAULTS["dim"], show_default=True,
-              help="Token embedding size D; the state has 2D+1 numbers.")
-@click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS["hidden"], show_default=True,
-              help="Hidden units of the scoring MLP.")
-@click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
-              help="Tokens seen fewer times in training share the unknown-token embedding.")
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
-              show_default=True, help="Peak AdamW learning rate (cosine decay).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="torch threads; results are reproducible for a given thread count.")
 @click.option("--llama-threads", type=click.IntRange(min=1), default=None,
-              help="llama.cpp threads while sampling [default: all cores].")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+              help="llama.cpp threads while sampling [default: all cores; with --ray, per actor, default 1].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Draw the samples on Ray actors, each holding its own engine: bare --ray starts Ray on this "
+                   "machine, an ADDRESS ('auto', 'ray://HEAD:10001') joins a cluster. Needs sia-edge[ray] "
+                   "(docs/ray.md).")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Ray actors with --ray; each loads the base model once and samples one batch at a time.")
+@_fit_options
 def distill_command(model: Path | None, input_kind: str, as_json: bool, **options) -> None:
     """Distil a sequence-level reward into a value model on the base model's own continuations.
 
@@ -197,7 +208,7 @@ def distill_command(model: Path | None, input_kind: str, as_json: bool, **option
     still means more aligned). Samples and rewards go to a resumable JSONL cache; same seed, same model.
     """
     from ..models import resolve_base_model
-    from .distill import DistillConfig, distill_value_model
+    from .distill import distill_value_model
     from .trainer import require_training_extra
 
     if (options["prompts"] is None) == (options["texts"] is None):
@@ -208,16 +219,12 @@ def distill_command(model: Path | None, input_kind: str, as_json: bool, **option
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
-    click.echo(f"wrote {report.out} ({report.file_bytes / 1e6:.1f} MB, {report.vocab_rows} embedding rows) in "
-               f"{report.seconds:.0f} s ({report.sampling_seconds:.0f} s sampling)")
-    click.echo(f"objective: {report.objective}; reward {report.reward}: mean {report.reward_mean:.4g}, "
-               f"sd {report.reward_sd:.4g} (stored; the score predicts the standardised reward)")
-    click.echo(f"{report.samples} samples ({report.sampled_now} drawn now, {report.skipped_empty} empty skipped), "
-               f"{report.n_train} train / {report.n_holdout} held out ({report.n_holdout_prompts} prompts); "
-               f"cache {report.cache}")
-    click.echo("continuation        r2  correlation")
-    for row in report.holdout_metrics:
-        click.echo(f"{row['fraction']:>12.0%}  {row['r2']:8.3f}  {row['correlation']:11.3f}")
+    _echo_report(report, [
+        f"objective: {report.objective}; reward {report.reward}: mean {report.reward_mean:.4g}, sd "
+        f"{report.reward_sd:.4g} (stored; the score predicts the standardised reward)",
+        f"{report.samples} samples ({report.sampled_now} drawn now, {report.skipped_empty} empty skipped), "
+        f"{report.n_train} train / {report.n_holdout} held out ({report.n_holdout_prompts} prompts); cache "
+        f"{report.cache}"], "continuation", report.holdout_metrics, ["r2", "correlation"])
     within = report.within_prompt_correlation
     click.echo("within-prompt correlation (full texts): "
                + ("n/a (one sample per prompt)" if math.isnan(within) else f"{within:.3f}"))

@@ -10,7 +10,8 @@
 Samples and their rewards live in a JSONL cache (one line per sample, with its seed): rerunning resumes, drawing
 only the samples that are missing and scoring only the ones without a score for this reward. Seeds come from
 (seed, prompt index, sample index), so a run is reproducible and independent of the order samples finish in.
-The value model reads exactly what the runtime feeds it: prompt tokens without BOS, then the generated token ids.
+The value model reads exactly what the runtime feeds it: prompt tokens without BOS, then the generated token ids
+(`input="tokens"`, the bag architecture), or those tokens' bytes (`input="bytes"`, the GRU: one model for any GGUF).
 """
 
 from __future__ import annotations
@@ -28,86 +29,31 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InvalidSettingError, TrainingDataError
+from .config import (ARCHITECTURES, DISTILL_ARCH, DISTILL_EPOCHS, DistillConfig,  # noqa: F401 (re-exported)
+                     FitReport)
 from .distill_fit import train_and_export
 
 CACHE_FORMAT = 1
-INPUT_KINDS = ("tokens",)  # the value-model architectures distillation can train
+INPUT_KINDS = ("tokens", "bytes")  # what the distilled value model reads
 REWARD_ON = ("full", "continuation")
 LOSSES = {"prefix": "prefix", "mean": "mean"}  # CLI name -> trainer loss
 SCORE_CHUNK = 64  # texts per reward call; the cache is rewritten after each chunk
-# Distillation sets are hundreds of samples, not tens of thousands of tweets: 3 epochs (vm train's default) is ~20
-# optimiser steps. Measured on 480 tweets scored by the shipped sentiment model (held-out full-text R²): 3 epochs
-# 0.06, 10 0.42, 20 0.51, 30 0.48, 60 0.45.
-DISTILL_EPOCHS = 20
 
 
-@dataclass
-class DistillConfig:
-    prompts: Path | None  # openings the base model continues (on-policy) ...
-    reward: str
-    out: Path
-    model: Path
-    input: str = "tokens"
-    samples_per_prompt: int = 4
-    max_tokens: int = 64
-    top_k: int = 10
-    temperature: float = 1.0
-    steered_share: float = 0.0  # share of samples drawn with steering (entropy gate) instead of gate none
-    steer_value_model: Path | None = None  # value model for the steered samples [default: the shipped one]
-    reward_on: str = "full"  # full: prompt + continuation; continuation: the generated text alone
-    loss: str = "prefix"
-    cache: Path | None = None  # [default: OUT with suffix .samples.jsonl]
-    batch_size: int = 8  # sequences decoded together while sampling
-    objective: str | None = None
-    description: str | None = None
-    seed: int = 0
-    holdout: float = 0.1  # share of the prompts (with all their samples) held out for the reported fit
-    epochs: int = DISTILL_EPOCHS
-    dim: int = 64
-    hidden: int = 64
-    ema_decay: float = 0.9
-    min_count: int = 2
-    train_batch_size: int = 64
-    learning_rate: float = 3e-3
-    token_dropout: float = 0.1
-    context_prob: float = 0.1
-    context_tokens: int = 64
-    threads: int = 1  # torch threads (reproducible for a given count)
-    llama_threads: int | None = None  # llama.cpp threads while sampling [default: all cores]
-    texts: Path | None = None  # ... or finished texts used as they are (off-policy), instead of prompts
-    text_column: str = "text"  # the column of `texts` when it is CSV or JSONL
-    max_texts: int | None = None  # a seeded random subset of `texts` of at most this many
-
-    @property
-    def cache_path(self) -> Path:
-        return Path(self.cache) if self.cache else Path(self.out).with_suffix(".samples.jsonl")
-
-
-@dataclass
-class DistillReport:
-    out: str
+@dataclass(kw_only=True)
+class DistillReport(FitReport):
     cache: str
     reward: str
-    objective: str
     samples: int  # samples used (prompts x samples per prompt, minus empty continuations)
     sampled_now: int  # samples drawn in this run (the rest came from the cache)
     scored_now: int
     skipped_empty: int
-    n_train: int
-    n_holdout: int
     n_holdout_prompts: int
     reward_mean: float
     reward_sd: float
     holdout_metrics: list[dict] = field(default_factory=list)  # per fraction of each held-out continuation
     within_prompt_correlation: float = float("nan")  # full texts, after removing each prompt's mean
-    vocab_rows: int = 0
-    file_bytes: int = 0
-    seconds: float = 0.0
     sampling_seconds: float = 0.0
-    graph: object = field(default=None, repr=False)
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "graph"}
 
 
 def stderr_progress(message: str) -> None:
@@ -199,43 +145,60 @@ def cache_header(config: DistillConfig, fingerprint: str, steer_sha256: str | No
 
 
 def sample_missing(config: DistillConfig, prompts: list[str], cache: SampleCache, engine_factory,
-                   progress_bar: bool = True) -> int:
-    """Draw every (prompt, sample) not in the cache; append each as it finishes. Returns how many were drawn."""
+                   progress_bar: bool = True, pool=None) -> int:
+    """Draw every (prompt, sample) not in the cache, in fixed batches of config.batch_size (unsteered ones first),
+    here (an engine from `engine_factory`) or on `pool` (Ray actors); append each batch as it finishes. Returns how
+    many were drawn."""
     from tqdm import tqdm
 
-    from ..decoder import value_model_tokens
+    from ..batch import fixed_batches, run_batches
     from ..settings import GenerationSettings
 
     missing = [(p, s) for p in range(len(prompts)) for s in range(config.samples_per_prompt)
                if (p, s) not in cache.samples or cache.samples[(p, s)]["prompt"] != prompts[p]]
     if not missing:
         return 0
-    engine = engine_factory()
+    engine = engine_factory() if pool is None else None
     base_settings = GenerationSettings(top_k=config.top_k, temperature=config.temperature,
                                        max_tokens=config.max_tokens)
     groups = {False: [], True: []}
     for p, s in missing:
         groups[is_steered(config.seed, p, s, config.steered_share)].append((p, s))
+    batches = [SampleBatch([(p, s, sample_seed(config.seed, p, s), prompts[p]) for p, s in chunk],
+                           base_settings.with_(gate="entropy" if steered else "none"), steered)
+               for steered, group in groups.items() for chunk in fixed_batches(group, config.sample_batch_size)]
     with tqdm(total=len(missing), desc="sampling", unit="sample", file=sys.stderr, disable=not progress_bar) as bar:
-        for steered, group in groups.items():
-            if not group:
-                continue
-            settings = base_settings.with_(gate="entropy" if steered else "none")
-            seeds = [sample_seed(config.seed, p, s) for p, s in group]
-            outputs = engine.generate_many([prompts[p] for p, _ in group], settings, seeds=seeds,
-                                           batch_size=config.batch_size)
-            for output in outputs:
-                p, s = group[output.index]
-                result = output.result
-                cache.add({
-                    "type": "sample", "prompt_index": p, "sample_index": s, "seed": seeds[output.index],
-                    "steered": steered, "prompt": prompts[p],
-                    "prompt_tokens": value_model_tokens(engine.tokenize(prompts[p]), (), engine.base.bos_id),
-                    "continuation": result.text, "token_ids": list(result.token_ids),
-                    "stop_reason": result.stop_reason, "junctions": result.stats.junctions, "rewards": {},
-                })
-                bar.update(1)
+        for _, records in run_batches(engine, sample_batch, batches, pool):
+            for record in records:
+                cache.add(record)
+            bar.update(len(records))
     return len(missing)
+
+
+@dataclass
+class SampleBatch:
+    jobs: list[tuple[int, int, int, str]]  # (prompt index, sample index, seed, prompt)
+    settings: object  # GenerationSettings
+    steered: bool
+
+
+def sample_batch(engine, batch: SampleBatch) -> list[dict]:
+    """The cache records of one batch, in finishing order: one `generate_many` call over exactly these jobs."""
+    from ..decoder import value_model_tokens
+
+    jobs = batch.jobs
+    records = []
+    for output in engine.generate_many([prompt for *_, prompt in jobs], batch.settings,
+                                       seeds=[seed for _, _, seed, _ in jobs], batch_size=len(jobs)):
+        p, s, seed, prompt = jobs[output.index]
+        result = output.result
+        records.append({
+            "type": "sample", "prompt_index": p, "sample_index": s, "seed": seed, "steered": batch.steered,
+            "prompt": prompt, "prompt_tokens": value_model_tokens(engine.tokenize(prompt), (), engine.base.bos_id),
+            "continuation": result.text, "token_ids": list(result.token_ids), "stop_reason": result.stop_reason,
+            "junctions": result.stats.junctions, "rewards": {},
+        })
+    return records
 
 
 def read_texts(path: Path, column: str) -> list[str]:
@@ -342,6 +305,7 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
                      prompts=Path(config.prompts) if config.prompts else None,
                      texts=Path(config.texts) if config.texts else None)
     _check_config(config)
+    config = replace(config, arch=config.arch or DISTILL_ARCH[config.input])
     torch = require_training_extra()
     started = time.perf_counter()
     if config.texts:
@@ -375,12 +339,18 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
     if config.texts:
         sampled = ingest_texts(config, prompts, cache, tokenizer)
     else:
-        sampled = sample_missing(config, prompts, cache, engine_factory, progress_bar)
+        pool = _ray_pool(config, steer_path, tokenizer.fingerprint)
+        try:
+            sampled = sample_missing(config, prompts, cache, engine_factory, progress_bar, pool)
+        finally:
+            if pool is not None:
+                pool.close()
     sampling_seconds = time.perf_counter() - sampling_started
     keys = [(p, s) for p in range(len(prompts)) for s in range(config.samples_per_prompt)]
     scored = score_missing(config, keys, cache, reward, progress_bar)
 
-    used = [k for k in keys if cache.samples[k]["token_ids"]]  # an immediate end of text has no prefix to learn
+    units = {k: model_input(config.input, cache.samples[k], tokenizer) for k in keys}
+    used = [k for k in keys if len(units[k][0]) > units[k][1]]  # an immediate end of text has no prefix to learn
     if not used:
         raise TrainingDataError("every sample ended at once (no generated tokens); nothing to learn")
     rewards = np.array([cache.samples[k]["rewards"][reward_key(config)] for k in used], dtype=np.float64)
@@ -392,14 +362,43 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
     _, mean, sd = standardise(rewards[train_idx], reward.name)  # the transform comes from training samples only
     targets = ((rewards - mean) / sd).astype(np.float32)
 
-    token_lists = [cache.samples[k]["prompt_tokens"] + cache.samples[k]["token_ids"] for k in used]
-    score_from = np.array([len(cache.samples[k]["prompt_tokens"]) for k in used], dtype=np.int64)
+    token_lists = [units[k][0] for k in used]
+    score_from = np.array([units[k][1] for k in used], dtype=np.int64)
     fit, graph = train_and_export(torch, config, tokenizer, reward, prompts, used, token_lists, score_from,
                                   targets, train_idx, holdout_idx, mean, sd, progress)
     return DistillReport(out=str(config.out), reward=reward.name, reward_mean=mean, reward_sd=sd, **fit,
                          cache=str(cache.path), samples=len(used), sampled_now=sampled, scored_now=scored,
                          skipped_empty=len(keys) - len(used), n_holdout_prompts=len(held_prompts),
-                         seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, graph=graph)
+                         seconds=time.perf_counter() - started, sampling_seconds=sampling_seconds, graph=graph,
+                         input=config.input, arch=config.arch)
+
+
+def model_input(kind: str, record: dict, tokenizer) -> tuple[list[int], int]:
+    """What the value model reads of a sample, and where its continuation starts: the prompt tokens (without BOS)
+    and the generated ids (input tokens), or their bytes (input bytes: each id's bytes, as the runtime's
+    ValueModel feeds a byte-level model; control tokens give none)."""
+    prompt, continuation = record["prompt_tokens"], record["token_ids"]
+    if kind == "bytes":
+        prompt = list(b"".join(tokenizer.token_bytes(int(t)) for t in prompt))
+        continuation = list(b"".join(tokenizer.token_bytes(int(t)) for t in continuation))
+    return prompt + continuation, len(prompt)
+
+
+def _ray_pool(config: DistillConfig, steer_path: Path | None, fingerprint: str):
+    """Ray actors for the sampling stage (config.ray_address), started only if a sample is missing. Models left to
+    their defaults are resolved on each node (their paths there may differ); the actors' are checked against ours."""
+    if config.ray_address is None:
+        return None
+    from ..distributed import EngineSpec, RayPool
+    from ..models import resolve_base_model
+
+    default_model = Path(config.model).resolve() == Path(resolve_base_model(None)).resolve()
+    spec = EngineSpec.of(None if default_model else config.model, config.steer_value_model,
+                         threads=config.llama_threads or 1, use_value_model=steer_path is not None)
+    expect = {"model_fingerprint": fingerprint}
+    if steer_path is not None:
+        expect["value_model_sha256"] = hashlib.sha256(steer_path.read_bytes()).hexdigest()
+    return RayPool(spec, config.ray_address, config.ray_actors, expect=expect)
 
 
 def _steer_value_model(config: DistillConfig, tokenizer) -> Path:
@@ -422,6 +421,10 @@ def _check_config(config: DistillConfig) -> None:
         raise InvalidSettingError(f"max-texts must be at least 1, got {config.max_texts}")
     if config.input not in INPUT_KINDS:
         raise InvalidSettingError(f"input must be one of {', '.join(INPUT_KINDS)}, got {config.input!r}")
+    if config.arch is not None and config.arch not in ARCHITECTURES:
+        raise InvalidSettingError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {config.arch!r}")
+    if config.input == "bytes" and config.arch not in (None, "gru"):
+        raise InvalidSettingError("a byte-level value model must be order-aware: use arch gru with input bytes")
     if config.reward_on not in REWARD_ON:
         raise InvalidSettingError(f"reward-on must be one of {', '.join(REWARD_ON)}, got {config.reward_on!r}")
     if config.loss not in LOSSES:
@@ -430,8 +433,8 @@ def _check_config(config: DistillConfig) -> None:
         raise InvalidSettingError(f"steered share must be in [0, 1], got {config.steered_share}")
     if not 0 < config.holdout < 1:
         raise InvalidSettingError(f"holdout must be between 0 and 1, got {config.holdout}")
-    for name in ("samples_per_prompt", "max_tokens", "top_k", "batch_size", "epochs", "dim", "hidden", "min_count",
-                 "train_batch_size", "threads", "context_tokens"):
+    for name in ("samples_per_prompt", "max_tokens", "top_k", "sample_batch_size", "epochs", "dim", "hidden",
+                 "min_count", "batch_size", "threads", "context_tokens", "recurrent_size", "ray_actors"):
         if getattr(config, name) < 1:
             raise InvalidSettingError(f"{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if not (math.isfinite(config.temperature) and config.temperature >= 0):

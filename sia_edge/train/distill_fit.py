@@ -13,27 +13,30 @@ import numpy as np
 
 def train_and_export(torch, config, tokenizer, reward, prompts, used, token_lists, score_from, targets,
                       train_idx, holdout_idx, mean, sd, progress) -> tuple[dict, object]:
-    """Train on `train_idx`, measure on `holdout_idx`, export to config.out. Returns (the fit's facts, the graph)."""
-    from .data import LabelledTexts
-    from .trainer import TrainingConfig, _check_export_matches, _fit, compact_vocabulary
+    """Train on `train_idx`, measure on `holdout_idx`, export to config.out. Returns (the fit's facts, the graph).
 
-    row_of_token, n_rows = compact_vocabulary([token_lists[i] for i in train_idx], tokenizer.n_vocab,
-                                              config.min_count)
-    rows = [row_of_token[np.asarray(tokens, dtype=np.int64)] for tokens in token_lists]
+    `token_lists` hold what the value model reads: base-model ids (input tokens, mapped to compact rows) or bytes
+    (input bytes, each its own row); `config` is the DistillConfig, whose FitConfig part `vm train`'s fit reads."""
+    from .data import LabelledTexts
+    from .trainer import _check_export_matches, _fit, compact_vocabulary
+
+    if config.input == "bytes":
+        row_of_token, n_rows = None, 256
+        rows = [np.asarray(units, dtype=np.int64) for units in token_lists]
+        kept = "read as UTF-8 bytes"
+    else:
+        row_of_token, n_rows = compact_vocabulary([token_lists[i] for i in train_idx], tokenizer.n_vocab,
+                                                  config.min_count)
+        rows = [row_of_token[np.asarray(tokens, dtype=np.int64)] for tokens in token_lists]
+        kept = f"{n_rows - 1} token types of {tokenizer.n_vocab} kept"
     data = LabelledTexts(texts=[""] * len(used), targets=targets, weights=np.ones(len(used), dtype=np.float32),
                          label_type="reward", skipped_empty=0, score_from=score_from)
-    training = TrainingConfig(
-        data=config.texts or config.prompts, model=config.model, out=config.out, seed=config.seed, epochs=config.epochs,
-        dim=config.dim, hidden=config.hidden, ema_decay=config.ema_decay, holdout=config.holdout,
-        max_tokens=max(map(len, token_lists)), min_count=config.min_count, batch_size=config.train_batch_size,
-        learning_rate=config.learning_rate, token_dropout=config.token_dropout, context_prob=config.context_prob,
-        context_tokens=config.context_tokens, threads=config.threads, loss=config.loss, arch="bag")
     progress(f"{len(used)} samples ({len(train_idx)} train / {len(holdout_idx)} held out by prompt); reward "
-             f"{reward.name!r} mean {mean:.4g}, sd {sd:.4g}; {n_rows - 1} token types of {tokenizer.n_vocab} kept")
+             f"{reward.name!r} mean {mean:.4g}, sd {sd:.4g}; {kept}")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        net = _fit(torch, training, data, rows, train_idx, holdout_idx, n_rows, progress)
+        net = _fit(torch, config, data, rows, train_idx, holdout_idx, n_rows, progress)
         metrics, within = continuation_metrics(torch, net, [rows[i] for i in holdout_idx], score_from[holdout_idx],
                                                targets[holdout_idx], [used[i][0] for i in holdout_idx])
         graph = _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metrics, within, mean, sd,
@@ -43,7 +46,7 @@ def train_and_export(torch, config, tokenizer, reward, prompts, used, token_list
         torch.set_num_threads(previous_threads)
     fit = dict(objective=objective_of(config, reward), n_train=len(train_idx), n_holdout=len(holdout_idx),
                holdout_metrics=metrics, within_prompt_correlation=within, vocab_rows=n_rows,
-               file_bytes=config.out.stat().st_size)
+               state_size=net.state_size, file_bytes=config.out.stat().st_size)
     return fit, graph
 
 
@@ -73,36 +76,46 @@ def continuation_metrics(torch, net, sequences, score_from, targets, prompt_ids)
 
 def _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metrics, within, mean, sd, n_train,
             n_holdout):
-    from .export import export_value_model
+    from .export import export_recurrent_value_model, export_value_model
     from .network import IncrementalValueGraph
+    from .recurrent import RecurrentValueGraph
 
-    graph = IncrementalValueGraph(net, torch.from_numpy(row_of_token))
     objective = objective_of(config, reward)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                if k not in ("prompts", "texts", "out", "model", "cache", "steer_value_model")}
+                if k not in ("prompts", "texts", "out", "model", "cache", "steer_value_model", "ray_address",
+                             "ray_actors")}
     source = config.texts or config.prompts
     training = {
         "method": "distillation", "source": "texts" if config.texts else "sampled", "prompts": source.name,
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(), "n_prompts": len(prompts),
         "reward": reward.name, "reward_on": config.reward_on, "label_type": "reward", "n_train": n_train,
         "n_holdout": n_holdout, "settings": settings, "holdout_metrics": metrics,
-        "within_prompt_correlation": within,
+        "within_prompt_correlation": within, "sampled_by": tokenizer.name,
     }
     metadata = {
-        "input": "tokens",
-        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "input": config.input,
+        "architecture": config.arch,
         "objective": objective,
-        "description": config.description or (f"{objective} value model for {tokenizer.name}, distilled from "
-                                               f"reward {reward.name} on "
+        "description": config.description or (f"{objective} value model "
+                                               + ("(UTF-8 bytes, any GGUF) " if config.input == "bytes" else
+                                                  f"for {tokenizer.name}, ")
+                                               + f"distilled from reward {reward.name} on "
                                                + (f"the texts of {source.name}" if config.texts else
-                                                  f"its continuations of {source.name}")),
-        "base_model": tokenizer.name,
+                                                  f"{tokenizer.name}'s continuations of {source.name}")),
         "reward": reward.name,
         "reward_mean": repr(mean),
         "reward_sd": repr(sd),
         "training": json.dumps(training, sort_keys=True),
     }
-    export_value_model(graph, 2 * config.dim + 1, config.out, metadata)
+    if config.input == "tokens":  # a byte-level model reads any tokenizer and must not name one
+        metadata.update({"tokenizer_fingerprint": tokenizer.fingerprint, "base_model": tokenizer.name})
+    table = None if row_of_token is None else torch.from_numpy(row_of_token)
+    if config.arch == "gru":
+        graph = RecurrentValueGraph(net, table)
+        export_recurrent_value_model(graph, config.out, metadata)
+    else:
+        graph = IncrementalValueGraph(net, table)
+        export_value_model(graph, net.state_size, config.out, metadata)
     return graph
 
 

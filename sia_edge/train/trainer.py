@@ -19,6 +19,8 @@ import numpy as np
 
 from ..errors import SiaError, TrainingDataError
 from ..value_model import pad_sequences  # the runtime's padding, so training and scoring agree
+from .config import (ARCHITECTURES, BYTES_PER_TOKEN, DEFAULT_ARCH, INPUTS, FitReport,  # noqa: F401 (re-exported)
+                     TrainingConfig)
 from .data import LabelledTexts, load_labelled_texts
 from .metrics import PREFIX_FRACTIONS, accuracy, correlation, prefix_length, r_squared, roc_auc, sigmoid
 
@@ -29,67 +31,13 @@ class MissingTrainingExtraError(SiaError):
     """torch or onnx is not installed."""
 
 
-INPUTS = ("tokens", "bytes")
-ARCHITECTURES = ("bag", "gru")
-DEFAULT_ARCH = {"tokens": "gru", "bytes": "gru"}  # gru beat bag on Gemma tokens (docs/results.md)
-BYTES_PER_TOKEN = 4  # with --input bytes, --max-tokens and --context-tokens count this many bytes per token
-
-
-@dataclass
-class TrainingConfig:
-    data: Path
-    model: Path | None  # the GGUF whose tokenizer a token-level model reads; unused with input "bytes"
-    out: Path
-    input: str = "tokens"
-    arch: str | None = None  # None: DEFAULT_ARCH[input]
-    text_column: str = "text"
-    label_column: str = "label"
-    positive: str | None = None
-    weight_column: str | None = None
-    label_type: str = "auto"
-    objective: str | None = None
-    description: str | None = None
-    seed: int = 0
-    epochs: int = 3
-    dim: int = 64
-    hidden: int = 64
-    ema_decay: float = 0.9
-    holdout: float = 0.1
-    max_tokens: int = 128
-    min_count: int = 2
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    token_dropout: float = 0.1
-    context_prob: float = 0.1
-    context_tokens: int = 64
-    recurrent_size: int = 128  # GRU hidden size H (the state) of the gru architecture
-    threads: int = 1
-    # bce: binary cross-entropy per prefix (labels in [0, 1]); prefix: squared error per prefix (regression onto an
-    # unbounded target, e.g. a standardised reward); mean: squared error of the mean over prefixes (paper, Eq. 6).
-    loss: str = "bce"
-
-
-@dataclass
-class TrainingReport:
-    out: str
-    objective: str
+@dataclass(kw_only=True)
+class TrainingReport(FitReport):
     label_type: str
     fingerprint: str  # "" for a byte-level model
-    n_train: int
-    n_holdout: int
     majority_baseline: float  # binary: held-out accuracy of always answering the majority class; score: nan
     prefix_metrics: list[dict] = field(default_factory=list)  # one per fraction of each held-out text's length
     after_context: dict = field(default_factory=dict)  # whole held-out texts preceded by other held-out texts
-    vocab_rows: int = 0
-    state_size: int = 0
-    input: str = "tokens"
-    arch: str = "bag"
-    file_bytes: int = 0
-    seconds: float = 0.0
-    graph: object = field(default=None, repr=False)  # the exported torch module (IncrementalValueGraph), for tests
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "graph"}
 
 
 def stderr_progress(message: str) -> None:
