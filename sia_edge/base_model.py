@@ -139,6 +139,8 @@ class BaseModel:
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes a token renders as (special tokens render as nothing)."""
+        if self._vocab is None:  # llama.cpp would read freed memory
+            raise RuntimeError(f"{self.name} is closed")
         buffer = ctypes.create_string_buffer(64)
         n = _llama().llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
         if n < 0:  # longer than 64 bytes: ask again with the size llama.cpp wants
@@ -227,6 +229,7 @@ class BaseModel:
         return int(out["usage"]["completion_tokens"]), seconds
 
     def close(self) -> None:
+        self._vocab = None
         self._llm.close()
 
 

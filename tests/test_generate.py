@@ -227,3 +227,13 @@ def test_empty_prompt_is_refused(engine, prompt):
 def test_invalid_numbers_are_refused(engine, overrides, message):
     with pytest.raises(InvalidSettingError, match=message):
         engine.generate(PROMPT, **overrides)
+
+
+def test_a_closed_model_refuses_instead_of_reading_freed_memory(gemma_path):
+    from sia_edge.base_model import BaseModel
+
+    base = BaseModel(gemma_path, n_ctx=32)
+    assert base.token_bytes(base.tokenize("Hi", add_bos=False)[0]) == b"Hi"
+    base.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        base.token_bytes(5)

@@ -68,7 +68,7 @@ def fresh_check(onnx_path: Path, gguf: Path) -> dict:
     from sia_edge.rewards import load_reward
     from sia_edge.train.distill import (DistillConfig, SampleCache, cache_header, reward_key, sample_missing,
                                         score_missing)
-    from sia_edge.calibrate import read_prompt_file
+    from sia_edge.calibration import read_prompt_file
     from sia_edge.train.metrics import correlation, r_squared, roc_auc
     from sia_edge.value_model import ValueModel
 
