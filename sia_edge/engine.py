@@ -228,7 +228,11 @@ class Stream:
             if self._request is not None:
                 scheduler = self._engine._scheduler
                 scheduler.submit(self._request)
-                scheduler.wait_admitted(self._request, self._queue_timeout)
+                try:
+                    scheduler.wait_admitted(self._request, self._queue_timeout)
+                except BaseException:  # timed out (already withdrawn), or Ctrl-C while in line
+                    scheduler.abandon(self._request)
+                    raise
                 self._events = read_events(scheduler, self._request)
             else:
                 timeout = -1 if self._queue_timeout is None else self._queue_timeout

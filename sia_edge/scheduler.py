@@ -27,7 +27,7 @@ from .errors import QueueTimeoutError
 _IDLE_SECONDS = 30.0  # the worker thread exits after this long without work (a new request starts it again)
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: found in the line by identity
 class Request:
     """One generation handed to the scheduler; its caller reads `events` until a result or an error arrives."""
 
@@ -38,7 +38,7 @@ class Request:
     cancel: Callable[[], bool]
     log_probs: bool = False
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    admitted: threading.Event = field(default_factory=threading.Event)
+    admitted: threading.Event = field(default_factory=threading.Event)  # out of the line: a slot, or failed
     abandoned: bool = False  # the caller went away: stop at the next step
 
     def stopped(self) -> bool:
@@ -228,6 +228,7 @@ class Scheduler:
             slotted.request.events.put(_Failed(exc))
         for request in self._waiting:
             request.events.put(_Failed(exc))
+            request.admitted.set()  # out of the line: its caller stops waiting and reads the error
         self.counts["errors"] += len(self._active) + len(self._waiting)
         self._active.clear()
         self._waiting.clear()

@@ -208,3 +208,29 @@ def test_parallel_must_be_positive(gemma_path):
 
     with pytest.raises(InvalidSettingError, match="parallel must be >= 1"):
         Engine(model=gemma_path, parallel=0)
+
+
+def test_closing_the_engine_fails_running_and_waiting_requests_instead_of_hanging(gemma_path):
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gemma_path, n_ctx=512, parallel=1 + 1, use_value_model=False)
+    running = [engine.stream(PROMPTS[i], gate="none", max_tokens=400, seed=i).start() for i in range(2)]
+    outcome = {}
+
+    def wait_in_line():
+        try:
+            engine.generate(PROMPTS[2], gate="none", max_tokens=4)
+            outcome["waiting"] = "generated"
+        except RuntimeError as exc:
+            outcome["waiting"] = str(exc)
+
+    waiter = threading.Thread(target=wait_in_line)
+    waiter.start()
+    while engine.load()["queued"] == 0 and waiter.is_alive():  # bounded by the waiter itself
+        threading.Event().wait(0.01)
+    engine.close()
+    waiter.join(timeout=120)
+    assert not waiter.is_alive() and outcome["waiting"] == "the engine was closed"
+    for stream in running:
+        with pytest.raises(RuntimeError, match="the engine was closed"):
+            list(stream)
