@@ -15,6 +15,7 @@ from .signals import step_stats
 from .settings import GenerationSettings
 from .steering import choose, steered_scores
 from .text_stream import Utf8Stream
+from .value_model import PrefixState
 
 STOP_REASONS = ("eos", "length", "stop", "context", "cancelled")
 
@@ -238,15 +239,28 @@ class Decoding:
 class ValueView:
     """The text the value model sees for one generation, folded into its state lazily: only at junctions.
 
-    What it sees is `value_model_tokens(...)`: the prompt without its leading BOS, then every generated token.
+    What it sees is `value_model_tokens(...)`: the prompt without its leading BOS, then every generated token. A
+    junction's scoring call also returns the state after each candidate; the token then chosen brings its state.
     """
 
     def __init__(self, value_model, prompt_tokens: list[int], bos_id: int) -> None:
         self.value_model = value_model
         self.prefix = value_model.empty_prefix()
         self.unscored = value_model_tokens(prompt_tokens, (), bos_id)
+        self._after: tuple[np.ndarray, np.ndarray] | None = None  # (candidate ids, state after each)
+
+    def scored(self, candidate_ids: np.ndarray, states: np.ndarray) -> None:
+        """A junction was scored: the next token appended is one of these candidates, with these states."""
+        self._after = (candidate_ids, states)
 
     def append(self, token: int) -> None:
+        after, self._after = self._after, None
+        if after is not None:
+            row = np.flatnonzero(after[0] == token)
+            if row.size:  # chosen at a junction: its state already holds every token so far
+                self.prefix = PrefixState(after[1][row[0]], self.prefix.n_tokens + len(self.unscored) + 1)
+                self.unscored = []
+                return
         self.unscored.append(token)
 
 
@@ -257,7 +271,7 @@ class Junction:
 
     view: ValueView
     candidate_ids: np.ndarray
-    calls: int = 0  # value-model calls this junction needed on its own: one fold (if new tokens) + one scoring
+    calls: int = 0  # value-model calls this junction needed on its own: one, two with a long fold first
     seconds: float = 0.0  # its share of the value-model time
 
     def score_alone(self) -> np.ndarray:
@@ -265,16 +279,16 @@ class Junction:
 
 
 def score_junctions(junctions: list[Junction]) -> list[np.ndarray]:
-    """Score junctions that share one value model in two batched calls whatever their number (fold every view's
-    new tokens, then score every candidate); each view's prefix state moves on. -> each junction's rewards (k,)"""
+    """Score junctions that share one value model in one batched call whatever their number (two if some have a
+    long stretch of new text to fold first). -> each junction's rewards (k,)"""
     vm = junctions[0].view.value_model
     seconds_before = vm.seconds
     views = [j.view for j in junctions]
-    prefixes, rewards, folded = vm.score_junctions([v.prefix for v in views], [v.unscored for v in views],
-                                                   [j.candidate_ids for j in junctions])
+    rewards, states, folded = vm.score_junctions([v.prefix for v in views], [v.unscored for v in views],
+                                                 [j.candidate_ids for j in junctions])
     share = (vm.seconds - seconds_before) / len(junctions)
-    for junction, prefix, fold in zip(junctions, prefixes, folded):
-        junction.view.prefix, junction.view.unscored = prefix, []
+    for junction, after, fold in zip(junctions, states, folded):
+        junction.view.scored(junction.candidate_ids, after)  # a long fold is inside these states too
         junction.calls, junction.seconds = 1 + fold, share
     return rewards
 

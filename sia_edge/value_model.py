@@ -9,8 +9,9 @@ This is the only module that imports onnxruntime. The contract is written down i
     outputs  new_state float32 [batch, S]  summary of prefix + tokens
              score     float32 [batch]     value of prefix + tokens; higher = more aligned (a logit)
 
-Because the prefix is carried as a state, a junction costs one call to fold in the tokens generated since the
-previous junction and one batched call for the k one-token extensions: flat in the prefix length.
+Because the prefix is carried as a state, a junction costs one batched call: row j reads the tokens generated since
+the previous junction followed by candidate j, from the previous state; the chosen row's new state is the next
+prefix state. The cost is flat in the prefix length (a long stretch of new text is folded first, in one more call).
 
 The decoder always speaks base-model token ids. A token-level model receives them as they are (after a tokenizer
 fingerprint check); a byte-level model receives each token's bytes (`BaseModel.token_bytes`: exactly the bytes
@@ -36,6 +37,9 @@ INPUT_KINDS = ("tokens", "bytes")
 META_PREFIX = "sia_edge."
 _INPUTS = {"state": "tensor(float)", "tokens": "tensor(int64)", "mask": "tensor(float)"}
 _OUTPUTS = {"new_state": "tensor(float)", "score": "tensor(float)"}
+# At a junction, new text up to this many units (tokens, or bytes) rides along in the k candidate rows; longer text
+# (a prompt, a long stretch between junctions) is folded into the state first, in a call of its own.
+FOLD_INLINE_MAX = 64
 
 
 @dataclass
@@ -160,11 +164,28 @@ class ValueModel:
         return np.split(scores.astype(np.float64), np.cumsum(counts)[:-1])
 
     def score_junctions(self, prefixes: list[PrefixState], token_lists: list[list[int]],
-                        candidate_lists: list[np.ndarray]) -> tuple[list[PrefixState], list[np.ndarray], list[bool]]:
-        """Several generations' junctions in at most two calls: fold each one's new tokens into its prefix, then
-        score all their candidates. -> new prefixes, rewards per junction, which prefixes needed a fold"""
-        new_prefixes, folded = self.extend_many(prefixes, token_lists)
-        return new_prefixes, self.score_candidates_many(new_prefixes, candidate_lists), folded
+                        candidate_lists: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
+        """Several generations' junctions, usually in ONE call: row j of junction i is "the tokens generated since
+        its prefix state, then candidate j", run from that state, so the call yields every candidate's score and
+        also the state after each candidate: the chosen one's is the next prefix state, and nothing is folded
+        separately. New text longer than FOLD_INLINE_MAX units is folded first (one more call for all such
+        junctions), so k rows never repeat a long prompt.
+        -> rewards (k,) float64, states after each candidate (k, S), and whether a separate fold was needed"""
+        units = [self._units(tokens) for tokens in token_lists]
+        states = [prefix.vector for prefix in prefixes]
+        long = [i for i, u in enumerate(units) if len(u) > FOLD_INLINE_MAX]
+        if long:
+            ids, mask = pad_sequences([units[i] for i in long])
+            folded, _ = self._run(np.stack([states[i] for i in long]), ids, mask)
+            for i, state in zip(long, folded):
+                states[i], units[i] = state, units[i][:0]
+        counts = [len(c) for c in candidate_lists]
+        rows = [units[i] + self._units([c]) for i, cands in enumerate(candidate_lists) for c in cands]
+        ids, mask = pad_sequences(rows)
+        new_states, scores = self._run(np.repeat(np.stack(states), counts, axis=0), ids, mask)
+        cuts = np.cumsum(counts)[:-1]
+        return (np.split(scores.astype(np.float64), cuts), np.split(new_states, cuts),
+                [i in long for i in range(len(units))])
 
     def score_sequences(self, sequences: list[list[int]]) -> np.ndarray:
         """Scores of whole token sequences from the empty prefix (Best-of-N, evaluation).  # (n,) float64"""

