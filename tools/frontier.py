@@ -32,16 +32,33 @@ def show(triple, digits=3) -> str:
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def load_runs(specs: list[str]) -> dict[str, dict[str, list[dict]]]:
-    """{run label: {arm: samples}} in the order given."""
+def load_runs(specs: list[str], limit: int | None) -> dict[str, dict[str, list[dict]]]:
+    """{run label: {arm: samples}} in the order given; only prompts with index < limit, if given."""
     runs = {}
     for spec in specs:
         label, _, directory = spec.partition("=")
         by_arm: dict[str, list[dict]] = {}
         for sample in read_samples(Path(directory) / "samples.jsonl"):
-            by_arm.setdefault(sample["arm"], []).append(sample)
+            if limit is None or sample["prompt_index"] < limit:
+                by_arm.setdefault(sample["arm"], []).append(sample)
         runs[label] = by_arm
     return runs
+
+
+def across_runs(runs) -> list[dict]:
+    """The same arm at another weight (or length, or normalisation): each later run minus the first that has it."""
+    out = []
+    firsts: dict[str, tuple[str, list[dict]]] = {}
+    for label, by_arm in runs.items():
+        for arm, samples in by_arm.items():
+            if arm not in firsts:
+                firsts[arm] = (label, samples)
+                continue
+            base_label, base = firsts[arm]
+            diff = paired_differences(samples, base, "judge")
+            out.append({"run": f"{label} - {base_label}", "contrast": arm, "prompts": len(diff),
+                        "judge": ci(diff.values()), "log_ppl": ci(paired_differences(samples, base, "log_ppl").values())})
+    return out
 
 
 def shared_prompts(a: dict[int, float], b: dict[int, float]) -> list[int]:
@@ -138,13 +155,16 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.03, help="log-perplexity budget drawn on the plot")
     parser.add_argument("--plot", default=None, help="PNG path for judge gain against perplexity shift")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the numbers here")
+    parser.add_argument("--limit", type=int, default=None, help="only the prompts with index < N (the prompts "
+                                                                 "every run has, for like-for-like shares)")
     args = parser.parse_args()
-    runs = load_runs(args.run)
+    runs = load_runs(args.run, args.limit)
     if args.none_from:
-        none = [s for s in read_samples(Path(args.none_from) / "samples.jsonl") if s["arm"] == "none"]
+        none = [s for s in read_samples(Path(args.none_from) / "samples.jsonl")
+                if s["arm"] == "none" and (args.limit is None or s["prompt_index"] < args.limit)]
     else:
         none = next(by_arm["none"] for by_arm in runs.values() if "none" in by_arm)
-    rows, pairs = arm_rows(runs, none, args.reference), contrasts(runs)
+    rows, pairs = arm_rows(runs, none, args.reference), contrasts(runs) + across_runs(runs)
     print(markdown(rows, pairs, args.reference))
     if args.plot:
         plot(rows, Path(args.plot), args.budget)
