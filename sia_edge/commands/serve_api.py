@@ -290,10 +290,10 @@ CHUNKS = (CompletionChunk, ChatCompletionChunk)
 
 def generation_responses(chunk: type[BaseModel]) -> dict:
     """`responses=` for a generation route: the event stream beside the JSON body, and the error shapes."""
-    event = {"type": "object", "required": ["data"], "properties": {"data": {
-        "type": "string", "contentMediaType": "application/json",
-        "contentSchema": {"$ref": f"#/components/schemas/{chunk.__name__}"},
-        "description": "A chunk as JSON, or [DONE] after the last one"}}}
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
+        {"type": "string", "contentMediaType": "application/json",
+         "contentSchema": {"$ref": f"#/components/schemas/{chunk.__name__}"}, "description": "A chunk as JSON"},
+        {"type": "string", "const": "[DONE]", "description": "After the last chunk"}]}}}
     return {200: {"description": STREAM_NOTE.format(chunk=chunk.__name__),
                   "content": {"text/event-stream": {"itemSchema": event}}},
             **BAD_REQUEST, **NOT_FOUND, **BUSY}
