@@ -59,9 +59,10 @@ REQUEST_SETTINGS = ("gate", *PARAMETERS, "weight", "reward_norm", "top_k", "temp
 
 
 class SiaRequest(GateFields):
-    """Fields both endpoints share: OpenAI's sampling fields plus SIA's steering fields. Unknown fields are ignored."""
+    """Fields both endpoints share: OpenAI's sampling fields plus SIA's steering fields. Unknown fields are ignored;
+    known ones must have their JSON type (strict: `"stream": "yes"` or `"weight": false` is a 400, not a guess)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0)
@@ -84,11 +85,13 @@ class CompletionRequest(SiaRequest):
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
 
