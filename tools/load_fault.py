@@ -99,14 +99,14 @@ def send(http: httpx.Client, url: str, i: int, kind: str, max_tokens: int) -> di
                     check_stream(response, record, chat, max_tokens, hang_up=kind == "hang-up")
                 else:
                     response.read()
-                    check_error(response, record)
+                    check_error(response, record, kind)
         else:
             response = http.post(url + path, content=content, headers=headers)
             record["status"] = response.status_code
             if response.status_code == 200:
                 check_whole(response.json(), record, chat, max_tokens)
             else:
-                check_error(response, record)
+                check_error(response, record, kind)
     except (httpx.HTTPError, ValueError) as exc:
         record["problems"].append(f"{type(exc).__name__}: {exc}")
     expected = KINDS[kind][1]
@@ -118,12 +118,17 @@ def send(http: httpx.Client, url: str, i: int, kind: str, max_tokens: int) -> di
     return record
 
 
-def check_error(response: httpx.Response, record: dict) -> None:
+def check_error(response: httpx.Response, record: dict, kind: str) -> None:
     try:
         error = response.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
     except (ValueError, KeyError, TypeError, AssertionError):
         record["problems"].append(f"not an OpenAI error body: {response.text[:200]!r}")
+        return
+    if kind in ("not-utf8", "lone-surrogate") and "UTF-8" not in error["message"]:
+        record["problems"].append(f"the error does not say the text is not UTF-8: {error['message']!r}")
+    if kind == "oversize" and error["code"] != "context_length_exceeded":
+        record["problems"].append(f"an oversize prompt got code {error['code']!r}")
 
 
 def check_whole(out: dict, record: dict, chat: bool, max_tokens: int) -> None:

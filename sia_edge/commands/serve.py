@@ -219,8 +219,10 @@ class Server:
 
         @app.exception_handler(HTTPException)
         async def http_error(request, exc: HTTPException):
-            return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=None).body(),
-                                status_code=exc.status_code, headers=getattr(exc, "headers", None))
+            error = ApiError(exc.status_code, str(exc.detail), code=None)
+            if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI could not read the body as text
+                error = ApiError(400, f"the request body is not valid UTF-8: {exc.__cause__}", None, "invalid_json")
+            return JSONResponse(error.body(), status_code=error.status, headers=getattr(exc, "headers", None))
 
         @app.exception_handler(Exception)
         async def unexpected(request, exc: Exception):

@@ -44,6 +44,9 @@ def validation_error(errors) -> ApiError:
     if first.get("type") == "json_invalid":
         error = (first.get("ctx") or {}).get("error", first.get("msg"))
         return ApiError(400, f"the request body is not valid JSON: {error}", None, "invalid_json")
+    if param is None and isinstance(first.get("input"), (bytes, bytearray)):  # not read as JSON
+        return ApiError(400, "the request body must be a JSON object sent with Content-Type: application/json",
+                        None, "invalid_json")
     if param is None:
         return ApiError(400, "the request body must be a JSON object", None, "invalid_json")
     return ApiError(400, f"invalid request: {param}: {first.get('msg')}", param, "invalid_value")
