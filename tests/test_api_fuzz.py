@@ -38,9 +38,10 @@ def keep_it_short(case) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    for key, most in (("max_tokens", MAX_TOKENS), ("max_completion_tokens", MAX_TOKENS), ("best_of", 2)):
+    for key, most, limit in (("max_tokens", MAX_TOKENS, 2048), ("max_completion_tokens", MAX_TOKENS, 2048),
+                             ("best_of", 2, 20)):  # over the limit (the context, MAX_BEST_OF) is a 400 to keep
         value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and most < value <= 2048:
+        if isinstance(value, int) and not isinstance(value, bool) and most < value <= limit:
             body[key] = most
 
 

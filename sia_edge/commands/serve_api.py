@@ -58,6 +58,7 @@ def validation_error(errors) -> ApiError:
 # One optional request field per gate parameter of the registry (tau, ratio, q, first_n), typed as it says.
 GateFields = create_model("GateFields", **{
     name: (parameter.kind | None, Field(None, description=parameter.help)) for name, parameter in PARAMETERS.items()})
+MAX_BEST_OF = 20  # OpenAI's bound too: one request cannot hold the model for thousands of samples
 REQUEST_SETTINGS = ("gate", *PARAMETERS, "weight", "reward_norm", "top_k", "temperature", "seed")
 
 
@@ -79,7 +80,8 @@ class SiaRequest(GateFields):
     weight: float | None = None
     reward_norm: str | None = Field(None, description="none | center | zscore: the k rewards per junction, before w")
     top_k: int | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF, description="Draw this many samples and return the one "
+                                "the value model scores highest (not with stream); at most 20, as OpenAI")
 
 
 class CompletionRequest(SiaRequest):
