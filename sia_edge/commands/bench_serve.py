@@ -22,6 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 
 import click
 
@@ -40,11 +41,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def child_env() -> dict:
+    """This environment, with this copy of sia_edge first on the path: the server runs the code the bench runs."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
 @lru_cache(maxsize=1)
 def serve_options() -> frozenset[str]:
     """The options this installation's `sia-edge serve` accepts (e.g. whether it has --parallel yet)."""
     proc = subprocess.run([sys.executable, "-m", "sia_edge", "serve", "--help"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=child_env())
     return frozenset(word.strip(",;[]") for word in proc.stdout.split() if word.startswith("--"))
 
 
@@ -77,7 +84,7 @@ class LiveServer:
         command = [sys.executable, "-m", "sia_edge", "serve", *self.args, "--host", "127.0.0.1",
                    "--port", str(self.port)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._log,
-                                     env=self.env if self.env is not None else os.environ.copy())
+                                     env=self.env if self.env is not None else child_env())
         for _ in range(self.polls):
             if self.proc.poll() is not None:
                 raise click.ClickException(f"the server exited with code {self.proc.returncode}: {self.log_tail()}")
