@@ -12,6 +12,8 @@ def all_commands():
     for name in main.list_commands(ctx):
         command = main.get_command(ctx, name)
         if isinstance(command, click.Group):
+            if command.params:  # a group that is also a command of its own (bench)
+                yield name, command
             for sub in command.list_commands(ctx):
                 yield f"{name} {sub}", command.get_command(ctx, sub)
         else:

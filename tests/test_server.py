@@ -144,6 +144,11 @@ def test_errors_are_openai_shaped(server, client):
     response = httpx.post(server + "/v1/completions", content=b'{"prompt": "caf\\ud800", "max_tokens": 2}',
                           headers={"content-type": "application/json"})  # a lone surrogate: not text
     assert response.status_code == 400 and "UTF-8" in response.json()["error"]["message"]
+    response = httpx.post(server + "/v1/completions", content=b'{"prompt": "caf\xe9", "max_tokens": 2}',
+                          headers={"content-type": "application/json"})  # bytes that are not UTF-8 at all
+    assert response.status_code == 400 and "UTF-8" in response.json()["error"]["message"]
+    response = httpx.post(server + "/v1/completions", content=b'{"prompt": "Hi"}')  # no Content-Type
+    assert response.status_code == 400 and "Content-Type" in response.json()["error"]["message"]
     response = httpx.get(server + "/v1/completions")
     assert response.status_code == 405 and response.headers["allow"] == "POST"
 

@@ -261,7 +261,23 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("bench")
+class BenchGroup(click.Group):
+    """`sia-edge bench` runs the in-process bench itself; `sia-edge bench serve` (its own module, loaded when
+    named) measures a live server."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return ["serve"]
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name == "serve":
+            from .bench_serve import bench_serve_command
+
+            return bench_serve_command
+        return None
+
+
+@click.group("bench", cls=BenchGroup, invoke_without_command=True)
+@click.pass_context
 @model_options
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="New tokens per generation.")
@@ -277,9 +293,13 @@ def format_table(report: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also write a PNG of cost per token against the realised steering ratio (needs matplotlib).")
-def bench_command(model, value_model, n_ctx, threads, gpu_layers, max_tokens, repetitions, seed, rss, batch_sizes,
-                  batch_requests, as_json, plot):
-    """Tokens/s of sia-edge's gates against raw llama.cpp decoding and llama-cpp-python, in one run."""
+def bench_command(ctx, model, value_model, n_ctx, threads, gpu_layers, max_tokens, repetitions, seed, rss,
+                  batch_sizes, batch_requests, as_json, plot):
+    """Tokens/s of sia-edge's gates against raw llama.cpp decoding and llama-cpp-python, in one run.
+
+    `sia-edge bench serve` measures a live server under concurrent clients instead (its own --help)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from tqdm import tqdm
 
     sizes = parse_batch_sizes(batch_sizes)

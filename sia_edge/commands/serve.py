@@ -12,7 +12,6 @@ stops its generation, and frees its slot, at the next step.
 
 
 import asyncio
-import json
 import sys
 import threading
 import time
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from pydantic import BaseModel, ValidationError
 
 from ..chat import Trimmed, chat_format, render_tokens
 from ..engine import DEFAULT_PARALLEL
@@ -30,7 +28,9 @@ from ..gate import DEFAULT_TAU
 from ..models import OBJECTIVES
 from ..settings import GenerationSettings
 from .common import build_engine, generation_options, model_options, settings_from
-from .serve_api import REQUEST_SETTINGS, ApiError, ChatRequest, CompletionRequest, SiaRequest
+from .serve_api import (REQUEST_SETTINGS, ApiError, ChatCompletionChunk, ChatCompletionResponse, ChatRequest,
+                        CompletionChunk, CompletionRequest, CompletionResponse, Health, ModelList, SiaRequest,
+                        generation_responses, openapi_document, validation_error)
 from .serve_stream import FINISH_REASONS, streaming_response
 
 DEFAULT_ALIAS = "sia-edge-default"
@@ -228,39 +228,56 @@ class Server:
     def app(self):
         """The FastAPI app: thin routes over the module-level handlers below."""
         from fastapi import FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse
         from starlette.exceptions import HTTPException
 
-        app = FastAPI(title="sia-edge", version="0.1.0")
+        app = FastAPI(title="sia-edge", version="0.1.0",
+                      description="OpenAI-compatible completions with sparse inference-time alignment (SIA) fields.")
+
+        def openapi():
+            if app.openapi_schema is None:
+                app.openapi_schema = openapi_document(app)
+            return app.openapi_schema
+
+        app.openapi = openapi
 
         @app.exception_handler(ApiError)
         async def api_error(request, exc: ApiError):
             return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+        @app.exception_handler(RequestValidationError)
+        async def invalid_body(request, exc: RequestValidationError):
+            return JSONResponse(validation_error(exc.errors()).body(), status_code=400)
+
         @app.exception_handler(HTTPException)
         async def http_error(request, exc: HTTPException):
-            return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=None).body(),
-                                status_code=exc.status_code, headers=getattr(exc, "headers", None))
+            error = ApiError(exc.status_code, str(exc.detail), code=None)
+            if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI could not read the body as text
+                error = ApiError(400, f"the request body is not valid UTF-8: {exc.__cause__}", None, "invalid_json")
+            return JSONResponse(error.body(), status_code=error.status, headers=getattr(exc, "headers", None))
 
         @app.exception_handler(Exception)
         async def unexpected(request, exc: Exception):
             return JSONResponse(ApiError(500, f"internal error: {exc}", type="server_error").body(), status_code=500)
 
-        @app.get("/health")
+        @app.get("/health", response_model=Health, response_model_exclude_unset=True)
         async def health():
             return self.health()
 
-        @app.get("/v1/models")
+        @app.get("/v1/models", response_model=ModelList, response_model_exclude_unset=True)
         async def models():
             return list_models(self)
 
-        @app.post("/v1/completions")
-        async def completions(request: Request):
-            return await complete(self, request)
+        @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_unset=True,
+                  responses=generation_responses(CompletionChunk))
+        async def completions(body: CompletionRequest, request: Request):
+            return await complete(self, request, body)
 
-        @app.post("/v1/chat/completions")
-        async def chat_completions(request: Request):
-            return await chat_complete(self, request)
+        @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, response_model_exclude_unset=True,
+                  responses=generation_responses(ChatCompletionChunk))
+        async def chat_completions(body: ChatRequest, request: Request):
+            return await chat_complete(self, request, body)
 
         return app
 
@@ -277,9 +294,8 @@ def list_models(server: Server) -> dict:
         for name, s in server.models.items()]}
 
 
-async def complete(server: Server, request):
-    """POST /v1/completions."""
-    req = await parse(request, CompletionRequest)
+async def complete(server: Server, request, req: CompletionRequest):
+    """POST /v1/completions (`req` validated by FastAPI)."""
     if req.echo:
         raise ApiError(400, "echo is not supported", "echo", "unsupported")
     served = server.served(req.model)
@@ -302,9 +318,8 @@ async def complete(server: Server, request):
             "usage": usage(len(tokens), result, chosen), "sia": sia_object(result, chosen)}
 
 
-async def chat_complete(server: Server, request):
-    """POST /v1/chat/completions."""
-    req = await parse(request, ChatRequest)
+async def chat_complete(server: Server, request, req: ChatRequest):
+    """POST /v1/chat/completions (`req` validated by FastAPI)."""
     served = server.served(req.model)
     server.check_common(req)
     tokens = server.chat_prompt(served, req)
@@ -331,22 +346,6 @@ async def chat_complete(server: Server, request):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text.strip()},
                          "logprobs": None, "finish_reason": FINISH_REASONS[result.stop_reason]}],
             "usage": usage(len(tokens), result, chosen), "sia": sia_object(result, chosen)}
-
-
-async def parse(request, model: type[BaseModel]):
-    """The request body as `model`, or a 400 in OpenAI's error shape."""
-    try:
-        data = json.loads(await request.body())
-    except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}", None, "invalid_json") from exc
-    if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object", None, "invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise ApiError(400, f"invalid request: {param}: {first['msg']}", param, "invalid_value") from exc
 
 
 def sia_object(result, chosen=None) -> dict:

@@ -1,8 +1,12 @@
-"""The server's request bodies and its error shape: OpenAI's fields plus SIA's, validated by pydantic."""
+"""The server's request and response bodies and its error shape: OpenAI's fields plus SIA's, as pydantic models.
+
+FastAPI validates request bodies against these models and /openapi.json documents every body, the 200 shapes and
+the 400/404/503 errors from them. Response models allow extra fields, so a field added later is passed through.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -10,16 +14,42 @@ from ..gate import GATE_HELP, PARAMETERS
 
 
 class ApiError(Exception):
-    """An OpenAI-style error: {"error": {"message", "type", "param", "code"}} with an HTTP status."""
+    """An OpenAI-style error: {"error": {"message", "type", "param", "code"}} with an HTTP status (and headers,
+    e.g. Retry-After on a 503)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error", headers: dict | None = None) -> None:
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-        self.headers = headers  # e.g. Retry-After on a 503
+        self.headers = headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": _encodable(self.message), "type": self.type,
+                          "param": None if self.param is None else _encodable(self.param), "code": self.code}}
+
+
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates (which a JSON request may carry) escaped, so the error body can be sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def validation_error(errors) -> ApiError:
+    """FastAPI's validation errors of a request body as one 400 in OpenAI's shape (the first error names the
+    field)."""
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid", "type": "invalid"}
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc[:1] == ["body"]:
+        loc = loc[1:]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        error = (first.get("ctx") or {}).get("error", first.get("msg"))
+        return ApiError(400, f"the request body is not valid JSON: {error}", None, "invalid_json")
+    if param is None and isinstance(first.get("input"), (bytes, bytearray)):  # not read as JSON
+        return ApiError(400, "the request body must be a JSON object sent with Content-Type: application/json",
+                        None, "invalid_json")
+    if param is None:
+        return ApiError(400, "the request body must be a JSON object", None, "invalid_json")
+    return ApiError(400, f"invalid request: {param}: {first.get('msg')}", param, "invalid_value")
 
 
 # --- request bodies ----------------------------------------------------------------------------------------------
@@ -28,13 +58,15 @@ class ApiError(Exception):
 # One optional request field per gate parameter of the registry (tau, ratio, q, first_n), typed as it says.
 GateFields = create_model("GateFields", **{
     name: (parameter.kind | None, Field(None, description=parameter.help)) for name, parameter in PARAMETERS.items()})
+MAX_BEST_OF = 20  # OpenAI's bound too: one request cannot hold the model for thousands of samples
 REQUEST_SETTINGS = ("gate", *PARAMETERS, "weight", "reward_norm", "top_k", "temperature", "seed")
 
 
 class SiaRequest(GateFields):
-    """Fields both endpoints share: OpenAI's sampling fields plus SIA's steering fields. Unknown fields are ignored."""
+    """Fields both endpoints share: OpenAI's sampling fields plus SIA's steering fields. Unknown fields are ignored;
+    known ones must have their JSON type (strict: `"stream": "yes"` or `"weight": false` is a 400, not a guess)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0)
@@ -48,7 +80,8 @@ class SiaRequest(GateFields):
     weight: float | None = None
     reward_norm: str | None = Field(None, description="none | center | zscore: the k rewards per junction, before w")
     top_k: int | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF, description="Draw this many samples and return the one "
+                                "the value model scores highest (not with stream); at most 20, as OpenAI")
 
 
 class CompletionRequest(SiaRequest):
@@ -57,11 +90,13 @@ class CompletionRequest(SiaRequest):
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
 
@@ -73,3 +108,225 @@ class ChatMessage(BaseModel):
 class ChatRequest(SiaRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+
+
+# --- response bodies ---------------------------------------------------------------------------------------------
+
+
+class Reply(BaseModel):
+    """A response body: the declared fields are documented, anything else is passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(Reply):
+    message: str
+    type: str = Field(description="invalid_request_error, or server_error")
+    param: str | None = Field(description="The request field at fault, if one is")
+    code: str | None = Field(description="e.g. model_not_found, context_length_exceeded, invalid_json, "
+                                         "invalid_value, invalid_prompt, unsupported, no_value_model")
+
+
+class ErrorResponse(Reply):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+class Usage(Reply):
+    prompt_tokens: int
+    completion_tokens: int = Field(description="Tokens generated (with best_of: summed over all samples)")
+    total_tokens: int
+
+
+class BestOfReport(Reply):
+    n: int
+    best: int = Field(description="Index of the returned sample")
+    scores: list[float]
+    seeds: list[int]
+
+
+class SiaStats(Reply):
+    """What a response reports about steering (the `sia` field)."""
+
+    gate: str | None
+    tau: float | None
+    ratio: float | None
+    junctions: int = Field(description="Steps the value model steered")
+    junction_ratio: float
+    tokens: int
+    seed: int
+    stop_reason: str = Field(description="eos | stop | length | context | cancelled")
+    value_model_calls: int
+    tokens_per_second: float
+    pipeline: str
+    value_model: str | None = Field(description="File name of the value model that steered, if one did")
+    best_of: BestOfReport | None = None
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class CompletionChoice(Reply):
+    index: int
+    text: str
+    logprobs: Any = None
+    finish_reason: FinishReason | None = Field(description="null in stream chunks before the last")
+
+
+class CompletionResponse(Reply):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    sia: SiaStats
+
+
+class CompletionChunk(Reply):
+    """One server-sent event of a streamed completion; the last one carries usage and sia."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    sia: SiaStats | None = None
+
+
+class AssistantMessage(Reply):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(Reply):
+    index: int
+    message: AssistantMessage
+    logprobs: Any = None
+    finish_reason: FinishReason
+
+
+class ChatCompletionResponse(Reply):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    sia: SiaStats
+
+
+class ChatDelta(Reply):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(Reply):
+    index: int
+    delta: ChatDelta
+    logprobs: Any = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(Reply):
+    """One server-sent event of a streamed chat completion; the last one carries usage and sia."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    sia: SiaStats | None = None
+
+
+class ModelInfo(Reply):
+    file: str
+    n_ctx: int
+    value_model: str | None
+    objectives: list[str]
+    chat_template: bool
+
+
+class ModelCard(Reply):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    sia: ModelInfo
+
+
+class ModelList(Reply):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(Reply):
+    """Server state. The request counters add up: accepted = active + served + cancelled + errors + rejected."""
+
+    status: str
+    models: list[str]
+    accepted: int = Field(description="Generation requests accepted (a best_of request counts once)")
+    active: int = Field(description="Of which generating or waiting for a slot now")
+    served: int = Field(description="Of which answered")
+    cancelled: int = Field(description="Of which stopped because their client went away")
+    errors: int = Field(description="Of which ended in an error")
+    rejected: int = Field(description="Of which waited longer than --queue-timeout: 503")
+    generations: int = Field(description="Finished generations: served + cancelled")
+    parallel: int = Field(description="Slots: requests decoded together")
+    busy: int = Field(description="Slots generating now")
+    queued: int = Field(description="Requests waiting for a slot now")
+    rounds: int = Field(description="Batched decoding steps so far")
+    value_model_calls: int = Field(description="Value-model calls those steps made (all slots' junctions merged)")
+
+
+# --- the OpenAPI declarations of each route ----------------------------------------------------------------------
+
+
+def _error(description: str, headers: dict | None = None) -> dict:
+    out = {"model": ErrorResponse, "description": description}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+BAD_REQUEST = {400: _error("Invalid request: not JSON, a field fails validation, the prompt does not fit")}
+NOT_FOUND = {404: _error("Unknown model")}
+BUSY = {503: _error("The request waited in the queue longer than the server's --queue-timeout", {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}})}
+STREAM_NOTE = ("With `\"stream\": true` the response is `text/event-stream`: one `data: <{chunk} JSON>` event per "
+               "piece of text, the last chunk with finish_reason, usage and sia, then `data: [DONE]`.")
+CHUNKS = (CompletionChunk, ChatCompletionChunk)
+
+
+def generation_responses(chunk: type[BaseModel]) -> dict:
+    """`responses=` for a generation route: the event stream beside the JSON body, and the error shapes."""
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
+        {"type": "string", "contentMediaType": "application/json",
+         "contentSchema": {"$ref": f"#/components/schemas/{chunk.__name__}"}, "description": "A chunk as JSON"},
+        {"type": "string", "const": "[DONE]", "description": "After the last chunk"}]}}}
+    return {200: {"description": STREAM_NOTE.format(chunk=chunk.__name__),
+                  "content": {"text/event-stream": {"itemSchema": event}}},
+            **BAD_REQUEST, **NOT_FOUND, **BUSY}
+
+
+def openapi_document(app) -> dict:
+    """The app's OpenAPI document with the chunk models in its components and without FastAPI's 422 (this
+    server answers a body that fails validation with 400 in OpenAI's error shape)."""
+    from fastapi.openapi.utils import get_openapi
+
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for model in CHUNKS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        for name, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas[model.__name__] = schema
+    return document

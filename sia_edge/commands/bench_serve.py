@@ -1,0 +1,278 @@
+"""`sia-edge bench serve`: a live `sia-edge serve` under 1, 2, 4, 8 concurrent clients, against the same server
+with --parallel 1, in one run.
+
+Each server is a subprocess on 127.0.0.1 (a free port), driven by the official `openai` client: per client count,
+every client sends a bounded number of requests, mixed completion / chat and streaming / not, SIA at ratio 0.2, the
+same seeds for both servers. Reported per client count: aggregate tokens/s (tokens of all requests over the wall
+time of the round), time to first token and inter-token latency (from the streamed requests), and the tokens/s
+ratio against the --parallel 1 server. As with `sia-edge bench`, read the ratios: absolute figures on a shared
+machine move between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import click
+
+from .common import model_options
+
+BENCH_PROMPTS = ("The movie was", "When I opened the door of the new cafe,", "My neighbour asked me whether")
+CHAT_PROMPTS = ("Tell me about your favourite place.", "How was the concert?", "What should I cook tonight?")
+
+
+# --- a live server -----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env() -> dict:
+    """This environment, with this copy of sia_edge first on the path: the server runs the code the bench runs."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
+@lru_cache(maxsize=1)
+def serve_options() -> frozenset[str]:
+    """The options this installation's `sia-edge serve` accepts (e.g. whether it has --parallel yet)."""
+    proc = subprocess.run([sys.executable, "-m", "sia_edge", "serve", "--help"], capture_output=True, text=True,
+                          timeout=120, env=child_env())
+    return frozenset(word.strip(",;[]") for word in proc.stdout.split() if word.startswith("--"))
+
+
+class LiveServer:
+    """`sia-edge serve ARGS` as a subprocess on 127.0.0.1 at a free port, up until the context exits.
+
+    `url` is the base URL, `pid` the server's process id (for its RSS). Startup waits for /health by a bounded
+    number of polls, and fails with the server's stderr if the process exits first."""
+
+    def __init__(self, args: list[str], polls: int = 600, env: dict | None = None) -> None:
+        self.args, self.polls, self.env = list(args), polls, env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return "".join(self._log.read().decode("utf-8", "replace").splitlines(keepends=True)[-lines:])
+
+    def __enter__(self) -> "LiveServer":
+        import httpx
+
+        self._log = tempfile.TemporaryFile()
+        command = [sys.executable, "-m", "sia_edge", "serve", *self.args, "--host", "127.0.0.1",
+                   "--port", str(self.port)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._log,
+                                     env=self.env if self.env is not None else child_env())
+        for _ in range(self.polls):
+            if self.proc.poll() is not None:
+                raise click.ClickException(f"the server exited with code {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.__exit__(None, None, None)
+        raise click.ClickException(f"the server did not answer /health after {self.polls} polls")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        if self._log is not None:
+            self._log.close()
+
+
+def server_args(model, value_model, n_ctx, threads, gpu_layers) -> list[str]:
+    """`sia-edge serve` options for the models, as the bench was given them."""
+    args = ["--ctx", str(n_ctx), "--gpu-layers", str(gpu_layers)]
+    for flag, value in (("--model", model), ("--value-model", value_model), ("--threads", threads)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+# --- the clients -------------------------------------------------------------------------------------------------
+
+
+def one_request(client, index: int, max_tokens: int, ratio: float, seed: int) -> dict:
+    """One request of kind `index % 4` (not streamed / streamed, completion / chat), timed on the client."""
+    stream, chat = bool(index % 2), bool(index // 2 % 2)
+    args = dict(model="sia-edge-default", max_tokens=max_tokens, seed=seed, extra_body={"ratio": ratio})
+    start = time.perf_counter()
+    times, usage = [], None
+    if chat:
+        messages = [{"role": "user", "content": CHAT_PROMPTS[index % len(CHAT_PROMPTS)]}]
+        out = client.chat.completions.create(messages=messages, stream=stream, **args)
+    else:
+        out = client.completions.create(prompt=BENCH_PROMPTS[index % len(BENCH_PROMPTS)], stream=stream, **args)
+    if stream:
+        for chunk in out:
+            choice = chunk.choices[0] if chunk.choices else None
+            text = (choice.delta.content if chat else choice.text) if choice else None
+            if text:
+                times.append(time.perf_counter())
+            usage = chunk.usage or usage
+    else:
+        usage = out.usage
+        times.append(time.perf_counter())
+    end = time.perf_counter()
+    if usage is None:
+        raise click.ClickException(f"request {index}: the response carried no usage")
+    return {"kind": ("chat" if chat else "completion") + (" stream" if stream else ""), "stream": stream,
+            "tokens": usage.completion_tokens, "chunks": len(times) if stream else None, "seconds": end - start,
+            "ttft": times[0] - start if stream and times else None,
+            "gaps": [b - a for a, b in zip(times, times[1:])] if stream else []}
+
+
+def run_round(url: str, clients: int, per_client: int, max_tokens: int, ratio: float, seed: int) -> dict:
+    """`clients` threads, each sending `per_client` requests one after another; all start together."""
+    import openai
+
+    barrier = threading.Barrier(clients)
+
+    def client_loop(c: int) -> list:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="not-needed", max_retries=0, timeout=1800)
+        barrier.wait()
+        done = []
+        for j in range(per_client):
+            index = c + j * clients  # every client goes through the four kinds
+            try:
+                done.append(one_request(client, index, max_tokens, ratio, seed + index))
+            except Exception as exc:  # noqa: BLE001 - reported, the round goes on
+                done.append({"kind": "error", "error": f"{type(exc).__name__}: {exc}"})
+        return done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        records = [r for rs in pool.map(client_loop, range(clients)) for r in rs]
+    return summarise_round(clients, records, time.perf_counter() - start)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarise_round(clients: int, records: list[dict], seconds: float) -> dict:
+    ok = [r for r in records if r["kind"] != "error"]
+    tokens = sum(r["tokens"] for r in ok)
+    ttfts = [r["ttft"] for r in ok if r.get("ttft") is not None]
+    gaps = [g for r in ok for g in r["gaps"]]
+
+    def ms(value):
+        return None if value is None else 1e3 * value
+
+    return {"clients": clients, "requests": len(records), "errors": len(records) - len(ok), "tokens": tokens,
+            "seconds": seconds, "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+            "ttft_ms_p50": ms(statistics.median(ttfts) if ttfts else None), "ttft_ms_p95": ms(percentile(ttfts, .95)),
+            "itl_ms_p50": ms(statistics.median(gaps) if gaps else None), "itl_ms_p95": ms(percentile(gaps, .95)),
+            "records": records}
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+
+def parse_clients(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--clients")
+    if not counts or any(c < 1 for c in counts):
+        raise click.BadParameter(f"client counts must be >= 1, got {text!r}", param_hint="--clients")
+    return counts
+
+
+def format_table(report: dict) -> str:
+    def f(value, fmt="{:.0f}"):
+        return "" if value is None else fmt.format(value)
+
+    lines = [f"model {report['model'] or 'default'}; {report['requests_per_client']} requests per client, "
+             f"{report['max_tokens']} new tokens each, SIA ratio {report['ratio']}; servers: "
+             + ", ".join(f"--parallel {p}" if report["parallel_supported"] else "serialised (no --parallel)"
+                         for p in report["parallel"]), "",
+             "| clients | server | tok/s | x parallel 1 | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | "
+             "requests | errors | tokens |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(report["rows"], key=lambda r: (r["clients"], r["parallel"])):
+        lines.append(f"| {row['clients']} | parallel {row['parallel']} | {row['tokens_per_second']:.1f} | "
+                     f"{f(row['vs_parallel_1'], '{:.2f}')} | {f(row['ttft_ms_p50'])} | {f(row['ttft_ms_p95'])} | "
+                     f"{f(row['itl_ms_p50'])} | {f(row['itl_ms_p95'])} | {row['requests']} | {row['errors']} | "
+                     f"{row['tokens']} |")
+    return "\n".join(lines)
+
+
+@click.command("serve")
+@model_options
+@click.option("--clients", default="1,2,4,8", show_default=True,
+              help="Concurrent client counts to measure, comma-separated.")
+@click.option("--parallel", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Slots of the second server (the first has --parallel 1).")
+@click.option("--requests", "per_client", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Requests each client sends, one after another, per client count.")
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=32, show_default=True,
+              help="New tokens per request.")
+@click.option("--ratio", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="SIA steering ratio of every request.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the first request (+1 per request).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (with every request's record) as JSON.")
+def bench_serve_command(model, value_model, n_ctx, threads, gpu_layers, clients, parallel, per_client, max_tokens,
+                        ratio, seed, as_json):
+    """Tokens/s and latency of a live `sia-edge serve` under concurrent clients, --parallel N against 1."""
+    counts = parse_clients(clients)
+    supported = "--parallel" in serve_options()
+    if not supported:
+        click.echo("sia-edge: bench serve: this `sia-edge serve` has no --parallel; both servers serialise",
+                   err=True)
+    base = server_args(model, value_model, n_ctx, threads, gpu_layers)
+    rows = []
+    for slots in (1, parallel):
+        args = base + (["--parallel", str(slots)] if supported else [])
+        click.echo(f"sia-edge: bench serve: starting the server with --parallel {slots}", err=True)
+        with LiveServer(args) as server:
+            run_round(server.url, 1, 1, min(max_tokens, 4), ratio, seed)  # warm-up, not reported
+            for count in counts:
+                click.echo(f"sia-edge: bench serve: parallel {slots}, {count} clients x {per_client} requests",
+                           err=True)
+                row = run_round(server.url, count, per_client, max_tokens, ratio, seed)
+                rows.append({"parallel": slots, **row})
+                click.echo(f"sia-edge: bench serve:   {row['tokens_per_second']:.1f} tok/s, {row['errors']} errors",
+                           err=True)
+    single = {r["clients"]: r["tokens_per_second"] for r in rows if r["parallel"] == 1}
+    for row in rows:
+        row["vs_parallel_1"] = row["tokens_per_second"] / single[row["clients"]] if single[row["clients"]] else None
+    report = {"model": model, "max_tokens": max_tokens, "requests_per_client": per_client, "ratio": ratio,
+              "clients": counts, "parallel": [1, parallel], "parallel_supported": supported, "rows": rows}
+    if not as_json:
+        for row in rows:
+            row.pop("records")
+    click.echo(json.dumps(report, indent=1) if as_json else format_table(report))
+    if all(row["errors"] == row["requests"] for row in rows):
+        raise click.ClickException("every request failed (see the report)")
