@@ -37,6 +37,10 @@ def test_bench_serve_reports_every_client_count_for_both_servers(gemma_path):
                 assert 1 <= record["chunks"] <= record["tokens"] and len(record["gaps"]) == record["chunks"] - 1
         assert row["ttft_ms_p50"] is not None and row["itl_ms_p95"] is not None
         assert row["tokens_per_second"] > 0
+        if parallel == 1:  # one at a time: no batched steps
+            assert row["vm_calls_per_step"] is None
+        else:  # at ratio 0.2 most steps have no junction; merged, a step never needs more than one call per model
+            assert 0 < row["vm_calls_per_step"] <= 1
         assert row["vs_parallel_1"] == pytest.approx(row["tokens_per_second"] / rows[1, clients]["tokens_per_second"])
     assert "tok/s" not in proc.stdout  # JSON only on stdout; the progress went to stderr
     assert "parallel 1, 2 clients" in proc.stderr

@@ -201,6 +201,14 @@ def summarise_round(clients: int, records: list[dict], seconds: float) -> dict:
 # --- the command -------------------------------------------------------------------------------------------------
 
 
+def calls_per_step(before: dict, after: dict) -> float | None:
+    """Value-model calls per batched decoding step during a round (/health's counters of a scheduled server; None
+    for a one-at-a-time server, which has no batched steps)."""
+    rounds = (after.get("rounds") or 0) - (before.get("rounds") or 0)
+    calls = (after.get("value_model_calls") or 0) - (before.get("value_model_calls") or 0)
+    return calls / rounds if rounds > 0 else None
+
+
 def parse_clients(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
@@ -220,11 +228,12 @@ def format_table(report: dict) -> str:
              + ", ".join(f"--parallel {p}" if report["parallel_supported"] else "serialised (no --parallel)"
                          for p in report["parallel"]), "",
              "| clients | server | tok/s | x parallel 1 | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | "
-             "requests | errors | tokens |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "VM calls / step | requests | errors | tokens |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(report["rows"], key=lambda r: (r["clients"], r["parallel"])):
         lines.append(f"| {row['clients']} | parallel {row['parallel']} | {row['tokens_per_second']:.1f} | "
                      f"{f(row['vs_parallel_1'], '{:.2f}')} | {f(row['ttft_ms_p50'])} | {f(row['ttft_ms_p95'])} | "
-                     f"{f(row['itl_ms_p50'])} | {f(row['itl_ms_p95'])} | {row['requests']} | {row['errors']} | "
+                     f"{f(row['itl_ms_p50'])} | {f(row['itl_ms_p95'])} | {f(row.get('vm_calls_per_step'), '{:.2f}')} | "
+                     f"{row['requests']} | {row['errors']} | "
                      f"{row['tokens']} |")
     return "\n".join(lines)
 
@@ -246,6 +255,8 @@ def format_table(report: dict) -> str:
 def bench_serve_command(model, value_model, n_ctx, threads, gpu_layers, clients, parallel, per_client, max_tokens,
                         ratio, seed, as_json):
     """Tokens/s and latency of a live `sia-edge serve` under concurrent clients, --parallel N against 1."""
+    import httpx
+
     counts = parse_clients(clients)
     supported = "--parallel" in serve_options()
     if not supported:
@@ -261,7 +272,9 @@ def bench_serve_command(model, value_model, n_ctx, threads, gpu_layers, clients,
             for count in counts:
                 click.echo(f"sia-edge: bench serve: parallel {slots}, {count} clients x {per_client} requests",
                            err=True)
+                before = httpx.get(server.url + "/health", timeout=30).json()
                 row = run_round(server.url, count, per_client, max_tokens, ratio, seed)
+                row["vm_calls_per_step"] = calls_per_step(before, httpx.get(server.url + "/health", timeout=30).json())
                 rows.append({"parallel": slots, **row})
                 click.echo(f"sia-edge: bench serve:   {row['tokens_per_second']:.1f} tok/s, {row['errors']} errors",
                            err=True)
