@@ -66,11 +66,15 @@ def shared_prompts(a: dict[int, float], b: dict[int, float]) -> list[int]:
 
 
 def arm_rows(runs, none: list[dict], reference: str) -> list[dict]:
-    ref_arm, _, ref_run = reference.partition("@w")
-    ref_samples = runs[f"w{ref_run}"][ref_arm] if ref_run else None
-    ref_gain = paired_differences(ref_samples, none, "judge") if ref_samples else {}
+    """One row per (run, arm). `reference` is ARM@LABEL (e.g. dense@w1), or 'own': each run's own dense arm."""
     rows = []
     for label, by_arm in runs.items():
+        if reference == "own":
+            ref_samples = by_arm.get("dense")
+        else:
+            ref_arm, _, ref_run = reference.rpartition("@")
+            ref_samples = runs.get(ref_run, {}).get(ref_arm)
+        ref_gain = paired_differences(ref_samples, none, "judge") if ref_samples else {}
         for arm, samples in by_arm.items():
             if arm == "none":
                 continue
@@ -151,7 +155,8 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, help="LABEL=EVAL_DIR (label e.g. w2); repeat")
     parser.add_argument("--none-from", default=None, help="EVAL_DIR whose none arm every run uses "
                                                          "[default: the first run that has one]")
-    parser.add_argument("--reference", default="dense@w1", help="ARM@LABEL whose gain the shares divide by")
+    parser.add_argument("--reference", default="dense@w1", help="ARM@LABEL whose gain the shares divide by, or "
+                                                                "'own': each run's own dense arm")
     parser.add_argument("--budget", type=float, default=0.03, help="log-perplexity budget drawn on the plot")
     parser.add_argument("--plot", default=None, help="PNG path for judge gain against perplexity shift")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the numbers here")
