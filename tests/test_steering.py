@@ -76,8 +76,9 @@ def test_invalid_settings_name_the_argument(changes, message):
 
 
 def test_describe_names_the_pipeline():
-    line = GenerationSettings(tau=1.7).describe()
-    assert line == "logits -> top-k(10) -> entropy -> entropy-gate(tau=1.7) -> value(w=1) -> sample(T=1)"
+    line = GenerationSettings(tau=1.7).describe()  # the entropy gate's own default w (gate.SPARSE_WEIGHT)
+    assert line == "logits -> top-k(10) -> entropy -> entropy-gate(tau=1.7) -> value(w=4) -> sample(T=1)"
+    assert "value(w=1)" in GenerationSettings(gate="dense").describe()
 
 
 def test_utf8_stream_holds_split_multibyte_characters():
