@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path", default=None, help="also write the numbers here")
     parser.add_argument("--limit", type=int, default=None, help="only the prompts with index < N (the prompts "
                                                                  "every run has, for like-for-like shares)")
+    parser.add_argument("--min-prompts", type=int, default=20, help="leave out arms and contrasts with fewer "
+                                                                      "prompts (a run cut short)")
     args = parser.parse_args()
     runs = load_runs(args.run, args.limit)
     if args.none_from:
@@ -170,6 +172,8 @@ def main() -> None:
     else:
         none = next(by_arm["none"] for by_arm in runs.values() if "none" in by_arm)
     rows, pairs = arm_rows(runs, none, args.reference), contrasts(runs) + across_runs(runs)
+    rows = [r for r in rows if r["prompts"] >= args.min_prompts]  # an arm cut short is noise, not a point
+    pairs = [p for p in pairs if p["prompts"] >= args.min_prompts]
     print(markdown(rows, pairs, args.reference))
     if args.plot:
         plot(rows, Path(args.plot), args.budget)
