@@ -17,9 +17,11 @@ import numpy as np
 
 from .errors import InvalidSettingError
 
-# Calibrated on Gemma 3 270M base (sia_edge/models/calibration-*.json): with k=10, T=1 this threshold steers half
-# of the steps of unsteered text. Other models should calibrate: `sia-edge calibrate`, then `generate --ratio R`.
-DEFAULT_TAU = 1.67
+# Calibrated on Gemma 3 270M base (sia_edge/models/calibration-*.json): with k=10, T=1 this threshold steers 20% of
+# the steps of unsteered 64-token text (tau(0.2) = 2.021), the operating point the default weight was chosen at
+# (docs/results.md, "Weight, length and normalisation"; at 50% of the steps w = 8 made texts repeat as much as dense
+# at w = 4). Other models should calibrate: `sia-edge calibrate`, then `generate --ratio R`.
+DEFAULT_TAU = 2.02
 
 
 class Gate(Protocol):
