@@ -76,9 +76,7 @@ def continuation_metrics(torch, net, sequences, score_from, targets, prompt_ids)
 
 def _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metrics, within, mean, sd, n_train,
             n_holdout):
-    from .export import export_recurrent_value_model, export_value_model
-    from .network import IncrementalValueGraph
-    from .recurrent import RecurrentValueGraph
+    from .export import export_trained
 
     objective = objective_of(config, reward)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
@@ -109,14 +107,7 @@ def _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metric
     }
     if config.input == "tokens":  # a byte-level model reads any tokenizer and must not name one
         metadata.update({"tokenizer_fingerprint": tokenizer.fingerprint, "base_model": tokenizer.name})
-    table = None if row_of_token is None else torch.from_numpy(row_of_token)
-    if config.arch == "gru":
-        graph = RecurrentValueGraph(net, table)
-        export_recurrent_value_model(graph, config.out, metadata)
-    else:
-        graph = IncrementalValueGraph(net, table)
-        export_value_model(graph, net.state_size, config.out, metadata)
-    return graph
+    return export_trained(net, row_of_token, config.arch, config.out, metadata)
 
 
 def objective_of(config, reward) -> str:

@@ -154,3 +154,20 @@ def export_recurrent_value_model(graph, out: Path, metadata: dict[str, str]) -> 
     partial = out.with_name(out.name + ".partial")
     onnx.save(model, str(partial))
     os.replace(partial, out)
+
+
+def export_trained(net, row_of_token, arch: str, out: Path, metadata: dict[str, str]):
+    """Wrap a trained network in the contract's graph (the GRU's or the bag's) and write it; -> the graph.
+    `row_of_token` maps the base model's token ids to embedding rows (None: the network reads ids or bytes as
+    they are). Shared by `vm train` and `vm distill`."""
+    from .network import IncrementalValueGraph
+    from .recurrent import RecurrentValueGraph
+
+    table = None if row_of_token is None else torch.from_numpy(row_of_token)
+    if arch == "gru":
+        graph = RecurrentValueGraph(net, table)
+        export_recurrent_value_model(graph, out, metadata)
+    else:
+        graph = IncrementalValueGraph(net, table)
+        export_value_model(graph, net.state_size, out, metadata)
+    return graph

@@ -290,9 +290,7 @@ def prefix_logits(torch, net, sequences: list[np.ndarray], batch_size: int = 512
 
 
 def _export(torch, config, data, base, net, row_of_token, metrics, after_context, n_train, n_holdout):
-    from .export import export_recurrent_value_model, export_value_model
-    from .network import IncrementalValueGraph
-    from .recurrent import RecurrentValueGraph
+    from .export import export_trained
 
     objective = _objective(config)
     training = {
@@ -311,14 +309,7 @@ def _export(torch, config, data, base, net, row_of_token, metrics, after_context
     }
     if base is not None:
         metadata.update({"tokenizer_fingerprint": base.fingerprint, "base_model": base.name})
-    table = None if row_of_token is None else torch.from_numpy(row_of_token)
-    if config.arch == "gru":
-        graph = RecurrentValueGraph(net, table)
-        export_recurrent_value_model(graph, config.out, metadata)
-    else:
-        graph = IncrementalValueGraph(net, table)
-        export_value_model(graph, net.state_size, config.out, metadata)
-    return graph
+    return export_trained(net, row_of_token, config.arch, config.out, metadata)
 
 
 def _check_export_matches(torch, graph, path: Path, token_lists: list[list[int]]) -> None:
