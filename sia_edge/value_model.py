@@ -51,7 +51,7 @@ class PrefixState:
 
 
 class ValueModel:
-    """A loaded value model. Build once; `score_candidates` is the per-junction call."""
+    """A loaded value model. Build once; `score_junctions` is the per-junction call."""
 
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
         self.path = Path(path)
@@ -127,41 +127,16 @@ class ValueModel:
     def extend(self, prefix: PrefixState, tokens: list[int]) -> PrefixState:
         """Fold base-model `tokens` into the prefix state (one call, batch 1). Returns a new state; the old one is
         kept. A byte model folds their bytes; tokens without bytes (control tokens) leave the state as it was."""
-        return self.extend_many([prefix], [tokens])[0][0]
-
-    def extend_many(self, prefixes: list[PrefixState], token_lists: list[list[int]]) -> tuple[list[PrefixState],
-                                                                                                  list[bool]]:
-        """Fold each list of base-model tokens into its prefix, all rows padded into one call (none if no row has
-        anything to fold). -> the new prefixes, and which rows were folded (the others are returned as they were
-        but for their token count)."""
-        units = [self._units(tokens) for tokens in token_lists]
-        rows = [i for i, u in enumerate(units) if len(u)]
-        out = [PrefixState(p.vector, p.n_tokens + len(t)) for p, t in zip(prefixes, token_lists)]
-        if rows:
-            ids, mask = pad_sequences([units[i] for i in rows])
-            new_states, _ = self._run(np.stack([prefixes[i].vector for i in rows]), ids, mask)
-            for row, state in zip(rows, new_states):
-                out[row] = PrefixState(state, out[row].n_tokens)
-        return out, [bool(len(u)) for u in units]
+        units = self._units(tokens)
+        vector = self._fold([prefix.vector], [units])[0] if len(units) else prefix.vector
+        return PrefixState(vector, prefix.n_tokens + len(tokens))
 
     def score_candidates(self, prefix: PrefixState, candidate_ids: np.ndarray) -> np.ndarray:
         """Scores of the k one-token extensions of the prefix, in one batched call.  # (k,) float64
 
         A byte model gets k byte strings of different lengths, right-padded with the mask (a candidate without
         bytes, such as EOS, scores as the prefix itself)."""
-        return self.score_candidates_many([prefix], [candidate_ids])[0]
-
-    def score_candidates_many(self, prefixes: list[PrefixState], candidate_lists: list[np.ndarray]) -> list[np.ndarray]:
-        """Every prefix's candidates scored in one call (the rows of all prefixes stacked). -> (k_i,) float64 each"""
-        counts = [len(c) for c in candidate_lists]
-        states = np.repeat(np.stack([p.vector for p in prefixes]), counts, axis=0)
-        every = np.concatenate([np.asarray(c, dtype=np.int64) for c in candidate_lists])
-        if self.reads_bytes:
-            ids, mask = pad_sequences([self._units([c]) for c in every])
-        else:
-            ids, mask = every.reshape(-1, 1), np.ones((len(every), 1), dtype=np.float32)
-        _, scores = self._run(states, ids, mask)
-        return np.split(scores.astype(np.float64), np.cumsum(counts)[:-1])
+        return self.score_junctions([prefix], [[]], [candidate_ids])[0][0]
 
     def score_junctions(self, prefixes: list[PrefixState], token_lists: list[list[int]],
                         candidate_lists: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
@@ -175,9 +150,7 @@ class ValueModel:
         states = [prefix.vector for prefix in prefixes]
         long = [i for i, u in enumerate(units) if len(u) > FOLD_INLINE_MAX]
         if long:
-            ids, mask = pad_sequences([units[i] for i in long])
-            folded, _ = self._run(np.stack([states[i] for i in long]), ids, mask)
-            for i, state in zip(long, folded):
+            for i, state in zip(long, self._fold([states[i] for i in long], [units[i] for i in long])):
                 states[i], units[i] = state, units[i][:0]
         counts = [len(c) for c in candidate_lists]
         rows = [units[i] + self._units([c]) for i, cands in enumerate(candidate_lists) for c in cands]
@@ -186,6 +159,12 @@ class ValueModel:
         cuts = np.cumsum(counts)[:-1]
         return (np.split(scores.astype(np.float64), cuts), np.split(new_states, cuts),
                 [i in long for i in range(len(units))])
+
+    def _fold(self, vectors: list[np.ndarray], unit_lists: list) -> np.ndarray:
+        """States after reading each row's units (ids or bytes) from its state, all rows padded into one call."""
+        ids, mask = pad_sequences(unit_lists)
+        new_states, _ = self._run(np.stack(vectors), ids, mask)
+        return new_states
 
     def score_sequences(self, sequences: list[list[int]]) -> np.ndarray:
         """Scores of whole token sequences from the empty prefix (Best-of-N, evaluation).  # (n,) float64"""

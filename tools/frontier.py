@@ -55,10 +55,15 @@ def across_runs(runs) -> list[dict]:
                 firsts[arm] = (label, samples)
                 continue
             base_label, base = firsts[arm]
-            diff = paired_differences(samples, base, "judge")
-            out.append({"run": f"{label} - {base_label}", "contrast": arm, "prompts": len(diff),
-                        "judge": ci(diff.values()), "log_ppl": ci(paired_differences(samples, base, "log_ppl").values())})
+            out.append(contrast(f"{label} - {base_label}", arm, samples, base))
     return out
+
+
+def contrast(run: str, name: str, a: list[dict], b: list[dict]) -> dict:
+    """a - b, paired by prompt and seed: judge and log-perplexity, with CIs."""
+    diff = paired_differences(a, b, "judge")
+    return {"run": run, "contrast": name, "prompts": len(diff), "judge": ci(diff.values()),
+            "log_ppl": ci(paired_differences(a, b, "log_ppl").values())}
 
 
 def shared_prompts(a: dict[int, float], b: dict[int, float]) -> list[int]:
@@ -104,10 +109,7 @@ def contrasts(runs) -> list[dict]:
             ratio = arm.partition("@")[2]
             for other in (f"random@{ratio}", f"first-n@{ratio}"):
                 if other in by_arm:
-                    diff = paired_differences(by_arm[arm], by_arm[other], "judge")
-                    out.append({"run": label, "contrast": f"{arm} - {other}", "prompts": len(diff),
-                                "judge": ci(diff.values()),
-                                "log_ppl": ci(paired_differences(by_arm[arm], by_arm[other], "log_ppl").values())})
+                    out.append(contrast(label, f"{arm} - {other}", by_arm[arm], by_arm[other]))
     return out
 
 

@@ -181,8 +181,8 @@ def value_model_costs(engine, lengths=(32, 128, 512, 1024), new_tokens: int = 8)
         candidates = np.arange(100, 110)
         state = vm.extend(vm.empty_prefix(), prefix_tokens)
 
-        def carried():
-            vm.score_candidates(vm.extend(state, new), candidates)
+        def carried():  # the runtime's junction: the new tokens and each candidate in one call
+            vm.score_junctions([state], [new], [candidates])
 
         def from_scratch():  # what the reference implementation does: each candidate re-reads the whole prefix
             full = prefix_tokens + new
