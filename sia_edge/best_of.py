@@ -64,6 +64,19 @@ def scored_tokens(engine, prompt_tokens: list[int], result) -> list[int]:
                               engine.base.bos_id)
 
 
+def final_values(engine, scorer, prompt_tokens: list[int], results) -> list[float]:
+    """The value model's score of each finished sample, in at most one call. A hidden-state model's score comes with
+    the result (read from the decode: the hidden state before the last token) unless a stop string trimmed the text."""
+    scored = [scored_tokens(engine, prompt_tokens, r) for r in results]
+    values = [r.value if r.value is not None and s == value_model_tokens(prompt_tokens, r.token_ids, engine.base.bos_id)
+              else None for r, s in zip(results, scored)]
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        for i, value in zip(missing, scorer.score_sequences([scored[i] for i in missing])):
+            values[i] = value
+    return [float(v) for v in values]
+
+
 def best_of(engine, prompt: str | list[int], n: int, settings: GenerationSettings | None = None,
             cancel=None, value_model=None) -> BestOfResult:
     """N generations with seeds seed+i; the best is the argmax of the value model's score of each full text.
@@ -83,8 +96,7 @@ def best_of(engine, prompt: str | list[int], n: int, settings: GenerationSetting
                                    batch_size=min(n, MAX_BATCH), cancel=cancel, value_model=value_model)
     results = [output.result for output in sorted(outputs, key=lambda output: output.index)]
     prompt_tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    scores = scorer.score_sequences([scored_tokens(engine, prompt_tokens, r) for r in results])
-    scores = [float(s) for s in scores]
+    scores = final_values(engine, scorer, prompt_tokens, results)
     best = max(range(len(scores)), key=scores.__getitem__)
     return BestOfResult(results, scores, best, sum(r.stats.tokens for r in results),
                         scorer.calls - calls_before, time.perf_counter() - start, seed)

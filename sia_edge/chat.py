@@ -228,7 +228,7 @@ class ChatSession:
         if settings.seed is not None:
             settings = settings.with_(seed=(settings.seed + self.turns) % 2**63)
         reused = min(common_prefix(self.base.tokens, prompt), len(prompt) - 1)
-        stream = self.engine.stream(prompt, settings, cancel=cancel)
+        stream = self.engine.stream(prompt, settings, cancel=cancel, reuse_prefix=True)
         trim = Trimmed()
         for event in stream:
             piece = trim.push(event.text)

@@ -133,7 +133,7 @@ def generate(prompt, model, value_model, n_ctx, threads, gpu_layers, stream, as_
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(model, value_model, n_ctx, threads, gpu_layers, as_json):
-    """Show the base model, its tokenizer fingerprint and the value model that would be used."""
+    """Show the base model, its tokenizer and weights fingerprints and the value model that would be used."""
     from .base_model import gpu_offload_supported
 
     engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True, gpu_layers=gpu_layers)
@@ -143,6 +143,8 @@ def info(model, value_model, n_ctx, threads, gpu_layers, as_json):
         "n_vocab": engine.base.n_vocab,
         "n_ctx": engine.base.n_ctx,
         "tokenizer_fingerprint": engine.fingerprint,
+        "weights_fingerprint": engine.weights,  # what a hidden-state value model (contract 3) must name
+        "hidden_size": engine.base.n_embd,
         "chat_template": engine.base.chat_template is not None,
         "value_model": str(engine.value_model.path) if engine.value_model else None,
         "value_model_description": engine.value_model.description if engine.value_model else None,

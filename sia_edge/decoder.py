@@ -79,6 +79,9 @@ class GenerationResult:
     settings: dict = field(default_factory=dict)
     pipeline: str = ""
     value_model: str | None = None  # file name of the value model that steered, if one did
+    # a hidden-state value model's score of prompt + token_ids (its last token after the state before it), read
+    # from the decode itself; None for the other kinds (score the text with ValueModel.score_sequences)
+    value: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -102,7 +105,9 @@ class Base(Protocol):
     bos_id: int
     decode_seconds: float
 
-    def prefill(self, tokens: list[int]) -> None: ...
+    def prefill(self, tokens: list[int], reuse: bool = False, hidden: bool = False) -> None: ...
+
+    def hidden(self) -> np.ndarray: ...
 
     def step(self, token: int) -> None: ...
 
@@ -121,10 +126,12 @@ class Decoding:
     """
 
     def __init__(self, base: Base, value_model, prompt_tokens: list[int], settings: GenerationSettings, seed: int,
-                 cancel: Callable[[], bool] | None = None, log_probs: bool = False) -> None:
+                 cancel: Callable[[], bool] | None = None, log_probs: bool = False, reuse: bool = False) -> None:
         """`log_probs` fills TokenEvent.log_prob (one log-sum-exp over the vocabulary per step, ~0.3 ms for
-        Gemma, so it is off unless asked)."""
+        Gemma, so it is off unless asked). `reuse`: keep the prompt prefix already in the base model's KV cache
+        (chat turns); without it every generation prefills from an empty cache, so a seed replays exactly."""
         self.base = base
+        self.reuse = reuse
         self.log_probs = log_probs
         self.value_model = value_model
         self.prompt_tokens = prompt_tokens
@@ -155,12 +162,18 @@ class Decoding:
         s = self.settings
         self.stats = stats = GenerationStats(prompt_tokens=len(self.prompt_tokens), seed=self.seed)
         start, base_before = time.perf_counter(), self.base.decode_seconds
-        self.base.prefill(self.prompt_tokens)
+        steering = s.steers and self.value_model is not None
+        # a hidden-state value model reads the decode even unsteered: the final text's value comes from it
+        reads_hidden = self.value_model is not None and getattr(self.value_model, "reads_hidden", False)
+        self._last = None  # (hidden state before the last kept token, that token)
+        self.base.prefill(self.prompt_tokens, reuse=self.reuse, hidden=reads_hidden)
         stats.prefill_seconds = time.perf_counter() - start
         gate, rng = s.build_gate(), np.random.default_rng(self.seed)
         gate.reset(self.seed)
-        self._view = ValueView(self.value_model, self.prompt_tokens, self.base.bos_id) if (
-            s.steers and self.value_model is not None) else None
+        self._view = None
+        if steering:
+            self._view = (HiddenView(self.value_model, self.base) if reads_hidden
+                          else ValueView(self.value_model, self.prompt_tokens, self.base.bos_id))
         utf8, stops = Utf8Stream(), StopMatcher(s.stop)
         scratch = np.empty(self.base.n_vocab, dtype=bool)  # the top-k pre-filter's mask, reused every step
         generated: list[int] = []
@@ -176,6 +189,8 @@ class Decoding:
                     stop_reason = "eos"
                 else:
                     generated.append(event.token_id)
+                    if reads_hidden:
+                        self._last = (np.array(self.base.hidden()), event.token_id)  # before the next decode
                     event.text, hit = stops.push(utf8.push(self.base.token_bytes(event.token_id)))
                     stop_reason = "stop" if hit else self._advance(index, event.token_id)
                 event.seconds = time.perf_counter() - t0
@@ -188,9 +203,16 @@ class Decoding:
         stats.total_seconds = time.perf_counter() - start
         stats.base_model_seconds = self.base.decode_seconds - base_before
         steered_by = self.value_model.path.name if self._view is not None else None
-        self.result = GenerationResult(text, stop_reason, stats, generated, s.as_dict(), s.describe(), steered_by)
+        self.result = GenerationResult(text, stop_reason, stats, generated, s.as_dict(), s.describe(), steered_by,
+                                       self._final_value())
         if stops.tail:  # text held back for a possible stop string that never completed
             yield TokenEvent(len(generated), -1, stops.tail, 0.0, False)
+
+    def _final_value(self) -> float | None:
+        if self._last is None:
+            return None
+        hidden, token = self._last
+        return float(self.value_model.score_hidden(hidden[None, :], [np.array([token])])[0][0])
 
     def _step(self, index: int, gate, rng, scratch) -> Generator[Junction, np.ndarray, TokenEvent]:
         """Read the logits, gate, steer if a junction, choose: the event of one step, its text still empty. At a
@@ -206,7 +228,7 @@ class Decoding:
         t1 = time.perf_counter()
         rewards = None
         if junction and self._view is not None:
-            request = Junction(self._view, step.candidate_ids)
+            request = Junction(self._view, step.candidate_ids, self._view.hidden())
             rewards = yield request
             stats.value_model_calls += request.calls
             stats.value_model_seconds += request.seconds
@@ -236,6 +258,21 @@ class Decoding:
         return "length"
 
 
+class HiddenView:
+    """What a hidden-state value model (contract 3) sees of a generation: the base model's hidden state after the
+    text so far. Stateless: nothing to fold or carry between junctions."""
+
+    def __init__(self, value_model, base) -> None:
+        self.value_model = value_model
+        self.base = base
+
+    def hidden(self) -> np.ndarray:
+        return np.array(self.base.hidden(), dtype=np.float32)  # a copy: the view dies with the next decode
+
+    def append(self, token: int) -> None:
+        pass
+
+
 class ValueView:
     """The text the value model sees for one generation, folded into its state lazily: only at junctions.
 
@@ -248,6 +285,9 @@ class ValueView:
         self.prefix = value_model.empty_prefix()
         self.unscored = value_model_tokens(prompt_tokens, (), bos_id)
         self._after: tuple[np.ndarray, np.ndarray] | None = None  # (candidate ids, state after each)
+
+    def hidden(self) -> None:
+        return None  # this kind of value model reads the text, not the base model's state
 
     def scored(self, candidate_ids: np.ndarray, states: np.ndarray) -> None:
         """A junction was scored: the next token appended is one of these candidates, with these states."""
@@ -269,8 +309,9 @@ class Junction:
     """A step waiting for the value model's scores of its k candidates. Whoever scores it (alone, or merged with
     other requests' junctions by `score_junctions`) fills in the value-model calls and seconds charged to it."""
 
-    view: ValueView
+    view: ValueView | HiddenView
     candidate_ids: np.ndarray
+    hidden: np.ndarray | None = None  # the base model's hidden state here, for a hidden-state value model
     calls: int = 0  # value-model calls this junction needed on its own: one, two with a long fold first
     seconds: float = 0.0  # its share of the value-model time
 
@@ -283,6 +324,11 @@ def score_junctions(junctions: list[Junction]) -> list[np.ndarray]:
     long stretch of new text to fold first). -> each junction's rewards (k,)"""
     vm = junctions[0].view.value_model
     seconds_before = vm.seconds
+    if getattr(vm, "reads_hidden", False):  # stateless: one call, nothing to carry
+        rewards = vm.score_hidden(np.stack([j.hidden for j in junctions]), [j.candidate_ids for j in junctions])
+        for junction in junctions:
+            junction.calls, junction.seconds = 1, (vm.seconds - seconds_before) / len(junctions)
+        return rewards
     views = [j.view for j in junctions]
     rewards, states, folded = vm.score_junctions([v.prefix for v in views], [v.unscored for v in views],
                                                  [j.candidate_ids for j in junctions])

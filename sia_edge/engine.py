@@ -11,7 +11,7 @@ from .base_model import DEFAULT_CONTEXT, BaseModel
 from .batch import DEFAULT_BATCH_SIZE, BatchOutput, BatchRequest, run_batched
 from .decoder import Decoding, GenerationResult, TokenEvent
 from .errors import InvalidSettingError, PromptError, QueueTimeoutError, ValueModelError
-from .models import cached_fingerprint, choose_value_model, resolve_base_model
+from .models import cached_fingerprint, choose_value_model, resolve_base_model, weights_fingerprint
 from .scheduler import Request, Scheduler, read_events
 from .settings import GenerationSettings
 
@@ -53,6 +53,8 @@ class Engine:
             raise InvalidSettingError(f"parallel must be >= 1, got {parallel}")
         self.base = BaseModel(resolve_base_model(model), n_ctx=n_ctx, n_threads=threads, gpu_layers=gpu_layers)
         self.fingerprint = cached_fingerprint(self.base.path, lambda: self.base.fingerprint)
+        # which hidden-state value models serve this model (a hash of the file: ~1 s once, then cached)
+        self.weights = weights_fingerprint(self.base.path) if use_value_model else None
         self.value_threads = value_threads
         self._loaded: dict[str, object] = {}  # value models by resolved path: objectives switched to stay loaded
         self.value_model = None
@@ -86,17 +88,21 @@ class Engine:
         return self.value_model_reason
 
     def _load_value_model(self, spec, required: bool):
-        choice = choose_value_model(spec, self.fingerprint)
+        choice = choose_value_model(spec, self.fingerprint, self.weights)
         if choice.path is None:
             if required:
                 raise ValueModelError(f"no value model for {spec!r}: {choice.reason}")
             return None, choice.reason
         key = str(choice.path.resolve())
         if key not in self._loaded:
-            from .value_model import ValueModel
+            from .value_model import open_value_model
 
-            model = ValueModel(choice.path, threads=self.value_threads)
-            model.bind(self.fingerprint, self.base.name, self.base.token_bytes, self.base.n_vocab)
+            model = open_value_model(choice.path, threads=self.value_threads)
+            if model.reads_hidden:
+                model.bind(self.weights or weights_fingerprint(self.base.path), self.base.name, self.base.n_embd,
+                           self.base.n_vocab, texts=self.base.hidden_states)
+            else:
+                model.bind(self.fingerprint, self.base.name, self.base.token_bytes, self.base.n_vocab)
             self._loaded[key] = model
         return self._loaded[key], choice.reason
 
@@ -113,11 +119,14 @@ class Engine:
 
     def stream(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,
                log_probs: bool = False, value_model: str | os.PathLike | None = None,
-               queue_timeout: float | None = None, **overrides) -> "Stream":
+               queue_timeout: float | None = None, reuse_prefix: bool = False, **overrides) -> "Stream":
         """Iterate the returned Stream for TokenEvents; its `.result` is the GenerationResult afterwards.
         `log_probs=True` fills each event's `log_prob` (the unsteered base model's log-probability of the token);
         `value_model` (an objective name or ONNX file) steers this generation toward another objective;
-        `queue_timeout`: seconds to wait for a free slot before QueueTimeoutError [default: wait]."""
+        `queue_timeout`: seconds to wait for a free slot before QueueTimeoutError [default: wait];
+        `reuse_prefix` (parallel=1): decode only what the KV cache does not already hold of the prompt, as chat turns
+        do. The first logits then differ in the last digits from a fresh prefill's, so a seed replays exactly only
+        without it (the default)."""
         if queue_timeout is not None and not queue_timeout >= 0:
             raise InvalidSettingError(f"queue_timeout must be >= 0 seconds, got {queue_timeout}")
         chosen = self.settings(settings, **overrides)
@@ -128,7 +137,8 @@ class Engine:
         if self._scheduler is not None:
             request = Request(tokens, chosen, seed, scorer, _as_callable(cancel) or (lambda: False), log_probs)
             return Stream(self, seed, request=request, queue_timeout=queue_timeout)
-        decoding = Decoding(self.base, scorer, tokens, chosen, seed, _as_callable(cancel), log_probs)
+        decoding = Decoding(self.base, scorer, tokens, chosen, seed, _as_callable(cancel), log_probs,
+                            reuse=reuse_prefix)
         return Stream(self, seed, decoding=decoding, queue_timeout=queue_timeout)
 
     def generate(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,

@@ -17,6 +17,10 @@ DEFAULT_BASE_MODEL_NAME = "Gemma 3 270M base (Q4_K_M)"
 
 GEMMA_TOKENIZER = "df22d6d7457320447ac268372307fa0f839d1153575136a297ad7397f812b12e"
 SMOLLM2_TOKENIZER = "07e8a0c9f549cc8d2fc1807d51b33ba9f9ad696cf50c64fe613f731e94da8378"
+# weights_fingerprint() of the two GGUFs that ship in packages (Gemma's as assembled from its chunk packages)
+GEMMA_WEIGHTS = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+SMOLLM2_WEIGHTS = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+WEIGHTS_NAMES = {GEMMA_WEIGHTS: "Gemma 3 270M Q4_K_M", SMOLLM2_WEIGHTS: "SmolLM2-135M Q4_1"}
 
 
 @dataclass(frozen=True)
@@ -25,15 +29,27 @@ class ShippedValueModel:
 
     file: str
     objective: str  # the name `--value-model NAME` picks it by
-    input: str  # tokens | bytes
+    input: str  # hidden | tokens | bytes
     tokenizer: str | None = None  # token-level: the fingerprint of the tokenizer it reads; bytes: any
+    weights: str | None = None  # hidden: the fingerprint of the base model weights whose states it reads
 
-    def serves(self, fingerprint: str) -> bool:
+    def serves(self, fingerprint: str, weights: str | None = None) -> bool:
+        if self.input == "hidden":
+            return self.weights is not None and self.weights == weights
         return self.tokenizer is None or self.tokenizer == fingerprint
 
+    @property
+    def rank(self) -> int:
+        """Which kind wins for an objective: a model of these exact weights, then of this tokenizer, then bytes."""
+        return {"hidden": 0, "tokens": 1, "bytes": 2}[self.input]
 
-# For each objective the token-level model of a tokenizer wins over the byte-level one, which serves every GGUF.
+
+# For each objective a hidden-state model of these exact weights wins, then the token-level model of the tokenizer,
+# then the byte-level one, which serves every GGUF (ShippedValueModel.rank).
 SHIPPED = (
+    ShippedValueModel("gemma3-270m-hidden-sentiment.onnx", "sentiment", "hidden", GEMMA_TOKENIZER, GEMMA_WEIGHTS),
+    ShippedValueModel("smollm2-135m-hidden-sentiment.onnx", "sentiment", "hidden", SMOLLM2_TOKENIZER,
+                      SMOLLM2_WEIGHTS),
     ShippedValueModel("gemma3-270m-sentiment.onnx", "sentiment", "tokens", GEMMA_TOKENIZER),
     ShippedValueModel("smollm2-135m-sentiment.onnx", "sentiment", "tokens", SMOLLM2_TOKENIZER),
     ShippedValueModel("byte-sentiment.onnx", "sentiment", "bytes"),
@@ -41,7 +57,8 @@ SHIPPED = (
 )
 DEFAULT_OBJECTIVE = "sentiment"
 OBJECTIVES = tuple(dict.fromkeys(m.objective for m in SHIPPED))
-SHIPPED_VALUE_MODELS = {m.tokenizer: m.file for m in SHIPPED if m.objective == DEFAULT_OBJECTIVE and m.tokenizer}
+SHIPPED_VALUE_MODELS = {m.tokenizer: m.file for m in SHIPPED
+                        if m.objective == DEFAULT_OBJECTIVE and m.input == "tokens"}
 SHIPPED_BYTE_VALUE_MODEL = next(m.file for m in SHIPPED if m.objective == DEFAULT_OBJECTIVE and m.input == "bytes")
 
 
@@ -95,10 +112,12 @@ def shipped_byte_value_model() -> Path:
     return shipped_value_model_dir() / SHIPPED_BYTE_VALUE_MODEL
 
 
-def choose_value_model(spec: str | os.PathLike | None, base_fingerprint: str) -> ValueModelChoice:
+def choose_value_model(spec: str | os.PathLike | None, base_fingerprint: str,
+                       weights: str | None = None) -> ValueModelChoice:
     """The ONNX value model and the reason. `spec` is a file, or an objective name (`sentiment`, `clean`); without
-    one, $SIA_EDGE_VALUE_MODEL, else the default objective. For an objective: the token-level model shipped for this
-    tokenizer, else the shipped byte-level model of that objective (any tokenizer).
+    one, $SIA_EDGE_VALUE_MODEL, else the default objective. For an objective: the hidden-state model shipped for these
+    exact base-model `weights` (models.weights_fingerprint), else the token-level model shipped for this tokenizer,
+    else the shipped byte-level model of that objective (any tokenizer).
 
     The path is None only when nothing was asked for and nothing shipped serves this base model.
     """
@@ -113,12 +132,15 @@ def choose_value_model(spec: str | os.PathLike | None, base_fingerprint: str) ->
             return ValueModelChoice(_existing(spec), how)
         raise ValueModelError(f"unknown value model {str(spec)!r}: give an ONNX file or an objective, one of "
                               f"{', '.join(OBJECTIVES)} (`sia-edge vm list` shows them)")
-    found = [m for m in SHIPPED if m.objective == str(spec) and m.serves(base_fingerprint)
+    found = [m for m in SHIPPED if m.objective == str(spec) and m.serves(base_fingerprint, weights)
              and (shipped_value_model_dir() / m.file).is_file()]
-    found.sort(key=lambda m: m.input != "tokens")  # a model of this very tokenizer first
+    found.sort(key=lambda m: m.rank)
     if found:
-        kind = ("token-level model for this tokenizer" if found[0].input == "tokens"
-                else f"byte-level model: no token-level one ships for tokenizer {base_fingerprint[:16]}")
+        kind = {"hidden": "hidden-state model for these exact weights",
+                "tokens": "token-level model for this tokenizer"
+                          + ("" if weights is None else f" (no hidden-state one ships for weights {weights[:16]})"),
+                "bytes": f"byte-level model: no token-level one ships for tokenizer {base_fingerprint[:16]}"}[
+            found[0].input]
         return ValueModelChoice(shipped_value_model_dir() / found[0].file, f"objective {spec} ({how}): shipped {kind}")
     if how == "the default objective":
         return ValueModelChoice(None, f"none: no {spec} value model ships for tokenizer {base_fingerprint[:16]}")
@@ -138,10 +160,14 @@ def list_value_models() -> list[dict]:
     for model in SHIPPED:
         path = shipped_value_model_dir() / model.file
         if path.is_file():
+            if model.input == "hidden":
+                served = f"{WEIGHTS_NAMES.get(model.weights, 'weights')} {model.weights[:8]} only"
+            elif model.tokenizer is None:
+                served = "any GGUF"
+            else:
+                served = serves.get(model.tokenizer, model.tokenizer[:16])
             rows.append({"name": model.objective, "file": str(path), "input": model.input, "bytes": path.stat().st_size,
-                         "serves": "any GGUF" if model.tokenizer is None else serves.get(model.tokenizer,
-                                                                                        model.tokenizer[:16]),
-                         "where": "shipped"})
+                         "serves": served, "where": "shipped"})
     folder = cache_dir() / "value-models"
     for path in sorted(folder.glob("*.onnx")) if folder.is_dir() else []:
         rows.append({"name": path.stem, "file": str(path), "input": None, "bytes": path.stat().st_size,
@@ -161,11 +187,27 @@ def _existing(chosen: str | os.PathLike) -> Path:
     return chosen
 
 
-def cached_fingerprint(path: Path, compute) -> str:
+def weights_fingerprint(path: str | os.PathLike) -> str:
+    """The fingerprint of a GGUF's weights: sha256 of the whole file (models/README.md), remembered per (file, size,
+    mtime): hashing Gemma's 253 MB takes about a second. Two fine-tunes (or quantisations) that share a tokenizer
+    get different fingerprints, as their hidden spaces differ."""
+    import hashlib
+
+    def digest() -> str:
+        sha = hashlib.sha256()
+        with Path(path).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                sha.update(block)
+        return sha.hexdigest()
+
+    return cached_fingerprint(Path(path), digest, store_name="weights-fingerprints.json")
+
+
+def cached_fingerprint(path: Path, compute, store_name: str = "fingerprints.json") -> str:
     """A base model's tokenizer fingerprint, remembered per (file, size, mtime): computing it takes ~1 s."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    store = cache_dir() / "fingerprints.json"
+    store = cache_dir() / store_name
     try:
         known = json.loads(store.read_text())
     except (OSError, ValueError):

@@ -31,8 +31,9 @@ import numpy as np
 
 from .errors import TokenizerMismatchError, ValueModelError
 
-CONTRACT_VERSION = "2"  # what `sia-edge vm train` writes
-CONTRACT_VERSIONS = ("1", "2")  # what the runtime reads: 1 = token ids only; 2 adds `sia_edge.input`
+CONTRACT_VERSION = "2"  # what `sia-edge vm train` writes for tokens and bytes
+CONTRACT_VERSIONS = ("1", "2")  # what ValueModel reads: 1 = token ids only; 2 adds `sia_edge.input`
+HIDDEN_CONTRACT = "3"  # HiddenValueModel: `sia_edge.input = hidden`, scores candidates from the base model's state
 INPUT_KINDS = ("tokens", "bytes")
 META_PREFIX = "sia_edge."
 _INPUTS = {"state": "tensor(float)", "tokens": "tensor(int64)", "mask": "tensor(float)"}
@@ -53,12 +54,16 @@ class PrefixState:
 class ValueModel:
     """A loaded value model. Build once; `score_junctions` is the per-junction call."""
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+    reads_hidden = False
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1, session=None) -> None:
         self.path = Path(path)
-        self.session = _open_session(self.path, threads)
+        self.session = session or _open_session(self.path, threads)
+        self.metadata = _metadata(self.session)
+        if self.metadata.get("input") == "hidden":
+            raise ValueModelError(f"{self.path} reads the base model's hidden state (contract 3): load it with "
+                                  f"open_value_model()")
         self._check_signature()
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
         contract = self.metadata.get("contract")
         if contract not in CONTRACT_VERSIONS:
             raise ValueModelError(
@@ -251,6 +256,141 @@ class ValueModel:
         state_shape = _by_name(self.session.get_inputs(), "state").shape
         if len(state_shape) != 2 or not isinstance(state_shape[1], int):
             raise ValueModelError(f"{self.path}: input 'state' must have a fixed size S, got shape {state_shape}")
+
+
+def open_value_model(path: str | os.PathLike, threads: int = 1) -> "ValueModel | HiddenValueModel":
+    """Load any value model: contract 1 or 2 (tokens, bytes: ValueModel) or 3 (hidden states: HiddenValueModel)."""
+    session = _open_session(Path(path), threads)
+    if _metadata(session).get("input") == "hidden":
+        return HiddenValueModel(path, session=session)
+    return ValueModel(path, session=session)
+
+
+_HIDDEN_INPUTS = {"hidden": "tensor(float)", "candidates": "tensor(int64)"}
+_HIDDEN_OUTPUTS = {"scores": "tensor(float)"}
+
+
+class HiddenValueModel:
+    """Contract 3: a head on the base model's own last-layer hidden state (models/README.md).
+
+        inputs   hidden     float32 [batch, d]  the base model's hidden state after the text so far
+                 candidates int64   [batch, k]  token ids
+        output   scores     float32 [batch, k]  value of the text with candidate j appended (a logit)
+
+    Stateless, so a junction is one call whatever the length of the text, and junctions of several generations
+    stack into one call. It serves only the base model whose weights it was trained on: its metadata names their
+    fingerprint (models.weights_fingerprint), checked by `bind`.
+    """
+
+    reads_hidden = True
+    reads_bytes = False
+    input = "hidden"
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1, session=None) -> None:
+        self.path = Path(path)
+        self.session = session or _open_session(self.path, threads)
+        self.metadata = _metadata(self.session)
+        if self.metadata.get("contract") != HIDDEN_CONTRACT or self.metadata.get("input") != "hidden":
+            raise ValueModelError(f"{self.path}: a hidden-state value model needs metadata 'sia_edge.contract' = 3 "
+                                  f"and 'sia_edge.input' = hidden, got {self.metadata.get('contract')!r} and "
+                                  f"{self.metadata.get('input')!r}")
+        self._check_signature()
+        self.weights = self.metadata.get("weights_fingerprint", "")
+        self.fingerprint = self.metadata.get("tokenizer_fingerprint", "")
+        if not self.weights:
+            raise ValueModelError(f"{self.path}: metadata 'sia_edge.weights_fingerprint' is missing (a hidden-state "
+                                  f"model must name the base model whose states it reads)")
+        graph_size = _by_name(self.session.get_inputs(), "hidden").shape[1]
+        try:
+            self.hidden_size = int(self.metadata.get("hidden_size", ""))
+        except ValueError:
+            raise ValueModelError(f"{self.path}: metadata 'sia_edge.hidden_size' must be an integer, got "
+                                  f"{self.metadata.get('hidden_size')!r}") from None
+        if graph_size != self.hidden_size:
+            raise ValueModelError(f"{self.path}: metadata says hidden_size {self.hidden_size} but the graph's "
+                                  f"'hidden' input has {graph_size} columns")
+        self.calls = 0
+        self.seconds = 0.0
+        self._texts = None  # the bound base model's HiddenStates, for scoring whole texts
+
+    @property
+    def description(self) -> str:
+        return self.metadata.get("description", self.path.name)
+
+    def bind(self, weights_fingerprint: str, base_name: str, hidden_size: int, n_vocab: int, texts=None) -> None:
+        """Attach to a base model: refuse one with other weights or another hidden size, then probe the graph on
+        this vocabulary's largest id. `texts` (BaseModel.hidden_states, called on first use) lets `score_sequences` read
+        whole texts."""
+        if weights_fingerprint != self.weights:
+            raise TokenizerMismatchError(
+                f"value model {self.path.name} reads the hidden states of base model weights "
+                f"{self.weights[:16]} but {base_name} has weights {weights_fingerprint[:16]}; train one for this "
+                f"model with `sia-edge vm train --input hidden --model {base_name}` (or `vm distill --input hidden`)")
+        if hidden_size != self.hidden_size:
+            raise TokenizerMismatchError(f"value model {self.path.name} reads hidden states of size "
+                                         f"{self.hidden_size} but {base_name} has {hidden_size}")
+        try:
+            scores = self._run(np.zeros((1, hidden_size), np.float32), np.array([[0, n_vocab - 1]], np.int64))
+        except Exception as exc:
+            raise ValueModelError(f"{self.path}: its graph fails on token id {n_vocab - 1} of this vocabulary: "
+                                  f"{str(exc).splitlines()[0]}") from exc
+        finally:
+            self.calls, self.seconds = 0, 0.0
+        if scores.shape != (1, 2) or not np.isfinite(scores).all():
+            raise ValueModelError(f"{self.path}: scores of shape {scores.shape} (or not finite) for 1 x 2 "
+                                  f"candidates; the contract wants [batch, k]")
+        self._texts = texts
+
+    def score_hidden(self, hidden: np.ndarray, candidate_lists: list[np.ndarray]) -> list[np.ndarray]:
+        """Scores of each row's candidates from its hidden state, in one call. -> [(k_i,) float64]"""
+        counts = [len(c) for c in candidate_lists]
+        width = max(counts)
+        candidates = np.zeros((len(counts), width), dtype=np.int64)
+        for row, ids in enumerate(candidate_lists):  # ragged rows repeat their last id; the extra scores are dropped
+            candidates[row, :len(ids)] = ids
+            candidates[row, len(ids):] = ids[-1] if len(ids) else 0
+        scores = self._run(np.ascontiguousarray(hidden, dtype=np.float32), candidates).astype(np.float64)
+        return [scores[row, :n] for row, n in enumerate(counts)]
+
+    def score_sequences(self, sequences: list[list[int]]) -> np.ndarray:
+        """The value of whole texts (value_model_tokens: no BOS), defined as at a junction: the score of the last
+        token as a candidate after the hidden state of the text before it (BOS first, as the base model reads
+        it).  # (n,) float64"""
+        if self._texts is None:
+            raise ValueModelError(f"hidden-state value model {self.path.name} is not bound to a base model; scoring "
+                                  f"text needs the base model's hidden states")
+        reader = self._texts()
+        bos = [reader.base.bos_id] if reader.base.add_bos else []
+        rows, last = [], []
+        for tokens in sequences:
+            if not tokens:
+                raise ValueModelError("cannot score an empty text")
+            context = bos + list(tokens[:-1])
+            rows.append(reader.after(context) if context else np.zeros(self.hidden_size, np.float32))
+            last.append(np.array([tokens[-1]], dtype=np.int64))
+        return np.array([s[0] for s in self.score_hidden(np.stack(rows), last)])
+
+    def _run(self, hidden: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        (scores,) = self.session.run(["scores"], {"hidden": hidden, "candidates": candidates})
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return scores
+
+    def _check_signature(self) -> None:
+        got_in = {i.name: i.type for i in self.session.get_inputs()}
+        got_out = {o.name: o.type for o in self.session.get_outputs()}
+        if got_in != _HIDDEN_INPUTS or got_out != _HIDDEN_OUTPUTS:
+            raise ValueModelError(f"{self.path} does not follow contract 3 (hidden states): inputs {got_in}, outputs "
+                                  f"{got_out}; expected inputs {_HIDDEN_INPUTS} and outputs {_HIDDEN_OUTPUTS}")
+        shape = _by_name(self.session.get_inputs(), "hidden").shape
+        if len(shape) != 2 or not isinstance(shape[1], int):
+            raise ValueModelError(f"{self.path}: input 'hidden' must have a fixed size d, got shape {shape}")
+
+
+def _metadata(session) -> dict[str, str]:
+    meta = session.get_modelmeta().custom_metadata_map
+    return {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
 
 
 def pad_sequences(sequences) -> tuple[np.ndarray, np.ndarray]:

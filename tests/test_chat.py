@@ -86,7 +86,7 @@ def test_second_turn_only_decodes_the_new_turn(gemma):
     # is the one a cold cache gives (to float tolerance: one big prefill rounds differently from several pieces)
     prompt = session.tokens[: reused.prompt_tokens]
     fed_before = gemma.base.decoded_tokens
-    gemma.base.prefill(prompt)
+    gemma.base.prefill(prompt, reuse=True)
     assert gemma.base.decoded_tokens - fed_before < len(prompt) // 4  # most of it came from the cache
     warm = log_softmax(gemma.base.logits())
     gemma.base.reset()

@@ -26,7 +26,7 @@ class ScriptedBase:
     def n_past(self):
         return len(self.fed)
 
-    def prefill(self, tokens):
+    def prefill(self, tokens, reuse=False, hidden=False):
         self.fed = list(tokens)
         self.prompt = len(tokens)
 

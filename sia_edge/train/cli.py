@@ -17,7 +17,7 @@ from .data import LABEL_TYPES
 
 _DEFAULTS = {name: default(FitConfig, name) for name in ("dim", "hidden", "ema_decay", "holdout", "min_count",
                                                          "batch_size", "learning_rate", "token_dropout",
-                                                         "context_prob", "context_tokens", "recurrent_size")}
+                                                         "context_prob", "context_tokens", "recurrent_size", "rank")}
 
 
 def _fit_options(func):
@@ -33,6 +33,9 @@ def _fit_options(func):
                      help="Hidden units of the scoring MLP."),
         click.option("--recurrent-size", type=click.IntRange(min=1), default=_DEFAULTS["recurrent_size"],
                      show_default=True, help="gru (and --input bytes): hidden size H of the GRU, also the state size."),
+        click.option("--rank", type=click.IntRange(min=1), default=_DEFAULTS["rank"], show_default=True,
+                     help="--input hidden: numbers per candidate token in the head's table (float16, plus one "
+                          "bias); the file holds (rank + 1) x 2 bytes per vocabulary entry."),
         click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
                      help="Tokens seen fewer times in training share the unknown-token embedding."),
         click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
@@ -69,8 +72,12 @@ def vm() -> None:
               help="GGUF base model whose tokenizer a token-level value model uses [default: $SIA_EDGE_MODEL, else "
                    "the built-in Gemma 3 270M base]. Not used with --input bytes.")
 @click.option("--input", "input_kind", type=click.Choice(INPUTS), default="tokens", show_default=True,
-              help="What the value model reads: the base model's token ids (one tokenizer), or the UTF-8 bytes of "
-                   "the text (any GGUF; no --model needed).")
+              help="What the value model reads: the base model's token ids (one tokenizer), the UTF-8 bytes of "
+                   "the text (any GGUF; no --model needed), or the base model's own hidden state (these exact "
+                   "weights; contract 3: reads word order and context, best quality).")
+@click.option("--max-texts", type=click.IntRange(min=1), default=None,
+              help="--input hidden: train on a seeded subset of at most N texts (reading hidden states costs "
+                   "~0.1-0.2 s per text once; they are cached per model and text, so a rerun is quick).")
 @click.option("--arch", type=click.Choice(ARCHITECTURES), default=None,
               help="gru: a GRU over the sequence (order-aware); bag: token embeddings summed plus a recent-token "
                    "average (order-blind, tokens only; what the shipped token models use) [default: gru].")
@@ -119,9 +126,23 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
     from ..models import resolve_base_model
     from .trainer import require_training_extra, train_value_model
 
+    if options.get("max_texts") is not None and input_kind != "hidden":
+        raise click.UsageError("--max-texts applies to --input hidden only")
     require_training_extra()  # before resolving the default model, which may assemble a 250 MB file
-    base_model = resolve_base_model(model) if input_kind == "tokens" else None
+    base_model = resolve_base_model(model) if input_kind in ("tokens", "hidden") else None
     config = TrainingConfig(model=base_model, input=input_kind, **options)
+    if input_kind == "hidden":
+        from .hidden_train import train_hidden_value_model
+
+        report = train_hidden_value_model(config, max_texts=config.max_texts, rank=config.rank)
+        if as_json:
+            click.echo(json.dumps(report.as_dict(), indent=2))
+            return
+        _echo_report(report, [f"objective: {report.objective}; {report.n_train} training texts, {report.n_holdout} "
+                              f"held out; hidden states read in {report.feature_seconds:.0f} s (cached)",
+                              f"majority-class accuracy on held-out texts: {report.majority_baseline:.3f}"],
+                     "prefix", report.prefix_metrics, [k for k in report.prefix_metrics[0] if k != "fraction"])
+        return
     report = train_value_model(config)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -158,8 +179,8 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
                    "[default: $SIA_EDGE_MODEL, else the built-in Gemma 3 270M base].")
 @click.option("--input", "input_kind", type=click.Choice(INPUTS), default="tokens", show_default=True,
               help="What the value model reads: the base model's token ids (bag of embeddings, as the shipped "
-                   "models), or the UTF-8 bytes of those tokens (a GRU that serves any GGUF, as `vm train --input "
-                   "bytes`).")
+                   "models), the UTF-8 bytes of those tokens (a GRU that serves any GGUF, as `vm train --input "
+                   "bytes`), or the base model's own hidden states (contract 3: these exact weights).")
 @click.option("--samples-per-prompt", type=click.IntRange(min=1), default=4, show_default=True,
               help="Continuations drawn per prompt.")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=64, show_default=True,
@@ -235,11 +256,11 @@ def distill_command(model: Path | None, input_kind: str, as_json: bool, **option
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info_command(value_model: Path, as_json: bool) -> None:
     """Show a value model's metadata: objective, tokenizer fingerprint, base model, training metrics."""
-    from ..value_model import ValueModel
+    from ..value_model import open_value_model
 
-    loaded = ValueModel(value_model)
-    facts = {"file": str(value_model), "bytes": value_model.stat().st_size, "state_size": loaded.state_size,
-             **loaded.metadata}
+    loaded = open_value_model(value_model)
+    size = {"hidden_size": loaded.hidden_size} if loaded.reads_hidden else {"state_size": loaded.state_size}
+    facts = {"file": str(value_model), "bytes": value_model.stat().st_size, **size, **loaded.metadata}
     if as_json:
         if "training" in facts:
             facts["training"] = json.loads(facts["training"])
@@ -274,3 +295,55 @@ def list_command(as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['name']:12} {row['input'] or '?':7} {row['bytes'] / 1e6:6.1f} MB  {row['serves'] or '?':30} "
                    f"{Path(row['file']).name}")
+
+
+@vm.command("score")
+@click.argument("texts", nargs=-1)
+@click.option("-f", "--file", "text_file", type=click.File("r", encoding="utf-8"), default=None,
+              help="Read texts from this file, one per line ('-' for stdin). Also used when no TEXTS are given "
+                   "and stdin is not a terminal.")
+@click.option("--value-model", default=None,
+              help="An objective (sentiment, clean) or an ONNX file of any kind (tokens, bytes, hidden) "
+                   "[default: $SIA_EDGE_VALUE_MODEL, else the one `generate` would pick for the model].")
+@click.option("-m", "--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="GGUF base model whose tokens (or hidden states) the value model reads [default: "
+                   "$SIA_EDGE_MODEL, else the built-in Gemma 3 270M base].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text (JSON lines).")
+def score_command(texts: tuple[str, ...], text_file, value_model: str | None, model: Path | None,
+                  as_json: bool) -> None:
+    """Print the value of each text under a value model: the score a junction would give its last token, so a
+    minimal pair ("the food was good" / "the food was not good") shows whether the model reads it.
+
+    The score is a logit (higher = more aligned); the probability is its sigmoid. Texts come from the arguments,
+    --file, or stdin.
+    """
+    import sys
+
+    from ..engine import Engine
+    from ..decoder import value_model_tokens
+    from ..errors import PromptError
+
+    lines = list(texts)
+    if text_file is not None:
+        lines += [line.rstrip("\n") for line in text_file]
+    elif not lines and not sys.stdin.isatty():
+        lines = [line.rstrip("\n") for line in sys.stdin]
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise PromptError("no text to score: give texts as arguments, with --file, or on stdin")
+    engine = Engine(model=model, value_model=value_model, parallel=1)
+    try:
+        scorer = engine.value_model_for(value_model) or engine.value_model
+        if scorer is None:
+            raise click.UsageError(f"no value model serves {engine.base.name}: {engine.value_model_reason}")
+        sequences = [value_model_tokens(engine.tokenize(text), (), engine.base.bos_id) for text in lines]
+        scores = scorer.score_sequences(sequences)
+    finally:
+        engine.close()
+    for text, score in zip(lines, scores):
+        probability = 1.0 / (1.0 + math.exp(-float(score)))
+        if as_json:
+            click.echo(json.dumps({"text": text, "score": float(score), "probability": probability,
+                                   "value_model": scorer.path.name}))
+        else:
+            click.echo(f"{float(score):+8.3f}  {probability:5.3f}  {text}")

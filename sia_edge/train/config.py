@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-INPUTS = ("tokens", "bytes")
+INPUTS = ("tokens", "bytes", "hidden")  # hidden: a head on the base model's own hidden state (contract 3)
 ARCHITECTURES = ("bag", "gru")
 DEFAULT_ARCH = {"tokens": "gru", "bytes": "gru"}  # vm train: gru beat bag on Gemma tokens (docs/results.md)
 DISTILL_ARCH = {"tokens": "bag", "bytes": "gru"}  # vm distill: bag for tokens, as the shipped distilled models
@@ -43,6 +43,7 @@ class FitConfig:
     context_prob: float = 0.1
     context_tokens: int = 64
     recurrent_size: int = 128  # GRU hidden size H (the state) of the gru architecture
+    rank: int = 15  # input hidden: numbers per candidate token in the head's table (+1 bias; float16)
     threads: int = 1  # torch threads (reproducible for a given count)
     # bce: binary cross-entropy per prefix (labels in [0, 1]); prefix: squared error per prefix (regression onto an
     # unbounded target, e.g. a standardised reward); mean: squared error of the mean over prefixes (paper, Eq. 6).
@@ -60,6 +61,7 @@ class TrainingConfig(FitConfig):
     weight_column: str | None = None
     label_type: str = "auto"
     max_tokens: int = 128  # each text is cut to this many tokens (4x as many bytes)
+    max_texts: int | None = None  # input hidden: a seeded subset of at most this many training texts
 
 
 @dataclass(kw_only=True)

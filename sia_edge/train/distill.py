@@ -34,7 +34,7 @@ from .config import (ARCHITECTURES, DISTILL_ARCH, DISTILL_EPOCHS, DistillConfig,
 from .distill_fit import train_and_export
 
 CACHE_FORMAT = 1
-INPUT_KINDS = ("tokens", "bytes")  # what the distilled value model reads
+INPUT_KINDS = ("tokens", "bytes", "hidden")  # what the distilled value model reads
 REWARD_ON = ("full", "continuation")
 LOSSES = {"prefix": "prefix", "mean": "mean"}  # CLI name -> trainer loss
 SCORE_CHUNK = 64  # texts per reward call; the cache is rewritten after each chunk
@@ -305,7 +305,7 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
                      prompts=Path(config.prompts) if config.prompts else None,
                      texts=Path(config.texts) if config.texts else None)
     _check_config(config)
-    config = replace(config, arch=config.arch or DISTILL_ARCH[config.input])
+    config = replace(config, arch=config.arch or DISTILL_ARCH.get(config.input))
     torch = require_training_extra()
     started = time.perf_counter()
     if config.texts:
@@ -364,8 +364,14 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
 
     token_lists = [units[k][0] for k in used]
     score_from = np.array([units[k][1] for k in used], dtype=np.int64)
-    fit, graph = train_and_export(torch, config, tokenizer, reward, prompts, used, token_lists, score_from,
-                                  targets, train_idx, holdout_idx, mean, sd, progress)
+    if config.input == "hidden":
+        from .hidden_train import distill_hidden
+
+        fit, graph = distill_hidden(config, reward, prompts, used, token_lists, score_from, targets, train_idx,
+                                    holdout_idx, mean, sd, progress)
+    else:
+        fit, graph = train_and_export(torch, config, tokenizer, reward, prompts, used, token_lists, score_from,
+                                      targets, train_idx, holdout_idx, mean, sd, progress)
     return DistillReport(out=str(config.out), reward=reward.name, reward_mean=mean, reward_sd=sd, **fit,
                          cache=str(cache.path), samples=len(used), sampled_now=sampled, scored_now=scored,
                          skipped_empty=len(keys) - len(used), n_holdout_prompts=len(held_prompts),

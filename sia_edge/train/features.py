@@ -1,0 +1,101 @@
+"""Hidden-state features for training contract-3 value models, cached on disk per (base-model weights, text).
+
+Reading a text's hidden states costs a full decode with every position an output (each with its full-vocabulary
+logits: ~0.1-0.2 s per tweet on 2 cores), so they are computed once and kept: a refit or a new head then takes
+seconds. The cache is a folder per weights fingerprint holding shards of float16 states; it is resumable (a shard is
+written every `SHARD` new texts) and never read for other weights (the folder name and its header both say which).
+No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+SHARD = 200  # texts per shard file: what an interrupted extraction loses at most
+
+
+def text_key(tokens: list[int]) -> str:
+    """The cache key of a token sequence (BOS included): what was decoded, exactly."""
+    return hashlib.sha256(np.asarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:32]
+
+
+class FeatureCache:
+    """Hidden states of token sequences for one base model's weights: key -> (n, d) float16."""
+
+    def __init__(self, root: Path, weights: str, hidden_size: int) -> None:
+        self.folder = Path(root) / weights[:32]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        header = {"weights_fingerprint": weights, "hidden_size": hidden_size, "format": "sia-edge-hidden-v1"}
+        path = self.folder / "header.json"
+        if path.exists():
+            found = json.loads(path.read_text())
+            if found != header:  # another model (a 32-hex prefix collision) or another format: never mix them
+                raise ValueError(f"{self.folder} holds features of {found}, not {header}; delete it or use another "
+                                 f"cache folder")
+        else:
+            path.write_text(json.dumps(header, indent=1))
+        self.states: dict[str, np.ndarray] = {}
+        for shard in sorted(self.folder.glob("shard-*.npz")):
+            with np.load(shard) as data:
+                keys, offsets, states = data["keys"], data["offsets"], data["states"]
+            for i, key in enumerate(keys):
+                self.states[str(key)] = states[offsets[i]:offsets[i + 1]]
+        self._pending: dict[str, np.ndarray] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.states
+
+    def add(self, key: str, states: np.ndarray) -> None:
+        self.states[key] = self._pending[key] = states.astype(np.float16)
+        if len(self._pending) >= SHARD:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        keys = list(self._pending)
+        offsets = np.cumsum([0] + [len(self._pending[k]) for k in keys])
+        number = len(list(self.folder.glob("shard-*.npz")))
+        target = self.folder / f"shard-{number:05d}.npz"
+        temporary = target.with_suffix(".tmp.npz")
+        np.savez(temporary, keys=np.array(keys), offsets=offsets,
+                 states=np.concatenate([self._pending[k] for k in keys]))
+        temporary.replace(target)  # a shard is either whole or absent
+        self._pending = {}
+
+
+def extract(reader, sequences: list[list[int]], cache: FeatureCache,
+            progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """Hidden states (n_i, d) float16 of each sequence, from the cache or decoded now (and cached)."""
+    keys = [text_key(tokens) for tokens in sequences]
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    try:
+        for done, i in enumerate(missing, 1):
+            cache.add(keys[i], reader.of(sequences[i]))
+            if progress is not None:
+                progress(done, len(missing))
+    finally:
+        cache.flush()
+    return [cache.states[key] for key in keys]
+
+
+def embedding_rows(gguf_path: Path) -> np.ndarray:
+    """The base model's input-embedding table (n_vocab, d) float32, read from the GGUF with the ggml project's
+    `gguf` package (Gemma 3 270M: Q8_0, ~4 s to dequantize all 262,144 rows)."""
+    try:
+        from gguf import GGUFReader
+        from gguf.quants import dequantize
+    except ImportError as exc:
+        from ..errors import TrainingDataError
+
+        raise TrainingDataError("hidden-state value models read the base model's embedding table with the `gguf` "
+                                "package: pip install 'sia-edge[train]'") from exc
+    reader = GGUFReader(str(gguf_path))
+    tensor = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    rows = dequantize(tensor.data, tensor.tensor_type)
+    return np.asarray(rows, dtype=np.float32).reshape(-1, rows.shape[-1])

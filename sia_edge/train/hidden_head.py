@@ -1,0 +1,75 @@
+"""The contract-3 value head: scores k candidate tokens from the base model's hidden state, in one small call.
+
+    q(h, a) = v(x) + b_a + u(x) . z_a        x = (h - mean) / sd  (statistics of the training split)
+
+- v(x) = w . x + c: the value of the text so far, linear in the standardised state (a linear probe reads sentiment,
+  negation included, from it: ../shared notes, arXiv 2310.15154); it moves all k candidates alike;
+- z_a = P e_a and b_a = p . e_a: the candidate through the base model's own input-embedding row e_a, projected to r
+  numbers, so tokens never seen in training still get a representation; exported as one (n_vocab, r + 1) float16
+  table, so the ONNX file holds r + 1 numbers per token instead of the d-wide rows;
+- u(x) = tanh(x U1) U2: what the context asks of the next token (after "not", a positive word should score low).
+
+Trained CD-FUDGE style: every prefix of every text is an example (the hidden state before token j, candidate = token
+j, target = the text's label or reward), plus a look-ahead teacher: a linear V on the state *after* token j, trained
+on the same target, whose score q should match (the look-ahead is what the candidate's state will say).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class CandidateHead(nn.Module):
+    def __init__(self, hidden_size: int, embedding_size: int, rank: int, width: int,
+                 mean: np.ndarray, sd: np.ndarray, embedding_scale: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("sd", torch.as_tensor(sd, dtype=torch.float32))
+        self.embedding_scale = float(embedding_scale)  # rows standardised by one scalar, so P starts well-sized
+        self.value = nn.Linear(hidden_size, 1)
+        self.lookahead = nn.Linear(hidden_size, 1)  # the teacher V(h after the candidate); not exported
+        self.context = nn.Sequential(nn.Linear(hidden_size, width), nn.Tanh(), nn.Linear(width, rank))
+        self.project = nn.Linear(embedding_size, rank + 1, bias=False)  # [z_a | b_a]
+        nn.init.normal_(self.project.weight, std=0.02)
+        self.rank = rank
+
+    def standardise(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden - self.mean) / self.sd
+
+    def candidate_rows(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(..., e) input-embedding rows -> (..., r + 1): what the exported table holds per token."""
+        return self.project(embeddings / self.embedding_scale)
+
+    def score(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """hidden (B, d), rows (B, k, r + 1) -> (B, k) scores."""
+        x = self.standardise(hidden)
+        u = self.context(x)
+        return self.value(x) + rows[..., self.rank] + torch.einsum("br,bkr->bk", u, rows[..., :self.rank])
+
+    def look_ahead(self, hidden_after: torch.Tensor) -> torch.Tensor:
+        return self.lookahead(self.standardise(hidden_after)).squeeze(-1)
+
+
+class ExportedHead(nn.Module):
+    """What goes into the ONNX file: the head plus the (n_vocab, r + 1) float16 candidate table."""
+
+    def __init__(self, head: CandidateHead, table: np.ndarray) -> None:
+        super().__init__()
+        self.head = head
+        self.register_buffer("table", torch.as_tensor(table, dtype=torch.float16))
+
+    def forward(self, hidden: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        rows = self.table[candidates].float()
+        return self.head.score(hidden, rows)
+
+
+def candidate_table(head: CandidateHead, embeddings: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """Every token's (r + 1) row, computed in chunks (Gemma's embedding table is 262,144 x 640)."""
+    out = np.empty((len(embeddings), head.rank + 1), dtype=np.float16)
+    with torch.no_grad():
+        for start in range(0, len(embeddings), chunk):
+            rows = torch.as_tensor(embeddings[start:start + chunk], dtype=torch.float32)
+            out[start:start + chunk] = head.candidate_rows(rows).numpy().astype(np.float16)
+    return out

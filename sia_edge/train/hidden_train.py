@@ -1,0 +1,174 @@
+"""`sia-edge vm train --input hidden`: a contract-3 value model on the base model's own hidden states.
+
+Steps: read the labelled texts; split them (the same stratified split as every other `vm train`); read each text's
+hidden states through the base model (cached on disk per weights and text, resumable, progress on stderr); fit the
+candidate head (hidden_fit); measure it on the held-out texts the way a junction scores; export and check the ONNX.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import FitReport, TrainingConfig
+
+
+@dataclass(kw_only=True)
+class HiddenTrainingReport(FitReport):
+    label_type: str = "binary"
+    majority_baseline: float = float("nan")
+    prefix_metrics: list = field(default_factory=list)
+    weights_fingerprint: str = ""
+    hidden_size: int = 0
+    feature_seconds: float = 0.0
+
+
+def stderr_progress(message: str) -> None:
+    print(f"sia-edge: {message}", file=sys.stderr, flush=True)
+
+
+def feature_progress(label: str) -> Callable[[int, int], None]:
+    """A progress callback for hidden-state extraction that prints at most every few seconds."""
+    last = [0.0]
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == total or now - last[0] >= 5.0:
+            last[0] = now
+            rate = done / max(now - started, 1e-9)
+            stderr_progress(f"{label}: {done}/{total} texts ({rate:.1f}/s, "
+                            f"{(total - done) / max(rate, 1e-9):.0f} s left)")
+
+    return report
+
+
+def open_feature_reader(gguf: Path, threads: int | None = None):
+    """The base model (for tokens and hidden states), its weights fingerprint and its feature cache."""
+    from ..base_model import BaseModel
+    from ..models import cache_dir, weights_fingerprint
+    from .features import FeatureCache
+
+    base = BaseModel(gguf, n_ctx=2048, n_threads=threads)
+    weights = weights_fingerprint(gguf)
+    return base, weights, FeatureCache(cache_dir() / "hidden-features", weights, base.n_embd)
+
+
+def with_bos(base, tokens: list[int]) -> list[int]:
+    return ([base.bos_id] if base.add_bos else []) + list(tokens)
+
+
+def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], None] = stderr_progress,
+                             max_texts: int | None = None, rank: int = 15) -> HiddenTrainingReport:
+    from .data import load_labelled_texts
+    from .features import embedding_rows, extract
+    from .hidden_fit import HiddenFitConfig, classification_metrics, export, fit, positions
+    from .trainer import stratified_split
+
+    started = time.perf_counter()
+    data = load_labelled_texts(config.data, config.text_column, config.label_column, config.positive,
+                               config.weight_column, config.label_type)
+    train_idx, holdout_idx = stratified_split(data.targets, config.holdout, config.seed)
+    if max_texts is not None:  # reading hidden states costs ~0.1-0.2 s per text (once: they are cached)
+        # seeded random subsets: max_texts training texts, and a fifth as many held-out texts
+        train_idx = np.sort(np.random.default_rng(config.seed).permutation(train_idx)[:max_texts])
+        holdout_idx = np.sort(np.random.default_rng(config.seed + 1).permutation(holdout_idx)[:max(1, max_texts // 5)])
+    base, weights, cache = open_feature_reader(config.model)
+    try:
+        sequences = {i: with_bos(base, base.tokenize(data.texts[i], add_bos=False)[:config.max_tokens])
+                     for i in np.concatenate([train_idx, holdout_idx])}
+        order = list(holdout_idx) + list(train_idx)
+        feature_start = time.perf_counter()
+        states = dict(zip(order, extract(base.hidden_states(), [sequences[i] for i in order], cache,
+                                         feature_progress("hidden states"))))
+        feature_seconds = time.perf_counter() - feature_start
+        progress("reading the base model's embedding table")
+        embeddings = embedding_rows(config.model)
+        fit_config = HiddenFitConfig(rank=rank, epochs=config.epochs, learning_rate=config.learning_rate,
+                                     seed=config.seed, threads=config.threads)
+        train = positions([states[i] for i in train_idx], [sequences[i] for i in train_idx],
+                          data.targets[train_idx], data.weights[train_idx])
+        progress(f"fitting on {len(train.candidates)} prefixes of {len(train_idx)} texts")
+        head = fit(train, embeddings, fit_config, progress)
+        metrics = classification_metrics(head, embeddings, [states[i] for i in holdout_idx],
+                                         [sequences[i] for i in holdout_idx], data.targets[holdout_idx])
+        objective = config.objective or f"{config.label_column} = {config.positive or 1}"
+        metadata = {
+            "contract": "3", "input": "hidden", "architecture": f"candidate-head-r{rank}",
+            "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
+            "hidden_size": str(base.n_embd), "objective": objective,
+            "description": config.description or f"hidden-state value model ({objective}) for {config.model.name}",
+            "base_model": config.model.name,
+            "training": json.dumps({"source": "labelled texts", "data": Path(config.data).name,
+                                    "n_train": len(train_idx), "n_holdout": len(holdout_idx),
+                                    "holdout_metrics": metrics, "fit": fit_config.__dict__}),
+        }
+        export(head, embeddings, Path(config.out), metadata)
+    finally:
+        base.close()
+    positive_share = float(data.targets[holdout_idx].mean())
+    return HiddenTrainingReport(
+        out=str(config.out), objective=objective, n_train=len(train_idx), n_holdout=len(holdout_idx),
+        vocab_rows=len(embeddings), state_size=0, input="hidden", arch=f"candidate-head-r{rank}",
+        file_bytes=Path(config.out).stat().st_size, seconds=time.perf_counter() - started, graph=head,
+        label_type=data.label_type, majority_baseline=max(positive_share, 1 - positive_share),
+        prefix_metrics=metrics, weights_fingerprint=weights, hidden_size=base.n_embd,
+        feature_seconds=feature_seconds)
+
+
+def distill_hidden(config, reward, prompts, used, token_lists, score_from, targets, train_idx, holdout_idx,
+                   mean: float, sd: float, progress) -> tuple[dict, object]:
+    """`vm distill --input hidden`: the distillation's fit stage on the base model's hidden states. `token_lists`
+    are the samples' prompt + continuation ids (no BOS), `score_from` where each continuation starts; every prefix
+    from the first generated token on regresses onto its sample's standardised reward (squared error)."""
+    from .distill_fit import objective_of
+    from .features import embedding_rows, extract
+    from .hidden_fit import HiddenFitConfig, export, fit, positions, text_scores
+    from .metrics import PREFIX_FRACTIONS, correlation, r_squared
+
+    base, weights, cache = open_feature_reader(config.model)
+    try:
+        sequences = [with_bos(base, tokens) for tokens in token_lists]
+        shift = len(sequences[0]) - len(token_lists[0])  # 1 with a BOS
+        first = [int(start) + shift for start in score_from]
+        states = extract(base.hidden_states(), sequences, cache, feature_progress("hidden states"))
+        embeddings = embedding_rows(config.model)
+        fit_config = HiddenFitConfig(rank=config.rank, epochs=config.epochs, learning_rate=config.learning_rate,
+                                     seed=config.seed, threads=config.threads, loss="mse")
+        pick = lambda idx, items: [items[i] for i in idx]  # noqa: E731
+        train = positions(pick(train_idx, states), pick(train_idx, sequences), targets[train_idx],
+                          np.ones(len(train_idx), np.float32), pick(train_idx, first))
+        progress(f"{len(used)} samples ({len(train_idx)} train / {len(holdout_idx)} held out by prompt); reward "
+                 f"{reward.name!r} mean {mean:.4g}, sd {sd:.4g}; fitting on {len(train.candidates)} prefixes")
+        head = fit(train, embeddings, fit_config, progress)
+        metrics = []
+        for fraction in PREFIX_FRACTIONS:
+            q, _ = text_scores(head, embeddings, pick(holdout_idx, states), pick(holdout_idx, sequences), fraction,
+                               pick(holdout_idx, first))
+            metrics.append({"fraction": fraction, "r2": r_squared(targets[holdout_idx], q),
+                            "correlation": correlation(targets[holdout_idx], q)})
+        objective = objective_of(config, reward)
+        metadata = {
+            "contract": "3", "input": "hidden", "architecture": f"candidate-head-r{config.rank}",
+            "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
+            "hidden_size": str(base.n_embd), "objective": objective, "base_model": Path(config.model).name,
+            "description": config.description or f"{objective} value model on the hidden state of "
+                                                  f"{Path(config.model).name}, distilled from reward {reward.name}",
+            "reward": reward.name, "reward_mean": repr(mean), "reward_sd": repr(sd),
+            "training": json.dumps({"method": "distillation", "reward": reward.name, "n_train": len(train_idx),
+                                    "n_holdout": len(holdout_idx), "holdout_metrics": metrics,
+                                    "fit": fit_config.__dict__}, sort_keys=True),
+        }
+        export(head, embeddings, Path(config.out), metadata)
+        n_embd = base.n_embd
+    finally:
+        base.close()
+    facts = dict(objective=objective, n_train=len(train_idx), n_holdout=len(holdout_idx), holdout_metrics=metrics,
+                 vocab_rows=len(embeddings), state_size=n_embd, file_bytes=Path(config.out).stat().st_size)
+    return facts, head

