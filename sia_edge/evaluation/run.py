@@ -69,7 +69,7 @@ def sample_record(engine, judge, prompt: str, result, events) -> dict:
     junction_entropies = [event.entropy for event in steps if event.junction]
     log_probs = np.asarray([event.log_prob for event in steps], dtype=np.float64)
     stats = result.stats
-    ran = GenerationSettings(**result.settings)
+    ran = GenerationSettings.from_ran(result.settings)
     continuation = list(result.token_ids)
     scored = value_model_tokens(engine.tokenize(prompt), continuation, engine.base.bos_id)
     return {
