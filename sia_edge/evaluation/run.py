@@ -38,6 +38,7 @@ from ..batch import DEFAULT_BATCH_SIZE, fixed_batches, run_batches
 from ..calibration import load_calibration, write_json
 from ..decoder import value_model_tokens
 from ..errors import InvalidSettingError, SiaError
+from ..progress import progress_bar
 from ..gate import GATES
 from ..settings import GenerationSettings
 from .arms import Arm, arm_settings
@@ -236,8 +237,6 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
     Each arm's missing (prompt, seed) pairs are cut into fixed batches of `config.batch_size`, decoded here or on
     `pool` (a sia_edge.distributed.RayPool, which loads the judge by name on its actors); the same batches give
     the same samples either way."""
-    from tqdm import tqdm
-
     from ..judges import load_judge
 
     if engine.value_model is None:
@@ -258,7 +257,8 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
     done = {(s["arm"], s["prompt_index"], s["seed"]) for s in samples}
     total = len(config.arms) * len(config.prompts) * config.seeds
     names = {arm.name for arm in config.arms}
-    bar = tqdm(total=total, initial=sum(key[0] in names for key in done), desc="eval", unit="gen", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=sum(key[0] in names for key in done), desc="eval", unit="gen",
+                       disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     batch_judge = judge if pool is None else config.judge  # actors load the judge by name, once each
     with samples_path.open("a", encoding="utf-8") as sink:

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InvalidSettingError, TrainingDataError
+from ..progress import progress_bar as make_bar  # `progress_bar` is a flag here
 from .config import (ARCHITECTURES, DISTILL_ARCH, DISTILL_EPOCHS, DistillConfig,  # noqa: F401 (re-exported)
                      FitReport)
 from .distill_fit import train_and_export
@@ -149,8 +150,6 @@ def sample_missing(config: DistillConfig, prompts: list[str], cache: SampleCache
     """Draw every (prompt, sample) not in the cache, in fixed batches of config.batch_size (unsteered ones first),
     here (an engine from `engine_factory`) or on `pool` (Ray actors); append each batch as it finishes. Returns how
     many were drawn."""
-    from tqdm import tqdm
-
     from ..batch import fixed_batches, run_batches
     from ..settings import GenerationSettings
 
@@ -167,7 +166,7 @@ def sample_missing(config: DistillConfig, prompts: list[str], cache: SampleCache
     batches = [SampleBatch([(p, s, sample_seed(config.seed, p, s), prompts[p]) for p, s in chunk],
                            base_settings.with_(gate="entropy" if steered else "none"), steered)
                for steered, group in groups.items() for chunk in fixed_batches(group, config.sample_batch_size)]
-    with tqdm(total=len(missing), desc="sampling", unit="sample", file=sys.stderr, disable=not progress_bar) as bar:
+    with make_bar(total=len(missing), desc="sampling", unit="sample", disable=not progress_bar) as bar:
         for _, records in run_batches(engine, sample_batch, batches, pool):
             for record in records:
                 cache.add(record)
@@ -241,8 +240,6 @@ def reward_text(record: dict, reward_on: str) -> str:
 def score_missing(config: DistillConfig, keys: list[tuple[int, int]], cache: SampleCache, reward,
                   progress_bar: bool = True) -> int:
     """Score every sample in `keys` that has no score under this reward yet (key: spec and what it reads)."""
-    from tqdm import tqdm
-
     from ..rewards import RewardError, checked
 
     key = reward_key(config)
@@ -250,8 +247,7 @@ def score_missing(config: DistillConfig, keys: list[tuple[int, int]], cache: Sam
     if not todo:
         return 0
     scorer = checked(reward)
-    with tqdm(total=len(todo), desc=f"scoring ({scorer.name})", unit="text", file=sys.stderr,
-              disable=not progress_bar) as bar:
+    with make_bar(total=len(todo), desc=f"scoring ({scorer.name})", unit="text", disable=not progress_bar) as bar:
         for start in range(0, len(todo), SCORE_CHUNK):
             chunk = todo[start : start + SCORE_CHUNK]
             texts = [reward_text(cache.samples[k], config.reward_on) for k in chunk]
