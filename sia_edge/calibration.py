@@ -19,6 +19,7 @@ import numpy as np
 
 from .batch import DEFAULT_BATCH_SIZE, fixed_batches, run_batches
 from .errors import CalibrationError, InvalidSettingError, PromptError
+from .progress import progress_bar
 from .settings import GenerationSettings
 
 FORMAT = 1
@@ -66,13 +67,11 @@ def collect_entropies(engine, prompts: list[str], settings: GenerationSettings, 
                       progress: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, pool=None) -> list[float]:
     """Every step's gate signal over unsteered generations: each prompt with seeds 0..seeds-1, decoded in fixed
     batches of `batch_size`, here or on `pool` (Ray actors); the values come back in job order either way."""
-    from tqdm import tqdm
-
     unsteered = settings.with_(gate="none")
     jobs = [(prompt, seed) for prompt in prompts for seed in range(seeds)]
     batches = [(chunk, unsteered) for chunk in fixed_batches(jobs, batch_size)]
     per_batch: dict[int, list[float]] = {}
-    with tqdm(total=len(jobs), desc="calibrate", unit="gen", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(jobs), desc="calibrate", unit="gen", disable=not progress, leave=False) as bar:
         for index, values in run_batches(engine, batch_entropies, batches, pool):
             per_batch[index] = values
             bar.update(len(batches[index][0]))

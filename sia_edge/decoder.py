@@ -203,8 +203,8 @@ class Decoding:
         stats.total_seconds = time.perf_counter() - start
         stats.base_model_seconds = self.base.decode_seconds - base_before
         steered_by = self.value_model.path.name if self._view is not None else None
-        self.result = GenerationResult(text, stop_reason, stats, generated, s.as_dict(), s.describe(), steered_by,
-                                       self._final_value())
+        self.result = GenerationResult(text, stop_reason, stats, generated, s.as_ran(steered_by), s.describe(),
+                                       steered_by, self._final_value())
         if stops.tail:  # text held back for a possible stop string that never completed
             yield TokenEvent(len(generated), -1, stops.tail, 0.0, False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -187,24 +188,29 @@ def _existing(chosen: str | os.PathLike) -> Path:
     return chosen
 
 
-def weights_fingerprint(path: str | os.PathLike) -> str:
-    """The fingerprint of a GGUF's weights: sha256 of the whole file (models/README.md), remembered per (file, size,
-    mtime): hashing Gemma's 253 MB takes about a second. Two fine-tunes (or quantisations) that share a tokenizer
-    get different fingerprints, as their hidden spaces differ."""
-    import hashlib
-
-    def digest() -> str:
-        sha = hashlib.sha256()
-        with Path(path).open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                sha.update(block)
-        return sha.hexdigest()
-
-    return cached_fingerprint(Path(path), digest, store_name="weights-fingerprints.json")
-
-
-def cached_fingerprint(path: Path, compute, store_name: str = "fingerprints.json") -> str:
+def cached_fingerprint(path: Path, compute) -> str:
     """A base model's tokenizer fingerprint, remembered per (file, size, mtime): computing it takes ~1 s."""
+    return _remembered("fingerprints.json", Path(path), compute)
+
+
+def weights_fingerprint(path: str | os.PathLike) -> str:
+    """The sha256 of a model file: its weights, not only its tokenizer (two GGUFs that share a tokenizer, or one
+    with some tensor data changed, differ here). Remembered per (file, size, mtime), like the tokenizer's: hashing
+    a 250 MB GGUF takes up to a second."""
+    path = Path(path)
+
+    def sha256() -> str:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    return _remembered("weights-fingerprints.json", path, sha256)
+
+
+def _remembered(store_name: str, path: Path, compute) -> str:
+    """compute(), cached in cache_dir()/store_name under the file's (resolved path, size, mtime)."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     store = cache_dir() / store_name

@@ -114,7 +114,29 @@ class GenerationSettings:
         return self.updated(gate=name, **({parameter: value} if value is not None else {}))
 
     def as_dict(self) -> dict:
+        """Every field as given: GenerationSettings(**d) rebuilds these settings."""
         return asdict(self)
+
+    def as_ran(self, value_model: str | None = None) -> dict:
+        """What a result reports (GenerationResult.settings, `--json`): the fields, with `tau` and `weight` the
+        values that ran instead of None for "the default", and the value model that steered (a file name, None if
+        none did). `tau` is None for gates that threshold no signal; `ratio` and `calibrated_tau` still say where
+        a looked-up tau came from. `from_ran` reads it back."""
+        ran = asdict(self)
+        ran["tau"] = self.threshold if GATES[self.gate].arm == "calibrated" else None  # entropy, online
+        ran["weight"] = self.w
+        ran["value_model"] = value_model
+        return ran
+
+    @classmethod
+    def from_ran(cls, ran: dict) -> "GenerationSettings":
+        """Settings that run as the ones `as_ran` reported. With a ratio, tau was looked up (calibrated_tau), so
+        it is dropped: tau and ratio together are refused."""
+        given = {f.name: ran[f.name] for f in fields(cls)}
+        given["stop"] = tuple(given["stop"])
+        if given["ratio"] is not None:
+            given["tau"] = None
+        return cls(**given)
 
     def build_gate(self):
         """The junction policy these settings describe."""

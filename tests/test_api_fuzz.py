@@ -29,6 +29,8 @@ def api(gemma_path):
     return schemathesis.openapi.from_asgi("/openapi.json", server.app())
 
 
+# from_fixture renames pytest's Node._nodeid per operation; pytest 9.2 dropped that attribute (AttributeError in
+# schemathesis 4.32), so pyproject.toml keeps pytest < 9.2 and constraints.txt pins the pair that passes
 schema = schemathesis.pytest.from_fixture("api")
 
 

@@ -33,6 +33,8 @@ def test_generate_json_carries_text_and_stats(gemma_path):
     assert 0.0 < stats["junction_ratio"] < 1.0
     assert stats["value_model_calls"] == stats["junctions"]
     assert payload["value_model"].endswith("gemma3-270m-sentiment.onnx")
+    ran = payload["settings"]  # what ran, as the pipeline line says it: not None for a default
+    assert (ran["tau"], ran["weight"], ran["value_model"]) == (1.0, 4.0, "gemma3-270m-sentiment.onnx")
     assert "seed 3" in proc.stderr  # the summary line on stderr always reports the seed
 
 
@@ -45,8 +47,8 @@ def test_generate_with_a_ratio_takes_tau_from_the_shipped_calibration(gemma_path
     payload = json.loads(proc.stdout)
     calibration = json.loads(next(shipped_value_model_dir().glob("calibration-*-top-k.json")).read_text())
     tau = tau_from_calibration(calibration, 0.2)
-    assert payload["settings"]["ratio"] == 0.2 and payload["settings"]["tau"] is None
-    assert payload["settings"]["calibrated_tau"] == pytest.approx(tau)
+    assert payload["settings"]["ratio"] == 0.2
+    assert payload["settings"]["calibrated_tau"] == pytest.approx(tau) == payload["settings"]["tau"]
     assert f"entropy-gate(tau={tau:g})" in payload["pipeline"]
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from sia_edge.decoder import Decoding, value_model_tokens
 from sia_edge.errors import ModelOutputError
+from sia_edge.gate import DEFAULT_TAU, SPARSE_WEIGHT
 from sia_edge.settings import GenerationSettings
 
 EOS = 1
@@ -80,6 +81,16 @@ def test_context_and_length_stops():
     assert full.stop_reason == "context" and len(full.token_ids) == 6 - 3 + 1
     _, short = run(ScriptedBase([3] * 20), max_tokens=4)
     assert short.stop_reason == "length" and len(short.token_ids) == 4
+
+
+def test_the_result_reports_the_settings_that_ran_not_none_for_a_default():
+    """Bug: `--json` said "tau": null, "weight": null while the pipeline line said tau=2.02 and w=4."""
+    decoding = Decoding(ScriptedBase([3, 4]), None, [2, 7, 8], GenerationSettings(max_tokens=2), seed=1)
+    list(decoding)
+    ran = decoding.result.settings
+    assert (ran["gate"], ran["tau"], ran["weight"]) == ("entropy", DEFAULT_TAU, SPARSE_WEIGHT)
+    assert ran["value_model"] is None  # no value model steered this one
+    assert f"tau={DEFAULT_TAU:g}" in decoding.result.pipeline and f"w={SPARSE_WEIGHT:g}" in decoding.result.pipeline
 
 
 def test_value_model_tokens_drops_only_a_leading_bos():

@@ -235,6 +235,65 @@ def test_changed_sampling_settings_do_not_mix_into_the_cache(distilled, gemma_pa
                             progress_bar=False, reward=LetterShare())
 
 
+def test_weights_fingerprint_tells_a_file_with_changed_bytes_apart(tmp_path, monkeypatch):
+    """Bug: the cache knew a model by its tokenizer, so a GGUF with 1 MB of tensor data zeroed looked the same."""
+    import hashlib
+
+    from sia_edge.models import weights_fingerprint
+
+    monkeypatch.setenv("SIA_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    original = tmp_path / "model.gguf"  # stands in for a GGUF: only its bytes matter here
+    original.write_bytes(np.random.default_rng(0).bytes(3 << 20))
+    same, zeroed = tmp_path / "same.gguf", tmp_path / "zeroed.gguf"
+    shutil.copy(original, same)
+    data = bytearray(original.read_bytes())
+    data[1 << 20 : 2 << 20] = bytes(1 << 20)
+    zeroed.write_bytes(bytes(data))
+    expected = hashlib.sha256(original.read_bytes()).hexdigest()
+    assert weights_fingerprint(original) == weights_fingerprint(same) == expected
+    assert weights_fingerprint(zeroed) != expected
+    remembered = json.loads((tmp_path / "cache" / "weights-fingerprints.json").read_text())
+    assert len(remembered) == 3 and expected in remembered.values()
+
+
+def test_a_cache_drawn_with_other_weights_or_steering_is_not_reused(tmp_path, monkeypatch):
+    """Bug: the header held neither the model's weights nor the steered samples' tau and w (both defaults changed:
+    tau 1.67 -> 2.02, sparse w 1 -> 4), so such a cache was silently reused."""
+    from dataclasses import replace
+
+    from sia_edge.errors import InvalidSettingError
+    from sia_edge.gate import DEFAULT_TAU, GATES
+    from sia_edge.train.distill import SampleCache, cache_header
+
+    steered = _config(tmp_path, tmp_path / "model.gguf", steered_share=0.5)
+    plain = _config(tmp_path, tmp_path / "model.gguf")
+    for config in (steered, plain):
+        cache = SampleCache(tmp_path / f"{config.steered_share}.jsonl", cache_header(config, "tok", "w1", "vm"))
+        cache.add({"type": "sample", "prompt_index": 0, "sample_index": 0})
+    header = cache_header(steered, "tok", "w1", "vm")
+    assert (header["steer_gate"], header["steer_tau"], header["steer_weight"]) == ("entropy", DEFAULT_TAU, 4.0)
+    assert len(SampleCache(tmp_path / "0.5.jsonl", header).samples) == 1  # the same settings resume
+
+    def reopen(config, weights="w1"):
+        return SampleCache(tmp_path / f"{config.steered_share}.jsonl", cache_header(config, "tok", weights, "vm"))
+
+    with pytest.raises(InvalidSettingError, match="model_weights_sha256 'w1' -> 'w2'"):
+        reopen(steered, weights="w2")
+    monkeypatch.setattr("sia_edge.settings.DEFAULT_TAU", 1.67)
+    with pytest.raises(InvalidSettingError, match=f"steer_tau {DEFAULT_TAU} -> 1.67"):
+        reopen(steered)
+    assert len(reopen(plain).samples) == 1  # unsteered samples do not depend on tau
+    monkeypatch.undo()
+    monkeypatch.setitem(GATES, "entropy", replace(GATES["entropy"], weight=1.0))
+    with pytest.raises(InvalidSettingError, match="steer_weight 4.0 -> 1.0"):
+        reopen(steered)
+
+    old = tmp_path / "old.jsonl"  # written before the header recorded any of it
+    old.write_text(json.dumps({"type": "header", "format": 1, "model_fingerprint": "tok"}) + "\n")
+    with pytest.raises(InvalidSettingError, match="format 1"):
+        SampleCache(old, header)
+
+
 @pytest.mark.slow  # samples from the real GGUF and/or trains a value model
 def test_cli_distills_the_clean_reward_from_a_cache(distilled, tmp_path):
     pytest.importorskip("profanity_check")

@@ -167,3 +167,18 @@ def test_weight_defaults_to_the_gates_own(monkeypatch):
     assert GenerationSettings(gate="entropy", weight=1.5).updated(gate="dense").w == 1.5
     assert not GenerationSettings(gate="entropy", weight=0.0).steers
     assert "2.5 for entropy" in gate_module.default_weights_text()
+
+
+def test_as_ran_reports_the_values_that_ran_and_reads_back():
+    """tau and weight as they ran (not None for "the default"); a ratio's looked-up tau reads back as a ratio."""
+    ran = GenerationSettings().as_ran("gemma3-270m-sentiment.onnx")
+    assert (ran["tau"], ran["weight"], ran["value_model"]) == (DEFAULT_TAU, 4.0, "gemma3-270m-sentiment.onnx")
+    assert GenerationSettings(gate="dense").as_ran()["weight"] == 1.0
+    assert GenerationSettings(gate="random", q=0.3).as_ran()["tau"] is None  # thresholds nothing
+    from_ratio = GenerationSettings(ratio=0.3).with_(calibrated_tau=1.92)
+    ran = from_ratio.as_ran()
+    assert (ran["tau"], ran["ratio"], ran["calibrated_tau"]) == (1.92, 0.3, 1.92)
+    for settings in (from_ratio, GenerationSettings(gate="first-n", first_n=5, stop=("x",)),
+                     GenerationSettings(gate="online", ratio=0.2).with_(calibrated_tau=1.5)):
+        back = GenerationSettings.from_ran(settings.as_ran())
+        assert back.describe() == settings.describe() and back.as_ran() == settings.as_ran()

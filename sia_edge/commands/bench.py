@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import click
 import numpy as np
 
+from ..progress import progress_bar
 from ..signals import step_stats
 from .common import DEFAULTS, build_engine, model_options
 
@@ -300,16 +301,14 @@ def bench_command(ctx, model, value_model, n_ctx, threads, gpu_layers, max_token
     `sia-edge bench serve` measures a live server under concurrent clients instead (its own --help)."""
     if ctx.invoked_subcommand is not None:
         return
-    from tqdm import tqdm
-
     sizes = parse_batch_sizes(batch_sizes)
     engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True, gpu_layers=gpu_layers)
     arms = list(DEFAULT_ARMS)
-    with tqdm(total=repetitions * len(arms) * len(BENCH_PROMPTS), desc="bench", unit="gen", file=sys.stderr) as bar:
+    with progress_bar(total=repetitions * len(arms) * len(BENCH_PROMPTS), desc="bench", unit="gen") as bar:
         samples = run_arms(engine, arms, list(BENCH_PROMPTS), max_tokens, repetitions, seed, bar)
     batched = []
     if sizes and engine.value_model is not None:
-        with tqdm(total=2 * (len(sizes) + 1), desc="bench batched", unit="run", file=sys.stderr) as bar:
+        with progress_bar(total=2 * (len(sizes) + 1), desc="bench batched", unit="run") as bar:
             batched = batch_throughput(engine, sizes, batch_requests, max_tokens, seed, bar)
     report = {
         "model": engine.base.name,

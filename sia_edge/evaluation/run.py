@@ -14,8 +14,9 @@ The package, one module per job: arms.py (which arms, their settings), run.py (t
 recording samples, resumable), stats.py (bootstrap intervals, paired differences, verdicts), report.py (results.md,
 tradeoff.png). The `sia-edge eval` command is sia_edge/commands/evaluate.py.
 
-Output directory: run.json (settings; a restart with other settings is refused), samples.jsonl (appended as it
-goes; a restart skips samples already there), results.json, results.md, tradeoff.png.
+Output directory: run.json (settings, and the code that ran: version, path, git commit; a restart with other
+settings is refused, one with other code is allowed and recorded), samples.jsonl (appended as it goes; a restart
+skips samples already there), results.json, results.md, tradeoff.png.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import provenance
 from ..batch import DEFAULT_BATCH_SIZE, fixed_batches, run_batches
 from ..calibration import load_calibration, write_json
 from ..decoder import value_model_tokens
 from ..errors import InvalidSettingError, SiaError
+from ..progress import progress_bar
 from ..gate import GATES
 from ..settings import GenerationSettings
 from .arms import Arm, arm_settings
@@ -69,7 +72,7 @@ def sample_record(engine, judge, prompt: str, result, events) -> dict:
     junction_entropies = [event.entropy for event in steps if event.junction]
     log_probs = np.asarray([event.log_prob for event in steps], dtype=np.float64)
     stats = result.stats
-    ran = GenerationSettings(**result.settings)
+    ran = GenerationSettings.from_ran(result.settings)
     continuation = list(result.token_ids)
     scored = value_model_tokens(engine.tokenize(prompt), continuation, engine.base.bos_id)
     return {
@@ -188,17 +191,27 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def check_or_write_run(out_dir: Path, config: dict) -> None:
-    """A directory holds one run: resuming with different settings would mix incomparable samples."""
+def check_or_write_run(out_dir: Path, config: dict, code: dict) -> None:
+    """A directory holds one run: resuming with different settings would mix incomparable samples, so it is
+    refused. Other code (provenance.software()) may resume it, but says so on stderr and run.json keeps the record:
+    `software` started the run, `resumed_by` lists each other version or commit that added samples."""
     path = out_dir / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in config if previous.get(k) != config[k])
-        if changed:
-            raise InvalidSettingError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); "
-                                      f"use another --out or delete it")
+    if not path.exists():
+        write_json(path, {**config, "software": code})
         return
-    write_json(path, config)
+    previous = json.loads(path.read_text())
+    changed = sorted(k for k in config if previous.get(k) != config[k])
+    if changed:
+        raise InvalidSettingError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); "
+                                  f"use another --out or delete it")
+    started = previous.get("software")
+    if not provenance.differs(started, code):
+        return
+    print(f"sia-edge: warning: {out_dir} was started by {provenance.describe(started)} and is resumed by "
+          f"{provenance.describe(code)}: its samples may come from both (run.json, resumed_by)", file=sys.stderr)
+    resumed_by = previous.get("resumed_by", [])
+    if all(provenance.differs(record, code) for record in resumed_by):
+        write_json(path, {**previous, "resumed_by": resumed_by + [code]})
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -225,8 +238,6 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
     Each arm's missing (prompt, seed) pairs are cut into fixed batches of `config.batch_size`, decoded here or on
     `pool` (a sia_edge.distributed.RayPool, which loads the judge by name on its actors); the same batches give
     the same samples either way."""
-    from tqdm import tqdm
-
     from ..judges import load_judge
 
     if engine.value_model is None:
@@ -239,13 +250,16 @@ def run_evaluation(engine, config: EvalConfig, out_dir: str | os.PathLike, judge
         calibration = load_calibration(engine.fingerprint, config.top_k, config.temperature, config.signal,
                                        config.calibration or engine.calibration)
     run = run_config(config, engine, calibration)
-    check_or_write_run(out_dir, run)
+    code = provenance.software()
+    check_or_write_run(out_dir, run, code)
+    run["software"] = code  # results.json: the code that summarised
     samples_path = out_dir / "samples.jsonl"
     samples = read_samples(samples_path)
     done = {(s["arm"], s["prompt_index"], s["seed"]) for s in samples}
     total = len(config.arms) * len(config.prompts) * config.seeds
     names = {arm.name for arm in config.arms}
-    bar = tqdm(total=total, initial=sum(key[0] in names for key in done), desc="eval", unit="gen", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=sum(key[0] in names for key in done), desc="eval", unit="gen",
+                       disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     batch_judge = judge if pool is None else config.judge  # actors load the judge by name, once each
     with samples_path.open("a", encoding="utf-8") as sink:

@@ -8,8 +8,10 @@
              of the mean over prefixes), with the same network and ONNX export as `vm train`.
 
 Samples and their rewards live in a JSONL cache (one line per sample, with its seed): rerunning resumes, drawing
-only the samples that are missing and scoring only the ones without a score for this reward. Seeds come from
-(seed, prompt index, sample index), so a run is reproducible and independent of the order samples finish in.
+only the samples that are missing and scoring only the ones without a score for this reward. Its header records
+what the samples depend on (the model file's sha256, the sampling settings, the steering's tau, w and value model);
+a cache drawn with anything else is refused. Seeds come from (seed, prompt index, sample index), so a run is
+reproducible and independent of the order samples finish in.
 The value model reads exactly what the runtime feeds it: prompt tokens without BOS, then the generated token ids
 (`input="tokens"`, the bag architecture), or those tokens' bytes (`input="bytes"`, the GRU: one model for any GGUF).
 """
@@ -29,11 +31,12 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InvalidSettingError, TrainingDataError
+from ..progress import progress_bar as make_bar  # `progress_bar` is a flag here
 from .config import (ARCHITECTURES, DISTILL_ARCH, DISTILL_EPOCHS, DistillConfig,  # noqa: F401 (re-exported)
                      FitReport)
 from .distill_fit import train_and_export
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the header records the model's weights and the steered samples' settings
 INPUT_KINDS = ("tokens", "bytes", "hidden")  # what the distilled value model reads
 REWARD_ON = ("full", "continuation")
 LOSSES = {"prefix": "prefix", "mean": "mean"}  # CLI name -> trainer loss
@@ -106,6 +109,10 @@ class SampleCache:
             raise TrainingDataError(f"{self.path} is not a sia-edge distillation cache (no header line); delete "
                                     f"it or pass another --cache")
         previous = records[0]
+        if previous.get("format") != self.header["format"]:
+            raise InvalidSettingError(f"sample cache {self.path} has format {previous.get('format')}, this sia-edge "
+                                      f"writes {self.header['format']} (format 1 did not record the model's weights "
+                                      f"or the steering settings); pass another --cache or delete it")
         changed = sorted(k for k in self.header if previous.get(k) != self.header[k])
         if changed:
             shown = ", ".join(f"{k} {previous.get(k)!r} -> {self.header[k]!r}" for k in changed)
@@ -131,14 +138,31 @@ class SampleCache:
         self._rewrite()
 
 
-def cache_header(config: DistillConfig, fingerprint: str, steer_sha256: str | None) -> dict:
-    """What a sample depends on (besides its prompt and seed): resuming with anything else is refused."""
+def cache_header(config: DistillConfig, fingerprint: str, weights_sha256: str | None,
+                 steer_sha256: str | None) -> dict:
+    """What a sample depends on (besides its prompt and seed): resuming with anything else is refused. The
+    tokenizer's fingerprint is not enough (a GGUF with other weights can share it), and a steered sample depends on
+    the steering's tau and w, whose defaults have changed before, so the header records them as they run."""
+    steered = sample_settings(config)[True].as_ran() if config.steered_share > 0 else {}
     return {
         "format": CACHE_FORMAT, "source": "texts" if config.texts else "sampled",
-        "model_fingerprint": fingerprint, "seed": config.seed,
+        "model_fingerprint": fingerprint, "model_weights_sha256": weights_sha256, "seed": config.seed,
         "max_tokens": config.max_tokens, "top_k": config.top_k, "temperature": config.temperature,
         "steered_share": config.steered_share, "steer_value_model_sha256": steer_sha256,
+        **{f"steer_{key}": steered.get(key) for key in STEERING_KEYS},
     }
+
+
+STEERING_KEYS = ("gate", "signal", "tau", "weight", "reward_norm")  # of the steered samples' settings, as they ran
+
+
+def sample_settings(config: DistillConfig) -> dict:
+    """The generation settings of unsteered (False) and steered (True) samples: the runtime's loop with the
+    sampling options of `config`, gate none, or the entropy gate at its defaults (tau, the gate's w)."""
+    from ..settings import GenerationSettings
+
+    base = GenerationSettings(top_k=config.top_k, temperature=config.temperature, max_tokens=config.max_tokens)
+    return {False: base.with_(gate="none"), True: base.with_(gate="entropy")}
 
 
 # --- stages ----------------------------------------------------------------------------------------------------
@@ -149,25 +173,21 @@ def sample_missing(config: DistillConfig, prompts: list[str], cache: SampleCache
     """Draw every (prompt, sample) not in the cache, in fixed batches of config.batch_size (unsteered ones first),
     here (an engine from `engine_factory`) or on `pool` (Ray actors); append each batch as it finishes. Returns how
     many were drawn."""
-    from tqdm import tqdm
-
     from ..batch import fixed_batches, run_batches
-    from ..settings import GenerationSettings
 
     missing = [(p, s) for p in range(len(prompts)) for s in range(config.samples_per_prompt)
                if (p, s) not in cache.samples or cache.samples[(p, s)]["prompt"] != prompts[p]]
     if not missing:
         return 0
     engine = engine_factory() if pool is None else None
-    base_settings = GenerationSettings(top_k=config.top_k, temperature=config.temperature,
-                                       max_tokens=config.max_tokens)
+    settings = sample_settings(config)
     groups = {False: [], True: []}
     for p, s in missing:
         groups[is_steered(config.seed, p, s, config.steered_share)].append((p, s))
     batches = [SampleBatch([(p, s, sample_seed(config.seed, p, s), prompts[p]) for p, s in chunk],
-                           base_settings.with_(gate="entropy" if steered else "none"), steered)
+                           settings[steered], steered)
                for steered, group in groups.items() for chunk in fixed_batches(group, config.sample_batch_size)]
-    with tqdm(total=len(missing), desc="sampling", unit="sample", file=sys.stderr, disable=not progress_bar) as bar:
+    with make_bar(total=len(missing), desc="sampling", unit="sample", disable=not progress_bar) as bar:
         for _, records in run_batches(engine, sample_batch, batches, pool):
             for record in records:
                 cache.add(record)
@@ -241,8 +261,6 @@ def reward_text(record: dict, reward_on: str) -> str:
 def score_missing(config: DistillConfig, keys: list[tuple[int, int]], cache: SampleCache, reward,
                   progress_bar: bool = True) -> int:
     """Score every sample in `keys` that has no score under this reward yet (key: spec and what it reads)."""
-    from tqdm import tqdm
-
     from ..rewards import RewardError, checked
 
     key = reward_key(config)
@@ -250,8 +268,7 @@ def score_missing(config: DistillConfig, keys: list[tuple[int, int]], cache: Sam
     if not todo:
         return 0
     scorer = checked(reward)
-    with tqdm(total=len(todo), desc=f"scoring ({scorer.name})", unit="text", file=sys.stderr,
-              disable=not progress_bar) as bar:
+    with make_bar(total=len(todo), desc=f"scoring ({scorer.name})", unit="text", disable=not progress_bar) as bar:
         for start in range(0, len(todo), SCORE_CHUNK):
             chunk = todo[start : start + SCORE_CHUNK]
             texts = [reward_text(cache.samples[k], config.reward_on) for k in chunk]
@@ -298,6 +315,7 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
     """Sample (resuming from the cache), score, standardise, train, evaluate, export."""
     from ..base_model import BaseModel
     from ..calibration import read_prompt_file
+    from ..models import weights_fingerprint
     from ..rewards import load_reward
     from .trainer import require_training_extra
 
@@ -319,7 +337,8 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
     tokenizer = BaseModel(config.model, vocab_only=True)
     reward = reward or load_reward(config.reward, tokenizer)  # a bad reward fails before any sampling
     steer_path = _steer_value_model(config, tokenizer) if config.steered_share > 0 else None
-    header = cache_header(config, tokenizer.fingerprint,
+    weights = None if config.texts else weights_fingerprint(config.model)  # texts depend on the tokenizer only
+    header = cache_header(config, tokenizer.fingerprint, weights,
                           hashlib.sha256(steer_path.read_bytes()).hexdigest() if steer_path else None)
     cache = SampleCache(config.cache_path, header)
     if config.texts:
