@@ -39,14 +39,18 @@ def main() -> None:
     parser.add_argument("--b", required=True, help="NAME=EVAL_DIR")
     parser.add_argument("--arms", default="dense,entropy@0.2,random@0.2,first-n@0.2")
     parser.add_argument("--none-from", default=None, help="EVAL_DIR whose none arm both runs use [default: a's]")
+    parser.add_argument("--own-none", action="store_true",
+                        help="Each run's gains over its own none arm (both runs have one): for value models whose "
+                             "runs decode the prompt differently, e.g. a hidden-state model's")
     args = parser.parse_args()
     (name_a, a), (name_b, b) = load(args.a), load(args.b)
     none = arm(read_samples(Path(args.none_from) / "samples.jsonl") if args.none_from else a, "none")
+    none_b = arm(b, "none") if args.own_none else none
     print(f"| arm | judge gain, {name_a} | judge gain, {name_b} | {name_a} − {name_b} | realised ratio "
           f"{name_a} / {name_b} |\n|---|---|---|---|---|")
     gains = {}
     for name in args.arms.split(","):
-        ga, gb = paired_differences(arm(a, name), none, "judge"), paired_differences(arm(b, name), none, "judge")
+        ga, gb = paired_differences(arm(a, name), none, "judge"), paired_differences(arm(b, name), none_b, "judge")
         gains[name] = (ga, gb)
         shared = sorted(set(ga) & set(gb))
         if not shared:

@@ -176,6 +176,11 @@ def value_model_costs(engine, lengths=(32, 128, 512, 1024), new_tokens: int = 8)
     vm = engine.value_model
     rng = np.random.default_rng(0)
     out = []
+    if vm.reads_hidden:  # stateless: the junction call reads one hidden state whatever the prefix length
+        hidden = rng.normal(size=(1, vm.hidden_size)).astype(np.float32)
+        call = _median_ms(lambda _: vm.score_hidden(hidden, [np.arange(100, 110)]), [None] * 50)
+        return [{"prefix_tokens": length, "carried_state_ms": call, "from_scratch_ms": float("nan")}
+                for length in lengths]
     for length in lengths:
         prefix_tokens = rng.integers(3, 20000, size=length).tolist()
         new = rng.integers(3, 20000, size=new_tokens).tolist()

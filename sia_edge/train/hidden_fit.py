@@ -20,7 +20,7 @@ class HiddenFitConfig:
     batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 0.01
-    teacher: float = 1.0  # weight of the look-ahead teacher term
+    teacher: float = 3.0  # weight of the look-ahead teacher term (1 -> 3: word-order probes 0.76 -> 0.78, 600 tweets)
     loss: str = "bce"  # bce: targets in [0, 1] (labels); mse: standardised rewards (distillation)
     seed: int = 0
     threads: int = 2
