@@ -173,7 +173,7 @@ def test_a_full_queue_turns_requests_away(gemma_path):
     try:
         busy = [engine.stream(PROMPTS[i], gate="none", max_tokens=240, seed=i).start() for i in range(2)]
         assert engine.load()["busy"] == 2
-        with pytest.raises(QueueTimeoutError, match="slots stayed busy"):
+        with pytest.raises(QueueTimeoutError, match=r"no slot came free .* \(2 of 2 slots busy, 0 other requests"):
             engine.stream(PROMPTS[2], gate="none", max_tokens=4, queue_timeout=0.05).start()
         for stream in busy:
             stream.close()
@@ -184,6 +184,57 @@ def test_a_full_queue_turns_requests_away(gemma_path):
             engine.stream(PROMPTS[0], queue_timeout=-1)
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def two_slots(gemma_path):
+    """A small engine of its own (2 slots, no value model): these tests fill its slots and its line."""
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gemma_path, n_ctx=512, parallel=2, use_value_model=False)
+    yield engine
+    engine.close()
+
+
+LONG_PROMPT = " ".join(["The film was long, loud and in places rather lovely."] * 30)  # ~360 tokens: a long prefill
+
+
+def test_a_free_slot_admits_a_request_whatever_its_queue_timeout(two_slots):
+    """The queue timeout is for waiting on busy slots: a request a slot is free for is admitted even with a
+    timeout of 0 (the worker admits it at its next round), also while another request's prefill fills the round."""
+    assert two_slots.generate(PROMPTS[0], gate="none", max_tokens=2, seed=1, queue_timeout=0).stats.tokens == 2
+    busy = two_slots.stream(LONG_PROMPT, gate="none", max_tokens=200, seed=2).start()  # its prefill: next round
+    try:
+        quick = two_slots.generate(PROMPTS[1], gate="none", max_tokens=2, seed=3, queue_timeout=0.001)
+        assert quick.stats.tokens == 2 and quick.stop_reason == "length"
+    finally:
+        busy.close()
+    assert wait_idle(two_slots)["rejected"] == 0
+
+
+def test_a_request_cancelled_in_line_leaves_it_without_running(two_slots):
+    """Cancelled while every slot is busy, a request leaves the line at the next round: it is not admitted later
+    to run its prefill inside a round, and it ends 'cancelled' with nothing decoded while the others go on."""
+    before = wait_idle(two_slots)
+    running = [two_slots.stream(PROMPTS[i], gate="none", max_tokens=400, seed=i).start() for i in range(2)]
+    cancel, outcome = threading.Event(), {}
+    waiter = threading.Thread(target=lambda: outcome.update(
+        result=two_slots.generate(LONG_PROMPT, gate="none", max_tokens=4, cancel=cancel)))
+    waiter.start()
+    while two_slots.load()["queued"] == 0 and waiter.is_alive():  # bounded by the waiter itself
+        threading.Event().wait(0.01)
+    cancel.set()
+    waiter.join(timeout=60)  # before the fix it waited for a 400-token generation to free its slot
+    load = two_slots.load()
+    for stream in running:
+        stream.close()
+    assert not waiter.is_alive()
+    assert load["busy"] == 2 and load["queued"] == 0  # it left the line while both slots kept generating
+    result = outcome["result"]
+    assert result.stop_reason == "cancelled" and result.text == "" and result.token_ids == []
+    assert result.stats.tokens == 0 and result.stats.prefill_seconds == 0.0  # its prompt was never decoded
+    after = wait_idle(two_slots)
+    assert after["cancelled"] - before["cancelled"] == 3 and after["served"] == before["served"]
 
 
 def test_a_slot_that_fills_up_stops_with_context(gemma_path):
