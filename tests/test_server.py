@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -279,3 +280,77 @@ def test_a_request_queued_past_the_timeout_gets_503_with_retry_after(gemma_path,
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture
+def nan_after(monkeypatch):
+    """Set `.tokens`: once the context holds more than that many tokens, the base model (alone or in a batch slot)
+    returns NaN logits."""
+    from types import SimpleNamespace
+
+    from sia_edge.base_model import BaseModel, SequenceSlot
+
+    limit = SimpleNamespace(tokens=10**9)
+
+    def broken(original):
+        def logits(self):
+            row = original(self)
+            return row if self.n_past <= limit.tokens else np.full_like(row, np.nan)
+        return logits
+
+    for cls in (BaseModel, SequenceSlot):
+        monkeypatch.setattr(cls, "logits", broken(cls.logits))
+    return limit
+
+
+PROMPT = "The movie was"
+
+
+@pytest.mark.parametrize("path", ["alone", "parallel"])
+def test_a_failure_while_generating_is_a_server_error(request, path, nan_after):
+    """NaN logits at step 2 are the server's fault: a 500 `server_error` in OpenAI's shape, not a 400 a client
+    would never retry, for a plain, a best_of and a streamed request alike; /health counts them as errors."""
+    from fastapi.testclient import TestClient
+
+    from sia_edge.commands.serve import Server
+
+    engine = request.getfixturevalue("engine" if path == "alone" else "parallel_engine")
+    nan_after.tokens = len(engine.tokenize(PROMPT))  # NaN from the second step on
+    server = Server([engine], notify=lambda message: None)
+    body = {"prompt": PROMPT, "max_tokens": 8, "seed": 1, "gate": "none"}
+    with TestClient(server.app()) as http:
+        for extra in ({}, {"best_of": 2}):
+            response = http.post("/v1/completions", json={**body, **extra})
+            assert response.status_code == 500, (extra, response.text)
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
+            assert "step 1" in error["message"] and "non-finite logits" in error["message"]
+        streamed = http.post("/v1/completions", json={**body, "stream": True})
+        events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+        assert events[-1]["error"]["type"] == "server_error" and "non-finite logits" in events[-1]["error"]["message"]
+        health = http.get("/health").json()
+    assert health["errors"] == 3 and health["active"] == 0 and health["accepted"] == 3
+
+
+def test_a_request_whose_start_fails_is_not_left_active(engine, monkeypatch):
+    """Whatever stops a request before it has a slot (here an engine closed under it), /health counts it as an
+    error: `active` used to stay up for anything but a queue timeout."""
+    from fastapi.testclient import TestClient
+
+    from sia_edge.commands.serve import Server
+
+    class ClosedUnderIt:
+        result = None
+
+        def start(self):
+            raise RuntimeError("the engine is closed")
+
+    server = Server([engine], notify=lambda message: None)
+    monkeypatch.setattr(engine, "stream", lambda *args, **kwargs: ClosedUnderIt())
+    with TestClient(server.app(), raise_server_exceptions=False) as http:
+        for stream in (False, True):
+            response = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "stream": stream})
+            assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+            assert "the engine is closed" in response.json()["error"]["message"]
+        health = http.get("/health").json()
+    assert health["accepted"] == 2 and health["active"] == 0 and health["errors"] == 2

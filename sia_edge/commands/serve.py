@@ -30,7 +30,7 @@ from ..settings import GenerationSettings
 from .common import build_engine, generation_options, model_options, settings_from
 from .serve_api import (REQUEST_SETTINGS, ApiError, ChatCompletionChunk, ChatCompletionResponse, ChatRequest,
                         CompletionChunk, CompletionRequest, CompletionResponse, Health, ModelList, SiaRequest,
-                        generation_responses, openapi_document, validation_error)
+                        generation_failed, generation_responses, openapi_document, validation_error)
 from .serve_stream import FINISH_REASONS, streaming_response
 
 DEFAULT_ALIAS = "sia-edge-default"
@@ -179,13 +179,21 @@ class Server:
             raise ApiError(400, str(exc), None, "invalid_request") from exc
 
     def start(self, stream) -> None:
-        """Blocking: wait for the request's slot; a queue timeout becomes 503 with Retry-After."""
+        """Blocking: wait for the request's slot; a queue timeout becomes 503 with Retry-After. The request is
+        counted as ended whatever stops it here (a timeout, or e.g. an engine closed under it)."""
         try:
             stream.start()
         except QueueTimeoutError as exc:
-            self.counters.add(rejected=1, active=-1)
-            raise ApiError(503, f"the server is busy: {exc}", None, "server_busy", type="server_error",
-                           headers={"Retry-After": str(max(1, round(self.queue_timeout or 1)))}) from exc
+            raise self.busy(exc) from exc
+        except BaseException:
+            self.finished(None)
+            raise
+
+    def busy(self, exc: QueueTimeoutError) -> ApiError:
+        """The 503 for a request that waited longer than --queue-timeout; it is counted as rejected."""
+        self.counters.add(rejected=1, active=-1)
+        return ApiError(503, f"the server is busy: {exc}", None, "server_busy", type="server_error",
+                        headers={"Retry-After": str(max(1, round(self.queue_timeout or 1)))})
 
     def generate(self, served: ServedModel, stream, tokens: list[int], settings: GenerationSettings, n: int,
                  cancel: threading.Event, objective: str | None = None):
@@ -389,8 +397,10 @@ async def run_cancellable(server: Server, request, served, tokens, settings, n, 
     server.counters.add(accepted=1, active=1)
     try:
         return await asyncio.to_thread(server.generate, served, stream, tokens, settings, n, cancel, objective)
-    except SiaError as exc:
-        raise ApiError(400, str(exc), None, "invalid_request") from exc
+    except ApiError:
+        raise
+    except Exception as exc:  # open_stream checked the request: what fails now is the server's fault, not the client's
+        raise generation_failed(exc) from exc
     finally:
         watcher.cancel()
 

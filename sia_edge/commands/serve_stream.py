@@ -4,7 +4,7 @@ import asyncio
 import json
 import threading
 
-from .serve_api import ApiError
+from .serve_api import generation_failed
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
 
@@ -64,7 +64,7 @@ async def stream_events(queue: asyncio.Queue, cancel: threading.Event, chunk, fi
                 yield "data: [DONE]\n\n"
                 return
             else:
-                yield sse(ApiError(500, f"generation failed: {value}", type="server_error").body())
+                yield sse(generation_failed(value).body())
                 return
     finally:  # also when the client went away: Starlette closes this generator
         cancel.set()
