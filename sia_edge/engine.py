@@ -118,8 +118,7 @@ class Engine:
         `log_probs=True` fills each event's `log_prob` (the unsteered base model's log-probability of the token);
         `value_model` (an objective name or ONNX file) steers this generation toward another objective;
         `queue_timeout`: seconds to wait for a free slot before QueueTimeoutError [default: wait]."""
-        if queue_timeout is not None and not queue_timeout >= 0:
-            raise InvalidSettingError(f"queue_timeout must be >= 0 seconds, got {queue_timeout}")
+        _check_queue_timeout(queue_timeout)
         chosen = self.settings(settings, **overrides)
         scorer = self.value_model_for(value_model)
         self._check_steerable(chosen, scorer)
@@ -141,16 +140,18 @@ class Engine:
     def generate_many(self, prompts: list[str | list[int]], settings: GenerationSettings | None = None,
                       seeds: list[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE, cancel: Cancel = None,
                       log_probs: bool = False, value_model: str | os.PathLike | None = None,
-                      **overrides) -> Iterator[BatchOutput]:
+                      queue_timeout: float | None = None, **overrides) -> Iterator[BatchOutput]:
         """Generate from every prompt (prompt i with seeds[i]), `batch_size` sequences decoded together.
 
         Returns an iterator of BatchOutput (index, result, events), one as each finishes, in finishing order; bad
         arguments raise here, before any decoding. Same loop and settings
         as `generate`, ~2.5x the throughput on 2 cores; a seed reproduces a batched sample, but not bit for bit the
-        sample `generate` draws with it (batched logits differ in the last float digits). Holds the engine lock.
+        sample `generate` draws with it (batched logits differ in the last float digits). Holds the engine lock
+        (QueueTimeoutError if it stays taken for `queue_timeout` seconds); it does not use the scheduler's slots.
         """
         if batch_size < 1:
             raise InvalidSettingError(f"batch_size must be >= 1, got {batch_size}")
+        _check_queue_timeout(queue_timeout)
         chosen = self.settings(settings, **overrides)
         scorer = self.value_model_for(value_model)
         self._check_steerable(chosen, scorer)
@@ -160,12 +161,22 @@ class Engine:
             raise InvalidSettingError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         requests = [BatchRequest(self._prompt_tokens(p, chosen), chosen.with_(seed=s), s)
                     for p, s in zip(prompts, seeds)]
-        return self._run_batched(requests, batch_size, _as_callable(cancel), log_probs, scorer)
+        return self._run_batched(requests, batch_size, _as_callable(cancel), log_probs, scorer, queue_timeout)
 
-    def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool, scorer):
-        with self._lock:
+    def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool, scorer,
+                     queue_timeout: float | None = None):
+        self._take_turn(queue_timeout)
+        try:
             yield from run_batched(self.base, scorer, requests, batch_size, cancel, log_probs,
                                    max_context=self.base.n_ctx)
+        finally:
+            self._lock.release()
+
+    def _take_turn(self, queue_timeout: float | None) -> None:
+        """Take the engine's lock (one generation at a time on it), or QueueTimeoutError after queue_timeout s."""
+        if not self._lock.acquire(timeout=-1 if queue_timeout is None else queue_timeout):
+            raise QueueTimeoutError(f"the engine stayed busy for {queue_timeout:g} s (one generation at a time); "
+                                    f"try again later")
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         return self.base.tokenize(text, add_bos=add_bos)
@@ -235,10 +246,7 @@ class Stream:
                     raise
                 self._events = read_events(scheduler, self._request)
             else:
-                timeout = -1 if self._queue_timeout is None else self._queue_timeout
-                if not self._engine._lock.acquire(timeout=timeout):
-                    raise QueueTimeoutError(f"the engine stayed busy for {self._queue_timeout:g} s (one generation "
-                                            f"at a time); try again later")
+                self._engine._take_turn(self._queue_timeout)
                 self._holds_lock = True
                 self._events = self._alone()
         return self
@@ -266,6 +274,11 @@ class Stream:
         if self._holds_lock:
             self._holds_lock = False
             self._engine._lock.release()
+
+
+def _check_queue_timeout(queue_timeout: float | None) -> None:
+    if queue_timeout is not None and not queue_timeout >= 0:
+        raise InvalidSettingError(f"queue_timeout must be >= 0 seconds, got {queue_timeout}")
 
 
 def _as_callable(cancel: Cancel) -> Callable[[], bool] | None:

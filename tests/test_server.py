@@ -354,3 +354,25 @@ def test_a_request_whose_start_fails_is_not_left_active(engine, monkeypatch):
             assert "the engine is closed" in response.json()["error"]["message"]
         health = http.get("/health").json()
     assert health["accepted"] == 2 and health["active"] == 0 and health["errors"] == 2
+
+
+def test_best_of_waits_for_slots_like_any_request(parallel_engine):
+    """A best_of request's samples take the engine's slots: with every slot busy it gets the same 503 as any
+    request after --queue-timeout, and /health counts it once, as rejected."""
+    from fastapi.testclient import TestClient
+
+    from sia_edge.commands.serve import Server
+
+    server = Server([parallel_engine], notify=lambda message: None, queue_timeout=0.05)
+    holders = [parallel_engine.stream(PROMPT, gate="none", max_tokens=500, seed=i).start()
+               for i in range(parallel_engine.parallel)]
+    try:
+        with TestClient(server.app()) as http:
+            response = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "best_of": 2})
+            health = http.get("/health").json()
+    finally:
+        for stream in holders:
+            stream.close()
+    assert response.status_code == 503 and response.json()["error"]["code"] == "server_busy"
+    assert health["rejected"] == 1 and health["active"] == 0 and health["accepted"] == 1
+    assert health["busy"] == parallel_engine.parallel  # the slots /health reports are the ones it waited for

@@ -198,16 +198,9 @@ class Server:
     def generate(self, served: ServedModel, stream, tokens: list[int], settings: GenerationSettings, n: int,
                  cancel: threading.Event, objective: str | None = None):
         """Blocking, in a worker thread: drain `stream`, or draw Best-of-N. Returns (result, BestOfResult or None)."""
-        from ..best_of import best_of
-
-        result = None
         if n > 1:
-            try:
-                chosen = best_of(served.engine, tokens, n, settings, cancel=cancel, value_model=objective)
-                result = chosen.results[-1]  # the last one drawn is the one a disconnect would have cut short
-                return chosen.best_result, chosen
-            finally:
-                self.finished(result)
+            return self.best_of(served, tokens, settings, n, cancel, objective)
+        result = None
         self.start(stream)
         try:
             for _ in stream:
@@ -216,6 +209,24 @@ class Server:
             return result, None
         finally:
             self.finished(result)
+
+    def best_of(self, served: ServedModel, tokens: list[int], settings: GenerationSettings, n: int,
+                cancel: threading.Event, objective: str | None):
+        """Blocking: Best-of-N, whose samples wait for slots and take them like any request (a queue timeout is a
+        503). Counted once: cancelled if the client's going away cut a sample short."""
+        from ..best_of import best_of
+
+        try:
+            chosen = best_of(served.engine, tokens, n, settings, cancel=cancel, value_model=objective,
+                             queue_timeout=self.queue_timeout)
+        except QueueTimeoutError as exc:
+            raise self.busy(exc) from exc
+        except BaseException:
+            self.finished(None)
+            raise
+        cut = [r for r in chosen.results if r.stop_reason == "cancelled"]
+        self.finished(cut[0] if cut else chosen.best_result)
+        return chosen.best_result, chosen
 
     def finished(self, result) -> None:
         """A generation request ended: served, cancelled, or (no result) failed."""
