@@ -16,6 +16,7 @@ from .scheduler import Request, Scheduler, read_events
 from .settings import GenerationSettings
 
 DEFAULT_PARALLEL = 4  # slots for concurrent requests: a laptop-sized default, like llama.cpp's server
+MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ: more sequences than this and it cannot create the batched context
 
 Cancel = Callable[[], bool] | threading.Event | None
 
@@ -26,6 +27,9 @@ class Engine:
     `parallel` > 1: generations asked for from several threads at once run together, each in a slot of one
     batched llama.cpp context (continuous batching, sia_edge/scheduler.py): a request joins at the next step and
     leaves its slot as soon as it ends; the junctions of all slots are scored in one value-model call per step.
+    Every slot holds up to `n_ctx` tokens of KV cache of its own, so the slots' context takes `parallel` x `n_ctx`
+    cells (~18 KB each for Gemma 3 270M: 4 x 2048 ~ 150 MB, 64 x 2048 ~ 2.4 GB), allocated while requests come and
+    freed after 30 s idle; `parallel` is at most 256 (MAX_PARALLEL).
     `parallel=1`: one generation at a time on the model's own context, the others wait; a seed then replays
     exactly, which batching cannot promise (batched logits depend on which requests share the step). Nothing is
     global, so several engines (e.g. two models) can live in one process.
@@ -51,6 +55,9 @@ class Engine:
             raise InvalidSettingError(f"n_ctx must be >= 16, got {n_ctx}")
         if parallel < 1:
             raise InvalidSettingError(f"parallel must be >= 1, got {parallel}")
+        if parallel > MAX_PARALLEL:  # else every request would fail later, when the slots' context is made
+            raise InvalidSettingError(f"parallel must be <= {MAX_PARALLEL} (the most sequences llama.cpp decodes in "
+                                      f"one context), got {parallel}")
         self.base = BaseModel(resolve_base_model(model), n_ctx=n_ctx, n_threads=threads, gpu_layers=gpu_layers)
         self.fingerprint = cached_fingerprint(self.base.path, lambda: self.base.fingerprint)
         self.value_threads = value_threads

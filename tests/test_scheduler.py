@@ -261,6 +261,22 @@ def test_parallel_must_be_positive(gemma_path):
         Engine(model=gemma_path, parallel=0)
 
 
+def test_parallel_above_what_llama_cpp_decodes_is_refused_up_front(gemma_path):
+    """llama.cpp holds at most 256 sequences in one context: 257 slots used to be accepted, then every request
+    failed with 'Failed to create llama_context'. The engine and the CLI refuse it at once, in one line."""
+    from click.testing import CliRunner
+
+    from sia_edge.cli import main
+    from sia_edge.engine import MAX_PARALLEL, Engine
+
+    assert MAX_PARALLEL == 256
+    with pytest.raises(InvalidSettingError, match="parallel must be <= 256"):
+        Engine(model=gemma_path, parallel=257)
+    for command in (["serve"], ["bench", "serve"]):
+        result = CliRunner().invoke(main, [*command, "--parallel", "257"])
+        assert result.exit_code == 2 and "257 is not in the range" in result.output, result.output
+
+
 def test_closing_the_engine_fails_running_and_waiting_requests_instead_of_hanging(gemma_path):
     from sia_edge.engine import Engine
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from ..chat import Trimmed, chat_format, render_tokens
-from ..engine import DEFAULT_PARALLEL
+from ..engine import DEFAULT_PARALLEL, MAX_PARALLEL
 from ..errors import InvalidSettingError, PromptError, QueueTimeoutError, SiaError
 from ..gate import DEFAULT_TAU
 from ..models import OBJECTIVES
@@ -430,9 +430,10 @@ def _param_of(message: str) -> str | None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default accepts local connections only.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
-@click.option("--parallel", type=click.IntRange(min=1), default=DEFAULT_PARALLEL, show_default=True,
+@click.option("--parallel", type=click.IntRange(1, MAX_PARALLEL), default=DEFAULT_PARALLEL, show_default=True,
               help="Requests decoded at once (slots of one batched context, like llama.cpp's -np); more wait in "
-                   "line. 1 = one at a time, with exact seeded replay.")
+                   "line. 1 = one at a time, with exact seeded replay. Each slot holds --ctx tokens of KV cache: "
+                   "memory grows with parallel x ctx (~150 MB at 4 x 2048 for Gemma 3 270M).")
 @click.option("--queue-timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds a request may wait for a free slot before it gets 503 with Retry-After "
                    "[default: wait as long as it takes].")
