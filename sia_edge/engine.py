@@ -67,7 +67,8 @@ class Engine:
         if use_value_model:
             self.value_model, self.value_model_reason = self._load_value_model(value_model, required=False)
         self.calibration = calibration  # explicit calibration file for `ratio`; else cache, else shipped
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model's own context (and generate_many's batch): one user at a time
+        self._closed = False
         self.parallel = parallel
         self._scheduler = Scheduler(self.base, parallel, self.base.n_ctx) if parallel > 1 else None
 
@@ -168,14 +169,18 @@ class Engine:
             raise InvalidSettingError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         requests = [BatchRequest(self._prompt_tokens(p, chosen), chosen.with_(seed=s), s)
                     for p, s in zip(prompts, seeds)]
-        return self._run_batched(requests, batch_size, _as_callable(cancel), log_probs, scorer, queue_timeout)
+        return self._run_batched(requests, batch_size, self._or_closed(_as_callable(cancel)), log_probs, scorer,
+                                 queue_timeout)
 
     def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool, scorer,
                      queue_timeout: float | None = None):
         self._take_turn(queue_timeout)
         try:
-            yield from run_batched(self.base, scorer, requests, batch_size, cancel, log_probs,
-                                   max_context=self.base.n_ctx)
+            for output in run_batched(self.base, scorer, requests, batch_size, cancel, log_probs,
+                                      max_context=self.base.n_ctx):
+                if self._closed:  # its samples stopped 'cancelled' for close(), not for the caller
+                    raise RuntimeError("the engine was closed")
+                yield output
         finally:
             self._lock.release()
 
@@ -184,6 +189,13 @@ class Engine:
         if not self._lock.acquire(timeout=-1 if queue_timeout is None else queue_timeout):
             raise QueueTimeoutError(f"the engine stayed busy for {queue_timeout:g} s (one generation at a time); "
                                     f"try again later")
+        if self._closed:
+            self._lock.release()
+            raise RuntimeError("the engine was closed")
+
+    def _or_closed(self, cancel: Callable[[], bool] | None) -> Callable[[], bool]:
+        """The caller's cancel, or the engine being closed: what a generation under the lock stops for."""
+        return lambda: self._closed or bool(cancel and cancel())
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         return self.base.tokenize(text, add_bos=add_bos)
@@ -216,9 +228,14 @@ class Engine:
             )
 
     def close(self) -> None:
+        """Free the models. Generations under way stop at their next step and raise RuntimeError('the engine was
+        closed'); close() waits for them, since freeing llama.cpp's model under a decode crashes the process (a
+        stream started but never read holds the engine until it is read or closed)."""
+        self._closed = True
         if self._scheduler is not None:
-            self._scheduler.close()
-        self.base.close()
+            self._scheduler.close()  # fails the slots' requests and joins the worker, which frees their context
+        with self._lock:  # the generation on the model's own context (or generate_many's batch) has stopped
+            self.base.close()
 
 
 class Stream:
@@ -255,6 +272,7 @@ class Stream:
             else:
                 self._engine._take_turn(self._queue_timeout)
                 self._holds_lock = True
+                self._decoding.cancel = self._engine._or_closed(self._decoding.cancel)
                 self._events = self._alone()
         return self
 
@@ -265,6 +283,8 @@ class Stream:
     def _alone(self):
         try:
             yield from self._decoding
+            if self._engine._closed and self._decoding.result.stop_reason == "cancelled":
+                raise RuntimeError("the engine was closed")  # as in the slots: it did not stop for its caller
             return self._decoding.result
         finally:
             self._release()

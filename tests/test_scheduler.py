@@ -303,6 +303,45 @@ def test_closing_the_engine_fails_running_and_waiting_requests_instead_of_hangin
             list(stream)
 
 
+_CLOSE_WHILE_GENERATING = """
+import sys, threading, time
+from sia_edge.engine import Engine
+engine = Engine(model=sys.argv[1], n_ctx=1024, parallel=int(sys.argv[2]), use_value_model=False, threads=1)
+outcome, started = {}, threading.Event()
+def work():
+    try:
+        for event in engine.stream("Chapter One\\n\\nIt was a dark and stormy night", gate="none", max_tokens=900,
+                                   seed=1):
+            started.set()
+        outcome["stop"] = "generated to the end"
+    except RuntimeError as exc:
+        outcome["stop"] = str(exc)
+thread = threading.Thread(target=work)
+thread.start()
+started.wait()
+engine.close()
+thread.join()
+print(outcome["stop"])
+"""
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_closing_the_engine_while_it_decodes_stops_the_generation_first(gemma_path, parallel):
+    """close() while another thread decodes on the model's own context (parallel=1) used to free llama.cpp's model
+    under the decode: a segmentation fault. Now the generation stops at its next step, as in the slots, and the
+    model is freed after. (A subprocess, so a crash fails the test instead of the test run.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_GENERATING, str(gemma_path), str(parallel)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.strip() == "the engine was closed"
+
+
 @pytest.mark.parametrize("n_new", [5, 100])
 def test_a_junction_in_one_call_equals_fold_then_score(parallel_engine, n_new):
     """The one-call junction (new text + each candidate per row) gives the scores of folding first and scoring the
