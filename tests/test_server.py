@@ -252,6 +252,18 @@ def test_request_fields_follow_the_settings_rules(engine):
     assert err.value.status == 400 and "not both" in err.value.message
 
 
+def test_defaults_no_request_could_use_stop_the_server_at_once(engine):
+    """`serve --signal top2` without a tau (the default 2.02 is out of top2's [0, 1]) would answer every request
+    with a 400; it is refused when the server is built, with the reason."""
+    from sia_edge.commands.serve import Server
+    from sia_edge.errors import InvalidSettingError
+    from sia_edge.settings import GenerationSettings
+
+    with pytest.raises(InvalidSettingError, match="never steer"):
+        Server([engine], GenerationSettings(signal="top2"), notify=lambda message: None)
+    Server([engine], GenerationSettings(signal="top2", ratio=0.2), notify=lambda message: None)
+
+
 def test_health_counters_add_up(server, client):
     client.completions.create(model="sia-edge-default", prompt="Hello", max_tokens=2, seed=1)
     health = httpx.get(server + "/health").json()

@@ -82,6 +82,7 @@ class Server:
             if defaults.steers and engine.value_model is None:
                 notify(f"no value model for {engine.base.name}: serving it unsteered unless a request names a gate")
                 own = defaults.with_gate("none")
+            engine.settings(own)  # defaults no request could use (a tau its signal never reaches): refused now
             served = ServedModel(Path(engine.base.name).stem, engine, own, chat_format(engine.base),
                                  [DEFAULT_ALIAS] if i == 0 else [])
             for name in [served.name, *served.aliases]:
