@@ -101,21 +101,40 @@ def test_value_model_work_is_merged_across_slots(parallel_engine):
     assert after["served"] - before["served"] == 4
 
 
+def one_unit_at_a_time(vm, state: np.ndarray, tokens) -> tuple[np.ndarray, float | None]:
+    """Reference for the batched value-model paths: read `tokens` from `state` one unit per call (batch 1, no
+    padding, no repeated states) -> (state after them, the score after the last one)."""
+    score = None
+    for unit in list(vm._units(tokens)):
+        state, scores = vm._run(state, np.array([[unit]], dtype=np.int64), np.ones((1, 1), dtype=np.float32))
+        score = float(scores[0])
+    return state, score
+
+
 def test_merged_scores_equal_scores_alone(parallel_engine):
-    """score_junctions over several views (different prefixes and lengths) gives each the scores it gets alone."""
+    """score_junctions over several views (different prefix states, new text of different lengths) gives each
+    junction the scores of reading its text and then each candidate one unit at a time, in one call."""
     vm = parallel_engine.value_model
+    bos = parallel_engine.base.bos_id
     tokens = [parallel_engine.tokenize(p)[1:] for p in PROMPTS]
-    candidates = [np.array([100 + 7 * i + j for j in range(10)]) for i in range(4)]
-    alone = []
+    words = (" good bad great terrible love hate fine awful nice boring happy sad fun dull warm cold lovely grim"
+             " calm angry").split(" ")[1:]
+    ids = [parallel_engine.tokenize(" " + w, add_bos=False)[0] for w in words]
+    candidates = [np.array(ids[2 * i: 2 * i + 10]) for i in range(4)]  # overlapping sets
+    views = [ValueView(vm, [bos] + t, bos) for t in tokens]
+    for view, t in zip(views[2:], tokens[2:]):  # two of them already hold part of their text in their state
+        view.prefix, view.unscored = vm.extend(vm.empty_prefix(), t[:2]), list(t[2:])
+    empty = np.zeros((1, vm.state_size), dtype=np.float32)
+    reference = []
     for t, c in zip(tokens, candidates):
-        view = ValueView(vm, [parallel_engine.base.bos_id] + t, parallel_engine.base.bos_id)
-        alone.append(Junction(view, c).score_alone())
-    views = [ValueView(vm, [parallel_engine.base.bos_id] + t, parallel_engine.base.bos_id) for t in tokens]
+        after_text, _ = one_unit_at_a_time(vm, empty, t)
+        reference.append([one_unit_at_a_time(vm, after_text, [int(token)])[1] for token in c])
     calls = vm.calls
     merged = score_junctions([Junction(v, c) for v, c in zip(views, candidates)])
     assert vm.calls - calls == 1
-    for a, m in zip(alone, merged):
-        np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-5)
+    for m, r in zip(merged, reference):
+        np.testing.assert_allclose(m, r, rtol=1e-4, atol=1e-5)
+        assert np.ptp(r) > 1e-3  # the candidates score differently: a comparison that can fail
 
 
 def test_each_request_steers_toward_its_own_objective(parallel_engine):
