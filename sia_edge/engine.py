@@ -12,7 +12,7 @@ from .batch import DEFAULT_BATCH_SIZE, BatchOutput, BatchRequest, run_batched
 from .decoder import Decoding, GenerationResult, TokenEvent
 from .errors import InvalidSettingError, PromptError, QueueTimeoutError, ValueModelError
 from .models import cached_fingerprint, choose_value_model, resolve_base_model
-from .scheduler import Request, Scheduler, read_events
+from .scheduler import Request, Scheduler, cancelled_in_line, read_events
 from .settings import GenerationSettings
 
 DEFAULT_PARALLEL = 4  # slots for concurrent requests: a laptop-sized default, like llama.cpp's server
@@ -282,6 +282,9 @@ class Stream:
 
     def _alone(self):
         try:
+            decoding = self._decoding
+            if decoding.cancel():  # cancelled while it waited for the engine: its prefill would only delay the next
+                return cancelled_in_line(decoding.prompt_tokens, decoding.settings, decoding.seed)
             yield from self._decoding
             if self._engine._closed and self._decoding.result.stop_reason == "cancelled":
                 raise RuntimeError("the engine was closed")  # as in the slots: it did not stop for its caller

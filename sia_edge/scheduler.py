@@ -240,7 +240,7 @@ class Scheduler:
         for request in [r for r in self._waiting if r.stopped()]:
             self._waiting.remove(request)
             self.counts["cancelled"] += 1
-            request.events.put(_Done(_cancelled_in_line(request)))
+            request.events.put(_Done(cancelled_in_line(request.prompt_tokens, request.settings, request.seed)))
             request.admitted.set()  # out of the line: its caller stops waiting and reads the result
 
     def _retire_locked(self) -> None:
@@ -261,10 +261,9 @@ class Scheduler:
         self._waiting.clear()
 
 
-def _cancelled_in_line(request: Request) -> GenerationResult:
-    """The result of a request cancelled before it had a slot: nothing decoded, nothing generated."""
-    settings = request.settings
-    stats = GenerationStats(prompt_tokens=len(request.prompt_tokens), seed=request.seed)
+def cancelled_in_line(prompt_tokens: list[int], settings, seed: int) -> GenerationResult:
+    """The result of a generation cancelled before it had a slot (or the engine): nothing decoded or generated."""
+    stats = GenerationStats(prompt_tokens=len(prompt_tokens), seed=seed)
     return GenerationResult("", "cancelled", stats, [], settings.as_dict(), settings.describe())
 
 

@@ -256,6 +256,21 @@ def test_a_request_cancelled_in_line_leaves_it_without_running(two_slots):
     assert after["cancelled"] - before["cancelled"] == 3 and after["served"] == before["served"]
 
 
+def test_one_at_a_time_a_request_cancelled_while_waiting_decodes_nothing(engine):
+    """parallel=1: a generation cancelled while it waits for the engine ends 'cancelled' without its prefill,
+    which would only delay whoever waits next."""
+    holder = engine.stream(LONG_PROMPT, gate="none", max_tokens=4, seed=1).start()  # holds the engine
+    cancel, outcome = threading.Event(), {}
+    waiter = threading.Thread(target=lambda: outcome.update(
+        result=engine.generate(LONG_PROMPT, gate="none", max_tokens=4, cancel=cancel)))
+    waiter.start()
+    cancel.set()
+    list(holder)  # the holder finishes and lets the waiter in
+    waiter.join(timeout=120)
+    result = outcome["result"]
+    assert result.stop_reason == "cancelled" and result.token_ids == [] and result.stats.prefill_seconds == 0.0
+
+
 def test_a_slot_that_fills_up_stops_with_context(gemma_path):
     from sia_edge.engine import Engine
 

@@ -388,3 +388,27 @@ def test_best_of_waits_for_slots_like_any_request(parallel_engine):
     assert response.status_code == 503 and response.json()["error"]["code"] == "server_busy"
     assert health["rejected"] == 1 and health["active"] == 0 and health["accepted"] == 1
     assert health["busy"] == parallel_engine.parallel  # the slots /health reports are the ones it waited for
+
+
+def test_a_client_gone_while_its_request_waits_in_line_takes_it_out_of_line(gemma_path, tmp_path):
+    """Both slots busy, a streamed and a plain request wait in line and their clients hang up: each leaves the line
+    at once, counted as cancelled, while the two generations go on (it used to be admitted later and run its prefill
+    inside a round; a streamed one did not even notice its client leaving until it had a slot)."""
+    proc, base = start_server(gemma_path, tmp_path / "stderr.txt", "--parallel", "2")
+    long = {"prompt": "Chapter One\n\nIt was a dark and stormy night", "max_tokens": 1500, "seed": 1, "stream": True,
+            "gate": "none"}
+    try:
+        with httpx.Client(timeout=60) as http, http.stream("POST", base + "/v1/completions", json=long) as one, \
+                http.stream("POST", base + "/v1/completions", json={**long, "seed": 2}) as two:
+            holding = [one.iter_lines(), two.iter_lines()]  # kept: closing them would hang up
+            assert all(next(lines).startswith("data:") for lines in holding)  # both slots generate
+            for stream in (True, False):
+                body = {"prompt": "Hello", "max_tokens": 4, "stream": stream}
+                with pytest.raises(httpx.ReadTimeout):  # the client gives up while the request waits for a slot
+                    httpx.post(base + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+            wait_for_counter(base, "cancelled", 2)
+            health = httpx.get(base + "/health").json()
+            assert health["queued"] == 0 and health["busy"] == 2 and health["served"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -31,7 +31,7 @@ from .common import build_engine, generation_options, model_options, settings_fr
 from .serve_api import (REQUEST_SETTINGS, ApiError, ChatCompletionChunk, ChatCompletionResponse, ChatRequest,
                         CompletionChunk, CompletionRequest, CompletionResponse, Health, ModelList, SiaRequest,
                         generation_failed, generation_responses, openapi_document, validation_error)
-from .serve_stream import FINISH_REASONS, streaming_response
+from .serve_stream import FINISH_REASONS, streaming_response, watch_disconnect
 
 DEFAULT_ALIAS = "sia-edge-default"
 
@@ -330,7 +330,7 @@ async def complete(server: Server, request, req: CompletionRequest):
                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return await streaming_response(server, served, tokens, settings, chunk, None, req.objective)
+        return await streaming_response(server, request, served, tokens, settings, chunk, None, req.objective)
     result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
     return {**meta, "object": "text_completion",
             "choices": [{"index": 0, "text": result.text, "logprobs": None,
@@ -360,7 +360,8 @@ async def chat_complete(server: Server, request, req: ChatRequest):
                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return await streaming_response(server, served, tokens, settings, chunk, chunk(None), req.objective)
+        return await streaming_response(server, request, served, tokens, settings, chunk, chunk(None),
+                                        req.objective)
     result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
     return {**meta, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text.strip()},
@@ -400,12 +401,7 @@ async def run_cancellable(server: Server, request, served, tokens, settings, n, 
     cancel = threading.Event()
     stream = server.open_stream(served, tokens, settings, cancel, objective)
 
-    async def watch():
-        while not await request.is_disconnected():
-            await asyncio.sleep(0.2)
-        cancel.set()
-
-    watcher = asyncio.create_task(watch())
+    watcher = watch_disconnect(request, cancel)
     server.counters.add(accepted=1, active=1)
     try:
         return await asyncio.to_thread(server.generate, served, stream, tokens, settings, n, cancel, objective)
