@@ -281,14 +281,14 @@ class Stream:
         self.result = yield from self._events
 
     def _alone(self):
+        decoding = self._decoding
         try:
-            decoding = self._decoding
-            if decoding.cancel():  # cancelled while it waited for the engine: its prefill would only delay the next
-                return cancelled_in_line(decoding.prompt_tokens, decoding.settings, decoding.seed)
-            yield from self._decoding
-            if self._engine._closed and self._decoding.result.stop_reason == "cancelled":
+            if not decoding.cancel():  # else cancelled while it waited for the engine: its prefill would only delay
+                yield from decoding    # whoever waits next
+            result = decoding.result or cancelled_in_line(decoding.prompt_tokens, decoding.settings, decoding.seed)
+            if self._engine._closed and result.stop_reason == "cancelled":
                 raise RuntimeError("the engine was closed")  # as in the slots: it did not stop for its caller
-            return self._decoding.result
+            return result
         finally:
             self._release()
 
