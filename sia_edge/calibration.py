@@ -224,7 +224,12 @@ def resolve_ratio(settings: GenerationSettings, fingerprint: str,
     - gates that hold the ratio online: the calibrated tau is their prior; without a calibration they still work
       (they adapt), so they keep the default prior rather than fail, unless an explicit calibration file does not fit.
     - other gates, or no ratio: unchanged (the ratio means nothing to them).
+    An entropy gate whose tau its signal can never reach is refused (GenerationSettings.check_threshold).
     """
+    return _looked_up(settings, fingerprint, path).check_threshold()
+
+
+def _looked_up(settings: GenerationSettings, fingerprint: str, path) -> GenerationSettings:
     if not settings.needs_calibration or settings.calibrated_tau is not None:
         return settings  # nothing to look up, or already looked up (settings.updated drops a stale lookup)
     try:

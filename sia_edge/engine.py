@@ -12,10 +12,11 @@ from .batch import DEFAULT_BATCH_SIZE, BatchOutput, BatchRequest, run_batched
 from .decoder import Decoding, GenerationResult, TokenEvent
 from .errors import InvalidSettingError, PromptError, QueueTimeoutError, ValueModelError
 from .models import cached_fingerprint, choose_value_model, resolve_base_model, weights_fingerprint
-from .scheduler import Request, Scheduler, read_events
+from .scheduler import Request, Scheduler, cancelled_in_line, read_events
 from .settings import GenerationSettings
 
 DEFAULT_PARALLEL = 4  # slots for concurrent requests: a laptop-sized default, like llama.cpp's server
+MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ: more sequences than this and it cannot create the batched context
 
 Cancel = Callable[[], bool] | threading.Event | None
 
@@ -26,6 +27,9 @@ class Engine:
     `parallel` > 1: generations asked for from several threads at once run together, each in a slot of one
     batched llama.cpp context (continuous batching, sia_edge/scheduler.py): a request joins at the next step and
     leaves its slot as soon as it ends; the junctions of all slots are scored in one value-model call per step.
+    Every slot holds up to `n_ctx` tokens of KV cache of its own, so the slots' context takes `parallel` x `n_ctx`
+    cells (~18 KB each for Gemma 3 270M: 4 x 2048 ~ 150 MB, 64 x 2048 ~ 2.4 GB), allocated while requests come and
+    freed after 30 s idle; `parallel` is at most 256 (MAX_PARALLEL).
     `parallel=1`: one generation at a time on the model's own context, the others wait; a seed then replays
     exactly, which batching cannot promise (batched logits depend on which requests share the step). Nothing is
     global, so several engines (e.g. two models) can live in one process.
@@ -51,6 +55,9 @@ class Engine:
             raise InvalidSettingError(f"n_ctx must be >= 16, got {n_ctx}")
         if parallel < 1:
             raise InvalidSettingError(f"parallel must be >= 1, got {parallel}")
+        if parallel > MAX_PARALLEL:  # else every request would fail later, when the slots' context is made
+            raise InvalidSettingError(f"parallel must be <= {MAX_PARALLEL} (the most sequences llama.cpp decodes in "
+                                      f"one context), got {parallel}")
         self.base = BaseModel(resolve_base_model(model), n_ctx=n_ctx, n_threads=threads, gpu_layers=gpu_layers)
         self.fingerprint = cached_fingerprint(self.base.path, lambda: self.base.fingerprint)
         # which hidden-state value models serve this model (a hash of the file: ~1 s once, then cached)
@@ -62,7 +69,8 @@ class Engine:
         if use_value_model:
             self.value_model, self.value_model_reason = self._load_value_model(value_model, required=False)
         self.calibration = calibration  # explicit calibration file for `ratio`; else cache, else shipped
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model's own context (and generate_many's batch): one user at a time
+        self._closed = False
         self.parallel = parallel
         self._scheduler = Scheduler(self.base, parallel, self.base.n_ctx) if parallel > 1 else None
 
@@ -127,8 +135,7 @@ class Engine:
         `reuse_prefix` (parallel=1): decode only what the KV cache does not already hold of the prompt, as chat turns
         do. The first logits then differ in the last digits from a fresh prefill's, so a seed replays exactly only
         without it (the default)."""
-        if queue_timeout is not None and not queue_timeout >= 0:
-            raise InvalidSettingError(f"queue_timeout must be >= 0 seconds, got {queue_timeout}")
+        _check_queue_timeout(queue_timeout)
         chosen = self.settings(settings, **overrides)
         scorer = self.value_model_for(value_model)
         self._check_steerable(chosen, scorer)
@@ -151,16 +158,18 @@ class Engine:
     def generate_many(self, prompts: list[str | list[int]], settings: GenerationSettings | None = None,
                       seeds: list[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE, cancel: Cancel = None,
                       log_probs: bool = False, value_model: str | os.PathLike | None = None,
-                      **overrides) -> Iterator[BatchOutput]:
+                      queue_timeout: float | None = None, **overrides) -> Iterator[BatchOutput]:
         """Generate from every prompt (prompt i with seeds[i]), `batch_size` sequences decoded together.
 
         Returns an iterator of BatchOutput (index, result, events), one as each finishes, in finishing order; bad
         arguments raise here, before any decoding. Same loop and settings
         as `generate`, ~2.5x the throughput on 2 cores; a seed reproduces a batched sample, but not bit for bit the
-        sample `generate` draws with it (batched logits differ in the last float digits). Holds the engine lock.
+        sample `generate` draws with it (batched logits differ in the last float digits). Holds the engine lock
+        (QueueTimeoutError if it stays taken for `queue_timeout` seconds); it does not use the scheduler's slots.
         """
         if batch_size < 1:
             raise InvalidSettingError(f"batch_size must be >= 1, got {batch_size}")
+        _check_queue_timeout(queue_timeout)
         chosen = self.settings(settings, **overrides)
         scorer = self.value_model_for(value_model)
         self._check_steerable(chosen, scorer)
@@ -170,12 +179,33 @@ class Engine:
             raise InvalidSettingError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         requests = [BatchRequest(self._prompt_tokens(p, chosen), chosen.with_(seed=s), s)
                     for p, s in zip(prompts, seeds)]
-        return self._run_batched(requests, batch_size, _as_callable(cancel), log_probs, scorer)
+        return self._run_batched(requests, batch_size, self._or_closed(_as_callable(cancel)), log_probs, scorer,
+                                 queue_timeout)
 
-    def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool, scorer):
-        with self._lock:
-            yield from run_batched(self.base, scorer, requests, batch_size, cancel, log_probs,
-                                   max_context=self.base.n_ctx)
+    def _run_batched(self, requests: list[BatchRequest], batch_size: int, cancel, log_probs: bool, scorer,
+                     queue_timeout: float | None = None):
+        self._take_turn(queue_timeout)
+        try:
+            for output in run_batched(self.base, scorer, requests, batch_size, cancel, log_probs,
+                                      max_context=self.base.n_ctx):
+                if self._closed:  # its samples stopped 'cancelled' for close(), not for the caller
+                    raise RuntimeError("the engine was closed")
+                yield output
+        finally:
+            self._lock.release()
+
+    def _take_turn(self, queue_timeout: float | None) -> None:
+        """Take the engine's lock (one generation at a time on it), or QueueTimeoutError after queue_timeout s."""
+        if not self._lock.acquire(timeout=-1 if queue_timeout is None else queue_timeout):
+            raise QueueTimeoutError(f"the engine stayed busy for {queue_timeout:g} s (one generation at a time); "
+                                    f"try again later")
+        if self._closed:
+            self._lock.release()
+            raise RuntimeError("the engine was closed")
+
+    def _or_closed(self, cancel: Callable[[], bool] | None) -> Callable[[], bool]:
+        """The caller's cancel, or the engine being closed: what a generation under the lock stops for."""
+        return lambda: self._closed or bool(cancel and cancel())
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         return self.base.tokenize(text, add_bos=add_bos)
@@ -208,9 +238,14 @@ class Engine:
             )
 
     def close(self) -> None:
+        """Free the models. Generations under way stop at their next step and raise RuntimeError('the engine was
+        closed'); close() waits for them, since freeing llama.cpp's model under a decode crashes the process (a
+        stream started but never read holds the engine until it is read or closed)."""
+        self._closed = True
         if self._scheduler is not None:
-            self._scheduler.close()
-        self.base.close()
+            self._scheduler.close()  # fails the slots' requests and joins the worker, which frees their context
+        with self._lock:  # the generation on the model's own context (or generate_many's batch) has stopped
+            self.base.close()
 
 
 class Stream:
@@ -245,11 +280,9 @@ class Stream:
                     raise
                 self._events = read_events(scheduler, self._request)
             else:
-                timeout = -1 if self._queue_timeout is None else self._queue_timeout
-                if not self._engine._lock.acquire(timeout=timeout):
-                    raise QueueTimeoutError(f"the engine stayed busy for {self._queue_timeout:g} s (one generation "
-                                            f"at a time); try again later")
+                self._engine._take_turn(self._queue_timeout)
                 self._holds_lock = True
+                self._decoding.cancel = self._engine._or_closed(self._decoding.cancel)
                 self._events = self._alone()
         return self
 
@@ -258,9 +291,14 @@ class Stream:
         self.result = yield from self._events
 
     def _alone(self):
+        decoding = self._decoding
         try:
-            yield from self._decoding
-            return self._decoding.result
+            if not decoding.cancel():  # else cancelled while it waited for the engine: its prefill would only delay
+                yield from decoding    # whoever waits next
+            result = decoding.result or cancelled_in_line(decoding.prompt_tokens, decoding.settings, decoding.seed)
+            if self._engine._closed and result.stop_reason == "cancelled":
+                raise RuntimeError("the engine was closed")  # as in the slots: it did not stop for its caller
+            return result
         finally:
             self._release()
 
@@ -276,6 +314,11 @@ class Stream:
         if self._holds_lock:
             self._holds_lock = False
             self._engine._lock.release()
+
+
+def _check_queue_timeout(queue_timeout: float | None) -> None:
+    if queue_timeout is not None and not queue_timeout >= 0:
+        raise InvalidSettingError(f"queue_timeout must be >= 0 seconds, got {queue_timeout}")
 
 
 def _as_callable(cancel: Cancel) -> Callable[[], bool] | None:

@@ -193,7 +193,11 @@ class OnlineRatioGate:
     The threshold is a running quantile of the signals seen so far in this generation, seeded with a prior
     threshold (e.g. from calibration) so that the first steps behave like the fixed gate. A small integral
     correction keeps the realised ratio itself on target as the text drifts: more than one junction behind, it
-    takes a step in the upper 2r of this text's signals (never its lowest quarter); more than one ahead, none. Ratio 0 never steers.
+    takes a step in the upper 2r of this text's signals (never in its lowest quarter, nor, for a target above one
+    half, in its lowest (1 - r)^2); more than one ahead, none. Ratio 0 never steers, ratio 1 steers every step.
+    Replayed on 60 unsteered Gemma 3 270M texts (the calibration prompts, top-k entropy, the calibrated prior;
+    replays leave out steering's feedback) it realises the target to within 0.008 from 0.1 to 0.95 at 128 tokens
+    and within 0.012 at 64, a little under it (it tolerates being one junction behind).
     """
 
     ratio: float
@@ -217,16 +221,23 @@ class OnlineRatioGate:
     def catch_up_threshold(self) -> float:
         """When behind, a step is taken if it ranks in the upper 2r of this text's signals so far, and never in
         its lowest quarter (strictly above that quantile): catching up does not spend a junction on a step the
-        text itself finds certain. (It used to take any step with a signal above 0.)"""
+        text itself finds certain. (It used to take any step with a signal above 0.) Above a target of one half
+        that floor falls to the (1 - r)^2 quantile: with the floor at a quarter, catch-up had almost no room above
+        the running threshold (the 1 - r quantile), none above 0.75, and the gate fell short of high targets
+        (replayed as in the class docstring, 128 tokens: 0.65 at 0.7, 0.73 at 0.8, 0.85 at 0.9, 0.97 at 1.0;
+        now 0.696, 0.800, 0.901 and 1)."""
         if not self._seen:
             return math.inf
-        return float(np.quantile(self._seen, max(0.25, 1.0 - 2.0 * self.ratio)))
+        return float(np.quantile(self._seen, max(1.0 - 2.0 * self.ratio, min(0.25, (1.0 - self.ratio) ** 2))))
 
     def decide(self, step: int, signal: float) -> bool:
         tau, floor = self.threshold(), self.catch_up_threshold()
         self._seen.append(signal)
         if self.ratio == 0.0:  # nothing to hold: without this the +-1 slack below still let two junctions through
             return False
+        if self.ratio == 1.0:  # every step: a quantile can only fall short (the prior's first steps, new minima)
+            self._steered += 1
+            return True
         n = len(self._seen)
         behind = self._steered < self.ratio * n - 1.0  # steered too little so far: take this one if uncertain
         ahead = self._steered > self.ratio * n + 1.0

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .decoder import Decoding, GenerationResult, Junction, TokenEvent, score_junctions
+from .decoder import Decoding, GenerationResult, GenerationStats, Junction, TokenEvent, score_junctions
 from .errors import QueueTimeoutError
 
 _IDLE_SECONDS = 30.0  # the worker thread exits after this long without work (a new request starts it again)
@@ -91,15 +91,32 @@ class Scheduler:
             self._cond.notify_all()
 
     def wait_admitted(self, request: Request, timeout: float | None) -> None:
-        """Block until the request has a slot; after `timeout` seconds in the queue it is withdrawn and
-        QueueTimeoutError raised (nothing of it ran)."""
+        """Block until the request has a slot. The timeout counts only while no slot is free for it: a request
+        that a free slot awaits is admitted at the worker's next round, however long the current one (another
+        request's prefill, say) takes. After `timeout` seconds with every slot taken or claimed by requests ahead
+        of it, it is withdrawn and QueueTimeoutError raised (nothing of it ran)."""
         if request.admitted.wait(timeout):
             return
         with self._cond:
-            if request in self._waiting:
+            if request in self._waiting and not self._slot_awaits_locked(request):
                 self._waiting.remove(request)
                 self.counts["rejected"] += 1
-                raise QueueTimeoutError(f"all {self.n_slots} slots stayed busy for {timeout:g} s; try again later")
+                ahead = sum(not r.stopped() for r in self._waiting)  # the line it was in, without it
+                raise QueueTimeoutError(
+                    f"no slot came free for this request within {timeout:g} s ({len(self._active)} of "
+                    f"{self.n_slots} slots busy, {ahead} other request{'s' if ahead != 1 else ''} in line); "
+                    f"try again later")
+        request.admitted.wait()  # a slot is free for it (or it was just admitted, or failed): the next round
+
+    def _slot_awaits_locked(self, request: Request) -> bool:
+        """Whether the next admission round gives this waiting request a slot: fewer live requests are ahead of
+        it in line than slots are free (a cancelled one ahead will leave the line instead)."""
+        ahead = 0
+        for other in self._waiting:
+            if other is request:
+                break
+            ahead += not other.stopped()
+        return ahead < self.n_slots - len(self._active)
 
     def abandon(self, request: Request) -> None:
         """The caller stopped reading: drop it from the queue, or stop it at its next step."""
@@ -150,6 +167,7 @@ class Scheduler:
                 from .base_model import BatchContext
 
                 self._context = BatchContext(self.base, self.n_slots, self.n_ctx_per_slot)
+            self._drop_cancelled_locked()
             for index in range(self.n_slots):
                 if index not in self._active and self._waiting:
                     request = self._waiting.popleft()
@@ -205,9 +223,9 @@ class Scheduler:
         return None
 
     def _finish(self, index: int, outcome: _Done | _Failed) -> None:
-        slotted = self._active.pop(index)
         self._context.slots[index].clear()
-        with self._cond:
+        with self._cond:  # callers count the free slots (wait_admitted) under this lock
+            slotted = self._active.pop(index)
             if isinstance(outcome, _Failed):
                 self.counts["errors"] += 1
             elif outcome.result.stop_reason == "cancelled":
@@ -215,6 +233,15 @@ class Scheduler:
             else:
                 self.counts["served"] += 1
         slotted.request.events.put(outcome)
+
+    def _drop_cancelled_locked(self) -> None:
+        """Requests cancelled while in line leave it before they take a slot: admitting one would run its whole
+        prefill inside a round, stalling every active slot, only to stop at its first step."""
+        for request in [r for r in self._waiting if r.stopped()]:
+            self._waiting.remove(request)
+            self.counts["cancelled"] += 1
+            request.events.put(_Done(cancelled_in_line(request.prompt_tokens, request.settings, request.seed)))
+            request.admitted.set()  # out of the line: its caller stops waiting and reads the result
 
     def _retire_locked(self) -> None:
         """The worker is leaving: free the llama.cpp context (its KV cells) until work comes again."""
@@ -232,6 +259,12 @@ class Scheduler:
         self.counts["errors"] += len(self._active) + len(self._waiting)
         self._active.clear()
         self._waiting.clear()
+
+
+def cancelled_in_line(prompt_tokens: list[int], settings, seed: int) -> GenerationResult:
+    """The result of a generation cancelled before it had a slot (or the engine): nothing decoded or generated."""
+    stats = GenerationStats(prompt_tokens=len(prompt_tokens), seed=seed)
+    return GenerationResult("", "cancelled", stats, [], settings.as_dict(), settings.describe())
 
 
 def read_events(scheduler: Scheduler, request: Request) -> Iterator:

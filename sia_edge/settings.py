@@ -81,6 +81,25 @@ class GenerationSettings:
             return self.calibrated_tau
         return self.tau if self.tau is not None else DEFAULT_TAU
 
+    def check_threshold(self) -> "GenerationSettings":
+        """These settings, unless their entropy gate's tau is above anything the signal can take (top2's p2/p1 is
+        at most 1, the top-k entropy at most ln k): such a gate would silently never steer, so it is an
+        InvalidSettingError that says what to give instead. Engine.settings asks once tau is known; constructing
+        settings does not, since a ratio or tau may still come."""
+        if self.gate != "entropy" or (self.ratio is not None and self.calibrated_tau is None):
+            return self
+        most = SIGNALS[self.signal].most(self.top_k)
+        if most is None or self.threshold <= most:
+            return self
+        if self.tau is not None or self.calibrated_tau is not None:
+            given = f"tau {self.threshold:g}"
+        else:
+            given = f"the default tau {DEFAULT_TAU:g} (the top-k entropy's 20% threshold at k = 10)"
+        raise InvalidSettingError(
+            f"{given} is above the most the {SIGNALS[self.signal].label} signal can reach with top_k={self.top_k} "
+            f"({most:.3g}), so the entropy gate would never steer: give a tau at most {most:.3g}, or a ratio to take "
+            f"tau from the calibration for this signal")
+
     # --- changes -----------------------------------------------------------------------------------------
 
     def with_(self, **changes) -> "GenerationSettings":

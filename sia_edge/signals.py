@@ -103,15 +103,16 @@ class Signal:
     label: str  # as describe() prints it
     help: str
     compute: Callable[[np.ndarray, np.ndarray], float]  # (logits row, top-k logits largest first) -> value
+    most: Callable[[int], float | None]  # the largest value it can take with k candidates (None: the vocabulary's)
 
 
 SIGNALS: dict[str, Signal] = {s.name: s for s in (
     Signal("top-k", "entropy", "entropy in nats of the k candidates (the paper)",
-           lambda logits, top: softmax_entropy(top)),
+           lambda logits, top: softmax_entropy(top), lambda k: math.log(k)),
     Signal("full", "full-entropy", "entropy in nats of the whole vocabulary",
-           lambda logits, top: full_vocab_entropy(logits)),
+           lambda logits, top: full_vocab_entropy(logits), lambda k: None),  # log(n_vocab): 10+ nats
     Signal("top2", "top2-ratio", "the runner-up/top probability ratio p2/p1, in [0, 1]",
-           lambda logits, top: top_two_ratio(top)),
+           lambda logits, top: top_two_ratio(top), lambda k: 1.0 if k >= 2 else 0.0),
 )}
 SIGNAL_HELP = "The uncertainty the gate thresholds: " + "; ".join(f"'{s.name}' {s.help}" for s in SIGNALS.values()) + "."
 

@@ -69,3 +69,36 @@ def test_needs_a_value_model(smollm_path):
             best_of(engine, "Hello", 2, GenerationSettings(gate="none", max_tokens=4))
     finally:
         engine.close()
+
+
+def test_samples_take_the_engines_slots(parallel_engine):
+    """On a batching engine (the server's) the N samples are requests in its slots: the scheduler serves them
+    (its counters and /health see them; they used to run in a second context beside it), and the result is the
+    same kind: seeds seed+i, the argmax of independent scores, every value-model call counted once."""
+    before = parallel_engine.load()
+    out = best_of(parallel_engine, PROMPT, 3, GenerationSettings(max_tokens=8, seed=21))
+    after = parallel_engine.load()
+    assert after["served"] - before["served"] == 3 and after["rounds"] > before["rounds"]
+    assert [r.stats.seed for r in out.results] == [21, 22, 23]
+    prompt = [t for t in parallel_engine.tokenize(PROMPT) if t != parallel_engine.base.bos_id]
+    independent = parallel_engine.value_model.score_sequences([prompt + r.token_ids for r in out.results])
+    np.testing.assert_allclose(out.scores, independent, rtol=1e-5, atol=1e-5)
+    assert out.best == int(np.argmax(independent))
+    assert out.value_model_calls == sum(r.stats.value_model_calls for r in out.results) + 1
+
+
+def test_samples_obey_the_queue_timeout(engine, parallel_engine):
+    """Best-of-N waits for a slot (parallel > 1) or for the engine (parallel = 1) no longer than the queue timeout,
+    like any request; before, it waited without limit."""
+    from sia_edge.errors import QueueTimeoutError
+
+    settings = GenerationSettings(gate="none", max_tokens=4, seed=1)
+    for busy_engine, slots in ((engine, 1), (parallel_engine, parallel_engine.parallel)):
+        holders = [busy_engine.stream(PROMPT, gate="none", max_tokens=500, seed=i).start() for i in range(slots)]
+        try:
+            with pytest.raises(QueueTimeoutError):
+                best_of(busy_engine, PROMPT, 2, settings, queue_timeout=0.05)
+        finally:
+            for stream in holders:
+                stream.close()
+    assert len(best_of(engine, PROMPT, 2, settings, queue_timeout=30).results) == 2  # the engine is free again

@@ -211,6 +211,17 @@ def test_the_entropy_gate_steers_exactly_where_the_signal_reaches_tau(engine, si
     assert f"tau={tau:g}" in stream.result.pipeline
 
 
+def test_a_tau_the_signal_never_reaches_is_refused_before_generating(engine):
+    """top2 lies in [0, 1]: with the default tau 2.02 the entropy gate used to steer nothing, silently. It is
+    refused, naming the fix; a ratio takes top2's own calibrated tau and steers."""
+    with pytest.raises(InvalidSettingError, match=r"default tau 2.02 .* top2-ratio signal .* never steer"):
+        engine.stream(PROMPT, signal="top2", max_tokens=4)
+    with pytest.raises(InvalidSettingError, match=r"tau 1.5 is above .* top2-ratio"):
+        engine.generate(PROMPT, signal="top2", tau=1.5, max_tokens=4)
+    result = engine.generate(PROMPT, signal="top2", ratio=0.5, max_tokens=24, seed=4)
+    assert result.stats.junctions > 0 and result.settings["calibrated_tau"] < 1.0
+
+
 @pytest.mark.parametrize("prompt", ["", "   \n"])
 def test_empty_prompt_is_refused(engine, prompt):
     with pytest.raises(PromptError, match="empty"):

@@ -26,7 +26,14 @@ def test_short_load_and_fault_run(gemma_path):
     assert report["server_errors"] == 0 and report["completed"] >= 10
     assert set(report["by_kind"]) == {"completion", "completion-stream", "chat", "chat-stream", "malformed",
                                       "oversize", "unknown-model", "not-utf8", "lone-surrogate", "hang-up"}
-    assert report["health_after"]["cancelled"] - report["health_before"]["cancelled"] <= report["hung_up"]
+    # /health against what the clients saw: every generation they started ended exactly once (served if it
+    # completed, or if it ended before the server saw its client hang up; cancelled otherwise), hang-ups cancel
+    # generations (at least one of them: disconnects reach the decoder), and no accepted request failed
+    delta = {key: report["health_after"][key] - report["health_before"][key] for key in ("served", "cancelled",
+                                                                                      "errors")}
+    assert report["hung_up"] >= 1, "the plan's hang-ups did not hang up mid-stream"
+    assert delta["served"] + delta["cancelled"] == report["completed"] + report["hung_up"], delta
+    assert 1 <= delta["cancelled"] <= report["hung_up"] and delta["errors"] == 0, delta
     assert report["rss"] is not None  # the server's RSS was read
 
 

@@ -101,21 +101,40 @@ def test_value_model_work_is_merged_across_slots(parallel_engine):
     assert after["served"] - before["served"] == 4
 
 
+def one_unit_at_a_time(vm, state: np.ndarray, tokens) -> tuple[np.ndarray, float | None]:
+    """Reference for the batched value-model paths: read `tokens` from `state` one unit per call (batch 1, no
+    padding, no repeated states) -> (state after them, the score after the last one)."""
+    score = None
+    for unit in list(vm._units(tokens)):
+        state, scores = vm._run(state, np.array([[unit]], dtype=np.int64), np.ones((1, 1), dtype=np.float32))
+        score = float(scores[0])
+    return state, score
+
+
 def test_merged_scores_equal_scores_alone(parallel_engine):
-    """score_junctions over several views (different prefixes and lengths) gives each the scores it gets alone."""
+    """score_junctions over several views (different prefix states, new text of different lengths) gives each
+    junction the scores of reading its text and then each candidate one unit at a time, in one call."""
     vm = parallel_engine.value_model
+    bos = parallel_engine.base.bos_id
     tokens = [parallel_engine.tokenize(p)[1:] for p in PROMPTS]
-    candidates = [np.array([100 + 7 * i + j for j in range(10)]) for i in range(4)]
-    alone = []
+    words = (" good bad great terrible love hate fine awful nice boring happy sad fun dull warm cold lovely grim"
+             " calm angry").split(" ")[1:]
+    ids = [parallel_engine.tokenize(" " + w, add_bos=False)[0] for w in words]
+    candidates = [np.array(ids[2 * i: 2 * i + 10]) for i in range(4)]  # overlapping sets
+    views = [ValueView(vm, [bos] + t, bos) for t in tokens]
+    for view, t in zip(views[2:], tokens[2:]):  # two of them already hold part of their text in their state
+        view.prefix, view.unscored = vm.extend(vm.empty_prefix(), t[:2]), list(t[2:])
+    empty = np.zeros((1, vm.state_size), dtype=np.float32)
+    reference = []
     for t, c in zip(tokens, candidates):
-        view = ValueView(vm, [parallel_engine.base.bos_id] + t, parallel_engine.base.bos_id)
-        alone.append(Junction(view, c).score_alone())
-    views = [ValueView(vm, [parallel_engine.base.bos_id] + t, parallel_engine.base.bos_id) for t in tokens]
+        after_text, _ = one_unit_at_a_time(vm, empty, t)
+        reference.append([one_unit_at_a_time(vm, after_text, [int(token)])[1] for token in c])
     calls = vm.calls
     merged = score_junctions([Junction(v, c) for v, c in zip(views, candidates)])
     assert vm.calls - calls == 1
-    for a, m in zip(alone, merged):
-        np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-5)
+    for m, r in zip(merged, reference):
+        np.testing.assert_allclose(m, r, rtol=1e-4, atol=1e-5)
+        assert np.ptp(r) > 1e-3  # the candidates score differently: a comparison that can fail
 
 
 def test_each_request_steers_toward_its_own_objective(parallel_engine):
@@ -173,7 +192,7 @@ def test_a_full_queue_turns_requests_away(gemma_path):
     try:
         busy = [engine.stream(PROMPTS[i], gate="none", max_tokens=240, seed=i).start() for i in range(2)]
         assert engine.load()["busy"] == 2
-        with pytest.raises(QueueTimeoutError, match="slots stayed busy"):
+        with pytest.raises(QueueTimeoutError, match=r"no slot came free .* \(2 of 2 slots busy, 0 other requests"):
             engine.stream(PROMPTS[2], gate="none", max_tokens=4, queue_timeout=0.05).start()
         for stream in busy:
             stream.close()
@@ -184,6 +203,72 @@ def test_a_full_queue_turns_requests_away(gemma_path):
             engine.stream(PROMPTS[0], queue_timeout=-1)
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def two_slots(gemma_path):
+    """A small engine of its own (2 slots, no value model): these tests fill its slots and its line."""
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gemma_path, n_ctx=512, parallel=2, use_value_model=False)
+    yield engine
+    engine.close()
+
+
+LONG_PROMPT = " ".join(["The film was long, loud and in places rather lovely."] * 30)  # ~360 tokens: a long prefill
+
+
+def test_a_free_slot_admits_a_request_whatever_its_queue_timeout(two_slots):
+    """The queue timeout is for waiting on busy slots: a request a slot is free for is admitted even with a
+    timeout of 0 (the worker admits it at its next round), also while another request's prefill fills the round."""
+    assert two_slots.generate(PROMPTS[0], gate="none", max_tokens=2, seed=1, queue_timeout=0).stats.tokens == 2
+    busy = two_slots.stream(LONG_PROMPT, gate="none", max_tokens=200, seed=2).start()  # its prefill: next round
+    try:
+        quick = two_slots.generate(PROMPTS[1], gate="none", max_tokens=2, seed=3, queue_timeout=0.001)
+        assert quick.stats.tokens == 2 and quick.stop_reason == "length"
+    finally:
+        busy.close()
+    assert wait_idle(two_slots)["rejected"] == 0
+
+
+def test_a_request_cancelled_in_line_leaves_it_without_running(two_slots):
+    """Cancelled while every slot is busy, a request leaves the line at the next round: it is not admitted later
+    to run its prefill inside a round, and it ends 'cancelled' with nothing decoded while the others go on."""
+    before = wait_idle(two_slots)
+    running = [two_slots.stream(PROMPTS[i], gate="none", max_tokens=400, seed=i).start() for i in range(2)]
+    cancel, outcome = threading.Event(), {}
+    waiter = threading.Thread(target=lambda: outcome.update(
+        result=two_slots.generate(LONG_PROMPT, gate="none", max_tokens=4, cancel=cancel)))
+    waiter.start()
+    while two_slots.load()["queued"] == 0 and waiter.is_alive():  # bounded by the waiter itself
+        threading.Event().wait(0.01)
+    cancel.set()
+    waiter.join(timeout=60)  # before the fix it waited for a 400-token generation to free its slot
+    load = two_slots.load()
+    for stream in running:
+        stream.close()
+    assert not waiter.is_alive()
+    assert load["busy"] == 2 and load["queued"] == 0  # it left the line while both slots kept generating
+    result = outcome["result"]
+    assert result.stop_reason == "cancelled" and result.text == "" and result.token_ids == []
+    assert result.stats.tokens == 0 and result.stats.prefill_seconds == 0.0  # its prompt was never decoded
+    after = wait_idle(two_slots)
+    assert after["cancelled"] - before["cancelled"] == 3 and after["served"] == before["served"]
+
+
+def test_one_at_a_time_a_request_cancelled_while_waiting_decodes_nothing(engine):
+    """parallel=1: a generation cancelled while it waits for the engine ends 'cancelled' without its prefill,
+    which would only delay whoever waits next."""
+    holder = engine.stream(LONG_PROMPT, gate="none", max_tokens=4, seed=1).start()  # holds the engine
+    cancel, outcome = threading.Event(), {}
+    waiter = threading.Thread(target=lambda: outcome.update(
+        result=engine.generate(LONG_PROMPT, gate="none", max_tokens=4, cancel=cancel)))
+    waiter.start()
+    cancel.set()
+    list(holder)  # the holder finishes and lets the waiter in
+    waiter.join(timeout=120)
+    result = outcome["result"]
+    assert result.stop_reason == "cancelled" and result.token_ids == [] and result.stats.prefill_seconds == 0.0
 
 
 def test_a_slot_that_fills_up_stops_with_context(gemma_path):
@@ -210,6 +295,22 @@ def test_parallel_must_be_positive(gemma_path):
         Engine(model=gemma_path, parallel=0)
 
 
+def test_parallel_above_what_llama_cpp_decodes_is_refused_up_front(gemma_path):
+    """llama.cpp holds at most 256 sequences in one context: 257 slots used to be accepted, then every request
+    failed with 'Failed to create llama_context'. The engine and the CLI refuse it at once, in one line."""
+    from click.testing import CliRunner
+
+    from sia_edge.cli import main
+    from sia_edge.engine import MAX_PARALLEL, Engine
+
+    assert MAX_PARALLEL == 256
+    with pytest.raises(InvalidSettingError, match="parallel must be <= 256"):
+        Engine(model=gemma_path, parallel=257)
+    for command in (["serve"], ["bench", "serve"]):
+        result = CliRunner().invoke(main, [*command, "--parallel", "257"])
+        assert result.exit_code == 2 and "257 is not in the range" in result.output, result.output
+
+
 def test_closing_the_engine_fails_running_and_waiting_requests_instead_of_hanging(gemma_path):
     from sia_edge.engine import Engine
 
@@ -234,6 +335,45 @@ def test_closing_the_engine_fails_running_and_waiting_requests_instead_of_hangin
     for stream in running:
         with pytest.raises(RuntimeError, match="the engine was closed"):
             list(stream)
+
+
+_CLOSE_WHILE_GENERATING = """
+import sys, threading, time
+from sia_edge.engine import Engine
+engine = Engine(model=sys.argv[1], n_ctx=1024, parallel=int(sys.argv[2]), use_value_model=False, threads=1)
+outcome, started = {}, threading.Event()
+def work():
+    try:
+        for event in engine.stream("Chapter One\\n\\nIt was a dark and stormy night", gate="none", max_tokens=900,
+                                   seed=1):
+            started.set()
+        outcome["stop"] = "generated to the end"
+    except RuntimeError as exc:
+        outcome["stop"] = str(exc)
+thread = threading.Thread(target=work)
+thread.start()
+started.wait()
+engine.close()
+thread.join()
+print(outcome["stop"])
+"""
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_closing_the_engine_while_it_decodes_stops_the_generation_first(gemma_path, parallel):
+    """close() while another thread decodes on the model's own context (parallel=1) used to free llama.cpp's model
+    under the decode: a segmentation fault. Now the generation stops at its next step, as in the slots, and the
+    model is freed after. (A subprocess, so a crash fails the test instead of the test run.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_GENERATING, str(gemma_path), str(parallel)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.strip() == "the engine was closed"
 
 
 @pytest.mark.parametrize("n_new", [5, 100])

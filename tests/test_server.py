@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -251,6 +252,18 @@ def test_request_fields_follow_the_settings_rules(engine):
     assert err.value.status == 400 and "not both" in err.value.message
 
 
+def test_defaults_no_request_could_use_stop_the_server_at_once(engine):
+    """`serve --signal top2` without a tau (the default 2.02 is out of top2's [0, 1]) would answer every request
+    with a 400; it is refused when the server is built, with the reason."""
+    from sia_edge.commands.serve import Server
+    from sia_edge.errors import InvalidSettingError
+    from sia_edge.settings import GenerationSettings
+
+    with pytest.raises(InvalidSettingError, match="never steer"):
+        Server([engine], GenerationSettings(signal="top2"), notify=lambda message: None)
+    Server([engine], GenerationSettings(signal="top2", ratio=0.2), notify=lambda message: None)
+
+
 def test_health_counters_add_up(server, client):
     client.completions.create(model="sia-edge-default", prompt="Hello", max_tokens=2, seed=1)
     health = httpx.get(server + "/health").json()
@@ -276,6 +289,126 @@ def test_a_request_queued_past_the_timeout_gets_503_with_retry_after(gemma_path,
         health = httpx.get(base + "/health").json()
         assert health["rejected"] == 1 and health["parallel"] == 1 and health["active"] == 0
         assert health["accepted"] == health["served"] + health["cancelled"] + health["errors"] + health["rejected"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture
+def nan_after(monkeypatch):
+    """Set `.tokens`: once the context holds more than that many tokens, the base model (alone or in a batch slot)
+    returns NaN logits."""
+    from types import SimpleNamespace
+
+    from sia_edge.base_model import BaseModel, SequenceSlot
+
+    limit = SimpleNamespace(tokens=10**9)
+
+    def broken(original):
+        def logits(self):
+            row = original(self)
+            return row if self.n_past <= limit.tokens else np.full_like(row, np.nan)
+        return logits
+
+    for cls in (BaseModel, SequenceSlot):
+        monkeypatch.setattr(cls, "logits", broken(cls.logits))
+    return limit
+
+
+PROMPT = "The movie was"
+
+
+@pytest.mark.parametrize("path", ["alone", "parallel"])
+def test_a_failure_while_generating_is_a_server_error(request, path, nan_after):
+    """NaN logits at step 2 are the server's fault: a 500 `server_error` in OpenAI's shape, not a 400 a client
+    would never retry, for a plain, a best_of and a streamed request alike; /health counts them as errors."""
+    from fastapi.testclient import TestClient
+
+    from sia_edge.commands.serve import Server
+
+    engine = request.getfixturevalue("engine" if path == "alone" else "parallel_engine")
+    nan_after.tokens = len(engine.tokenize(PROMPT))  # NaN from the second step on
+    server = Server([engine], notify=lambda message: None)
+    body = {"prompt": PROMPT, "max_tokens": 8, "seed": 1, "gate": "none"}
+    with TestClient(server.app()) as http:
+        for extra in ({}, {"best_of": 2}):
+            response = http.post("/v1/completions", json={**body, **extra})
+            assert response.status_code == 500, (extra, response.text)
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
+            assert "step 1" in error["message"] and "non-finite logits" in error["message"]
+        streamed = http.post("/v1/completions", json={**body, "stream": True})
+        events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+        assert events[-1]["error"]["type"] == "server_error" and "non-finite logits" in events[-1]["error"]["message"]
+        health = http.get("/health").json()
+    assert health["errors"] == 3 and health["active"] == 0 and health["accepted"] == 3
+
+
+def test_a_request_whose_start_fails_is_not_left_active(engine, monkeypatch):
+    """Whatever stops a request before it has a slot (here an engine closed under it), /health counts it as an
+    error: `active` used to stay up for anything but a queue timeout."""
+    from fastapi.testclient import TestClient
+
+    from sia_edge.commands.serve import Server
+
+    class ClosedUnderIt:
+        result = None
+
+        def start(self):
+            raise RuntimeError("the engine is closed")
+
+    server = Server([engine], notify=lambda message: None)
+    monkeypatch.setattr(engine, "stream", lambda *args, **kwargs: ClosedUnderIt())
+    with TestClient(server.app(), raise_server_exceptions=False) as http:
+        for stream in (False, True):
+            response = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "stream": stream})
+            assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+            assert "the engine is closed" in response.json()["error"]["message"]
+        health = http.get("/health").json()
+    assert health["accepted"] == 2 and health["active"] == 0 and health["errors"] == 2
+
+
+def test_best_of_waits_for_slots_like_any_request(parallel_engine):
+    """A best_of request's samples take the engine's slots: with every slot busy it gets the same 503 as any
+    request after --queue-timeout, and /health counts it once, as rejected."""
+    from fastapi.testclient import TestClient
+
+    from sia_edge.commands.serve import Server
+
+    server = Server([parallel_engine], notify=lambda message: None, queue_timeout=0.05)
+    holders = [parallel_engine.stream(PROMPT, gate="none", max_tokens=500, seed=i).start()
+               for i in range(parallel_engine.parallel)]
+    try:
+        with TestClient(server.app()) as http:
+            response = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "best_of": 2})
+            health = http.get("/health").json()
+    finally:
+        for stream in holders:
+            stream.close()
+    assert response.status_code == 503 and response.json()["error"]["code"] == "server_busy"
+    assert health["rejected"] == 1 and health["active"] == 0 and health["accepted"] == 1
+    assert health["busy"] == parallel_engine.parallel  # the slots /health reports are the ones it waited for
+
+
+def test_a_client_gone_while_its_request_waits_in_line_takes_it_out_of_line(gemma_path, tmp_path):
+    """Both slots busy, a streamed and a plain request wait in line and their clients hang up: each leaves the line
+    at once, counted as cancelled, while the two generations go on (it used to be admitted later and run its prefill
+    inside a round; a streamed one did not even notice its client leaving until it had a slot)."""
+    proc, base = start_server(gemma_path, tmp_path / "stderr.txt", "--parallel", "2")
+    long = {"prompt": "Chapter One\n\nIt was a dark and stormy night", "max_tokens": 1500, "seed": 1, "stream": True,
+            "gate": "none"}
+    try:
+        with httpx.Client(timeout=60) as http, http.stream("POST", base + "/v1/completions", json=long) as one, \
+                http.stream("POST", base + "/v1/completions", json={**long, "seed": 2}) as two:
+            holding = [one.iter_lines(), two.iter_lines()]  # kept: closing them would hang up
+            assert all(next(lines).startswith("data:") for lines in holding)  # both slots generate
+            for stream in (True, False):
+                body = {"prompt": "Hello", "max_tokens": 4, "stream": stream}
+                with pytest.raises(httpx.ReadTimeout):  # the client gives up while the request waits for a slot
+                    httpx.post(base + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+            wait_for_counter(base, "cancelled", 2)
+            health = httpx.get(base + "/health").json()
+            assert health["queued"] == 0 and health["busy"] == 2 and health["served"] == 0
     finally:
         proc.terminate()
         proc.wait(timeout=20)

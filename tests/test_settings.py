@@ -146,7 +146,7 @@ def test_non_finite_logits_are_an_error_not_a_silent_non_junction(bad):
 
 
 def test_describe_reads_the_signal_label():
-    assert "top2-ratio" in GenerationSettings(signal="top2").describe()
+    assert "top2-ratio" in GenerationSettings(signal="top2", tau=0.7).describe()
     assert "full-entropy" in GenerationSettings(signal="full").describe()
     with pytest.raises(InvalidSettingError, match="signal must be one of"):
         GenerationSettings(signal="top-p")
@@ -182,3 +182,25 @@ def test_as_ran_reports_the_values_that_ran_and_reads_back():
                      GenerationSettings(gate="online", ratio=0.2).with_(calibrated_tau=1.5)):
         back = GenerationSettings.from_ran(settings.as_ran())
         assert back.describe() == settings.describe() and back.as_ran() == settings.as_ran()
+
+
+def test_an_entropy_gate_tau_out_of_the_signals_reach_is_refused():
+    """A tau above anything the signal can take would never steer, silently: p2/p1 is at most 1, the entropy of
+    k candidates at most ln k. Settings a ratio or another gate still has to complete are left alone."""
+    for settings, fits in [
+        (GenerationSettings(signal="top2"), False),  # the default 2.02
+        (GenerationSettings(signal="top2", tau=1.01), False),
+        (GenerationSettings(top_k=7), False),  # ln 7 = 1.95 < 2.02
+        (GenerationSettings(top_k=5, tau=1.6), True),  # ln 5 = 1.61
+        (GenerationSettings(signal="top2", tau=1.0), True),
+        (GenerationSettings(signal="top2", ratio=0.2), True),  # tau comes from top2's calibration
+        (GenerationSettings(signal="top2", ratio=0.2).with_(calibrated_tau=0.76), True),
+        (GenerationSettings(signal="full"), True),
+        (GenerationSettings(signal="top2", gate="dense"), True),
+        (GenerationSettings(signal="top2", gate="online", ratio=0.2), True),  # it adapts from any prior
+    ]:
+        if fits:
+            assert settings.check_threshold() is settings
+        else:
+            with pytest.raises(InvalidSettingError, match="would never steer"):
+                settings.check_threshold()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import click
 
+from ..engine import MAX_PARALLEL
 from .common import model_options
 
 BENCH_PROMPTS = ("The movie was", "When I opened the door of the new cafe,", "My neighbour asked me whether")
@@ -242,7 +243,7 @@ def format_table(report: dict) -> str:
 @model_options
 @click.option("--clients", default="1,2,4,8", show_default=True,
               help="Concurrent client counts to measure, comma-separated.")
-@click.option("--parallel", type=click.IntRange(min=2), default=4, show_default=True,
+@click.option("--parallel", type=click.IntRange(2, MAX_PARALLEL), default=4, show_default=True,
               help="Slots of the second server (the first has --parallel 1).")
 @click.option("--requests", "per_client", type=click.IntRange(min=1), default=4, show_default=True,
               help="Requests each client sends, one after another, per client count.")

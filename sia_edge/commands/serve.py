@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from ..chat import Trimmed, chat_format, render_tokens
-from ..engine import DEFAULT_PARALLEL
+from ..engine import DEFAULT_PARALLEL, MAX_PARALLEL
 from ..errors import InvalidSettingError, PromptError, QueueTimeoutError, SiaError
 from ..gate import DEFAULT_TAU
 from ..models import OBJECTIVES
@@ -30,8 +30,8 @@ from ..settings import GenerationSettings
 from .common import build_engine, generation_options, model_options, settings_from
 from .serve_api import (REQUEST_SETTINGS, ApiError, ChatCompletionChunk, ChatCompletionResponse, ChatRequest,
                         CompletionChunk, CompletionRequest, CompletionResponse, Health, ModelList, SiaRequest,
-                        generation_responses, openapi_document, validation_error)
-from .serve_stream import FINISH_REASONS, streaming_response
+                        generation_failed, generation_responses, openapi_document, validation_error)
+from .serve_stream import FINISH_REASONS, streaming_response, watch_disconnect
 
 DEFAULT_ALIAS = "sia-edge-default"
 
@@ -82,6 +82,7 @@ class Server:
             if defaults.steers and engine.value_model is None:
                 notify(f"no value model for {engine.base.name}: serving it unsteered unless a request names a gate")
                 own = defaults.with_gate("none")
+            engine.settings(own)  # defaults no request could use (a tau its signal never reaches): refused now
             served = ServedModel(Path(engine.base.name).stem, engine, own, chat_format(engine.base),
                                  [DEFAULT_ALIAS] if i == 0 else [])
             for name in [served.name, *served.aliases]:
@@ -179,27 +180,28 @@ class Server:
             raise ApiError(400, str(exc), None, "invalid_request") from exc
 
     def start(self, stream) -> None:
-        """Blocking: wait for the request's slot; a queue timeout becomes 503 with Retry-After."""
+        """Blocking: wait for the request's slot; a queue timeout becomes 503 with Retry-After. The request is
+        counted as ended whatever stops it here (a timeout, or e.g. an engine closed under it)."""
         try:
             stream.start()
         except QueueTimeoutError as exc:
-            self.counters.add(rejected=1, active=-1)
-            raise ApiError(503, f"the server is busy: {exc}", None, "server_busy", type="server_error",
-                           headers={"Retry-After": str(max(1, round(self.queue_timeout or 1)))}) from exc
+            raise self.busy(exc) from exc
+        except BaseException:
+            self.finished(None)
+            raise
+
+    def busy(self, exc: QueueTimeoutError) -> ApiError:
+        """The 503 for a request that waited longer than --queue-timeout; it is counted as rejected."""
+        self.counters.add(rejected=1, active=-1)
+        return ApiError(503, f"the server is busy: {exc}", None, "server_busy", type="server_error",
+                        headers={"Retry-After": str(max(1, round(self.queue_timeout or 1)))})
 
     def generate(self, served: ServedModel, stream, tokens: list[int], settings: GenerationSettings, n: int,
                  cancel: threading.Event, objective: str | None = None):
         """Blocking, in a worker thread: drain `stream`, or draw Best-of-N. Returns (result, BestOfResult or None)."""
-        from ..best_of import best_of
-
-        result = None
         if n > 1:
-            try:
-                chosen = best_of(served.engine, tokens, n, settings, cancel=cancel, value_model=objective)
-                result = chosen.results[-1]  # the last one drawn is the one a disconnect would have cut short
-                return chosen.best_result, chosen
-            finally:
-                self.finished(result)
+            return self.best_of(served, tokens, settings, n, cancel, objective)
+        result = None
         self.start(stream)
         try:
             for _ in stream:
@@ -208,6 +210,24 @@ class Server:
             return result, None
         finally:
             self.finished(result)
+
+    def best_of(self, served: ServedModel, tokens: list[int], settings: GenerationSettings, n: int,
+                cancel: threading.Event, objective: str | None):
+        """Blocking: Best-of-N, whose samples wait for slots and take them like any request (a queue timeout is a
+        503). Counted once: cancelled if the client's going away cut a sample short."""
+        from ..best_of import best_of
+
+        try:
+            chosen = best_of(served.engine, tokens, n, settings, cancel=cancel, value_model=objective,
+                             queue_timeout=self.queue_timeout)
+        except QueueTimeoutError as exc:
+            raise self.busy(exc) from exc
+        except BaseException:
+            self.finished(None)
+            raise
+        cut = [r for r in chosen.results if r.stop_reason == "cancelled"]
+        self.finished(cut[0] if cut else chosen.best_result)
+        return chosen.best_result, chosen
 
     def finished(self, result) -> None:
         """A generation request ended: served, cancelled, or (no result) failed."""
@@ -310,7 +330,7 @@ async def complete(server: Server, request, req: CompletionRequest):
                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return await streaming_response(server, served, tokens, settings, chunk, None, req.objective)
+        return await streaming_response(server, request, served, tokens, settings, chunk, None, req.objective)
     result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
     return {**meta, "object": "text_completion",
             "choices": [{"index": 0, "text": result.text, "logprobs": None,
@@ -340,7 +360,8 @@ async def chat_complete(server: Server, request, req: ChatRequest):
                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return await streaming_response(server, served, tokens, settings, chunk, chunk(None), req.objective)
+        return await streaming_response(server, request, served, tokens, settings, chunk, chunk(None),
+                                        req.objective)
     result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
     return {**meta, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text.strip()},
@@ -380,17 +401,14 @@ async def run_cancellable(server: Server, request, served, tokens, settings, n, 
     cancel = threading.Event()
     stream = server.open_stream(served, tokens, settings, cancel, objective)
 
-    async def watch():
-        while not await request.is_disconnected():
-            await asyncio.sleep(0.2)
-        cancel.set()
-
-    watcher = asyncio.create_task(watch())
+    watcher = watch_disconnect(request, cancel)
     server.counters.add(accepted=1, active=1)
     try:
         return await asyncio.to_thread(server.generate, served, stream, tokens, settings, n, cancel, objective)
-    except SiaError as exc:
-        raise ApiError(400, str(exc), None, "invalid_request") from exc
+    except ApiError:
+        raise
+    except Exception as exc:  # open_stream checked the request: what fails now is the server's fault, not the client's
+        raise generation_failed(exc) from exc
     finally:
         watcher.cancel()
 
@@ -409,9 +427,10 @@ def _param_of(message: str) -> str | None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default accepts local connections only.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
-@click.option("--parallel", type=click.IntRange(min=1), default=DEFAULT_PARALLEL, show_default=True,
+@click.option("--parallel", type=click.IntRange(1, MAX_PARALLEL), default=DEFAULT_PARALLEL, show_default=True,
               help="Requests decoded at once (slots of one batched context, like llama.cpp's -np); more wait in "
-                   "line. 1 = one at a time, with exact seeded replay.")
+                   "line. 1 = one at a time, with exact seeded replay. Each slot holds --ctx tokens of KV cache: "
+                   "memory grows with parallel x ctx (~150 MB at 4 x 2048 for Gemma 3 270M).")
 @click.option("--queue-timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds a request may wait for a free slot before it gets 503 with Retry-After "
                    "[default: wait as long as it takes].")

@@ -28,6 +28,12 @@ class ApiError(Exception):
                           "param": None if self.param is None else _encodable(self.param), "code": self.code}}
 
 
+def generation_failed(exc: BaseException) -> ApiError:
+    """A request that passed every check failed while generating (e.g. the model produced NaN logits): the
+    server's fault, so a 500 `server_error` (which clients may retry), streamed or not."""
+    return ApiError(500, f"generation failed: {exc}", type="server_error")
+
+
 def _encodable(text: str) -> str:
     """`text` with lone surrogates (which a JSON request may carry) escaped, so the error body can be sent."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -4,22 +4,36 @@ import asyncio
 import json
 import threading
 
-from .serve_api import ApiError
+from .serve_api import generation_failed
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
 
 
-async def streaming_response(server, served, tokens, settings, chunk, first, objective=None):
+async def streaming_response(server, request, served, tokens, settings, chunk, first, objective=None):
     from fastapi.responses import StreamingResponse
 
     cancel = threading.Event()  # set when the client goes away
     stream = server.open_stream(served, tokens, settings, cancel, objective)
     server.counters.add(accepted=1, active=1)
-    await asyncio.to_thread(server.start, stream)  # a slot, or 503 before any byte is sent
+    watcher = watch_disconnect(request, cancel)  # a client gone while its request waits in line: it leaves the line
+    try:
+        await asyncio.to_thread(server.start, stream)  # a slot, or 503 before any byte is sent
+    finally:
+        watcher.cancel()  # from here on the response notices a disconnect itself (stream_events)
     # The generation runs from here on whether or not the response body is ever read, so its slot and the
     # counters are always given back (a client gone before the body starts still gets cancelled below).
     queue = generate_in_thread(server, stream, cancel)
     return StreamingResponse(stream_events(queue, cancel, chunk, first), media_type="text/event-stream")
+
+
+def watch_disconnect(request, cancel: threading.Event) -> asyncio.Task:
+    """A task that sets `cancel` once the client has gone away (polled every 0.2 s); cancel the task when done."""
+    async def watch():
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.2)
+        cancel.set()
+
+    return asyncio.create_task(watch())
 
 
 def generate_in_thread(server, stream, cancel: threading.Event) -> asyncio.Queue:
@@ -64,7 +78,7 @@ async def stream_events(queue: asyncio.Queue, cancel: threading.Event, chunk, fi
                 yield "data: [DONE]\n\n"
                 return
             else:
-                yield sse(ApiError(500, f"generation failed: {value}", type="server_error").body())
+                yield sse(generation_failed(value).body())
                 return
     finally:  # also when the client went away: Starlette closes this generator
         cancel.set()
