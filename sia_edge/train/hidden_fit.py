@@ -103,7 +103,7 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
                 torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
                 optimiser.step()
                 schedule.step()
-                total += float(loss) * len(rows)
+                total += float(loss.detach()) * len(rows)
             if progress is not None:
                 progress(f"epoch {epoch + 1}/{config.epochs}: loss {total / len(order):.4f}")
         head.eval()
