@@ -21,23 +21,28 @@ def smollm_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+TOKEN_MODEL = Path(__file__).resolve().parent.parent / "sia_edge" / "models" / "gemma3-270m-sentiment.onnx"
+
+
 @pytest.fixture(scope="session")
 def engine(gemma_path):
     """One generation at a time on the model's own context (exact seeded replay; tests compare it with the
-    model's logits)."""
+    model's logits). Steered by the shipped token-level model, whose state the reference decoders fold themselves;
+    the default (hidden-state) model has its own end-to-end tests (test_hidden_value_model.py)."""
     from sia_edge.engine import Engine
 
-    engine = Engine(model=gemma_path, parallel=1)
+    engine = Engine(model=gemma_path, value_model=str(TOKEN_MODEL), parallel=1)
     assert engine.value_model is not None, "the shipped value model for Gemma must load"
     return engine
 
 
 @pytest.fixture(scope="session")
 def parallel_engine(gemma_path):
-    """The default engine: concurrent generations share the slots of one batched context (the scheduler)."""
+    """Concurrent generations share the slots of one batched context (the scheduler); the token-level model, as
+    `engine`."""
     from sia_edge.engine import Engine
 
-    engine = Engine(model=gemma_path, parallel=4)
+    engine = Engine(model=gemma_path, value_model=str(TOKEN_MODEL), parallel=4)
     yield engine
     engine.close()
 

@@ -395,8 +395,15 @@ def test_resolution_order(monkeypatch, tmp_path):
 
     monkeypatch.delenv("SIA_EDGE_VALUE_MODEL", raising=False)
     gemma_fingerprint = next(f for f, n in SHIPPED_VALUE_MODELS.items() if n.startswith("gemma"))
-    token = choose_value_model(None, gemma_fingerprint)
+    token = choose_value_model(None, gemma_fingerprint)  # weights unknown: the tokenizer's model
     assert token.path == SHIPPED / "gemma3-270m-sentiment.onnx" and "token-level" in token.reason
+    from sia_edge.models import GEMMA_WEIGHTS
+
+    hidden = choose_value_model(None, gemma_fingerprint, GEMMA_WEIGHTS)  # these exact weights: the hidden-state one
+    assert hidden.path == SHIPPED / "gemma3-270m-hidden-sentiment.onnx" and "exact weights" in hidden.reason
+    other_weights = choose_value_model(None, gemma_fingerprint, "e" * 64)  # a fine-tune with Gemma's tokenizer
+    assert other_weights.path == token.path and "no hidden-state one ships for weights eeeeeeeeeeeeeeee" in \
+        other_weights.reason
     other = choose_value_model(None, "0" * 64)
     assert other.path == shipped_byte_value_model() == BYTE_MODEL and "byte-level" in other.reason
     assert "0000000000000000" in other.reason

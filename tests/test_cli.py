@@ -32,9 +32,9 @@ def test_generate_json_carries_text_and_stats(gemma_path):
     assert stats["seed"] == 3 and 1 <= stats["tokens"] <= 16
     assert 0.0 < stats["junction_ratio"] < 1.0
     assert stats["value_model_calls"] == stats["junctions"]
-    assert payload["value_model"].endswith("gemma3-270m-sentiment.onnx")
+    assert payload["value_model"].endswith("gemma3-270m-hidden-sentiment.onnx")  # the default for these weights
     ran = payload["settings"]  # what ran, as the pipeline line says it: not None for a default
-    assert (ran["tau"], ran["weight"], ran["value_model"]) == (1.0, 4.0, "gemma3-270m-sentiment.onnx")
+    assert (ran["tau"], ran["weight"], ran["value_model"]) == (1.0, 4.0, "gemma3-270m-hidden-sentiment.onnx")
     assert "seed 3" in proc.stderr  # the summary line on stderr always reports the seed
 
 

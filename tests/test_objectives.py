@@ -57,7 +57,11 @@ def test_chat_objective_command(engine):
         assert session.last.result.value_model == "gemma3-270m-clean.onnx"
     finally:
         engine.use_value_model("sentiment")
-    assert engine.value_model.path.name == "gemma3-270m-sentiment.onnx"
+    # the objective's shipped model for these weights: the hidden-state one
+    assert engine.value_model.path.name == "gemma3-270m-hidden-sentiment.onnx"
+    from conftest import TOKEN_MODEL
+
+    engine.use_value_model(str(TOKEN_MODEL))  # the session engine's model, for the tests after this one
 
 
 def test_server_requests_name_an_objective(engine):

@@ -142,7 +142,7 @@ def test_each_request_steers_toward_its_own_objective(parallel_engine):
         return parallel_engine.generate(PROMPTS[1], gate="dense", max_tokens=8, seed=5, value_model=objective)
 
     sentiment, clean = in_threads(work, ["sentiment", "clean"])
-    assert sentiment.value_model == "gemma3-270m-sentiment.onnx"
+    assert sentiment.value_model == "gemma3-270m-hidden-sentiment.onnx"  # the objective's model for these weights
     assert clean.value_model == "gemma3-270m-clean.onnx"
     assert sentiment.stats.value_model_calls == clean.stats.value_model_calls == 8
 
