@@ -57,7 +57,9 @@ def test_fuzz_finds_no_server_error_and_no_undocumented_response(case):
     # a body that fits the schema may still be refused (an unknown model, a prompt over the context, tau with
     # ratio): a documented 400/404, so "valid data is accepted" is the one check left out
     response = case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=300)
-    assert response.status_code < 500
+    # a 500 is documented (a generation that failed on the server's side: error type server_error, retryable), so
+    # the schema checks accept its shape; on a healthy model no request may cause one
+    assert response.status_code < 500, response.text
 
 
 def test_the_document_declares_bodies_and_errors(api):
@@ -65,7 +67,7 @@ def test_the_document_declares_bodies_and_errors(api):
     for path in ("/v1/completions", "/v1/chat/completions"):
         operation = document["paths"][path]["post"]
         assert "requestBody" in operation
-        assert {"200", "400", "404", "503"} == set(operation["responses"])
+        assert {"200", "400", "404", "500", "503"} == set(operation["responses"])
         assert "Retry-After" in operation["responses"]["503"]["headers"]
         assert {"application/json", "text/event-stream"} == set(operation["responses"]["200"]["content"])
     for path in ("/health", "/v1/models"):

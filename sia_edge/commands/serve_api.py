@@ -302,6 +302,8 @@ BAD_REQUEST = {400: _error("Invalid request: not JSON, a field fails validation,
 NOT_FOUND = {404: _error("Unknown model")}
 BUSY = {503: _error("The request waited in the queue longer than the server's --queue-timeout", {
     "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}})}
+FAILED = {500: _error("The generation failed on the server's side (e.g. the model produced NaN logits, or its value "
+                      "model failed): error type server_error, the request itself was fine and may be retried")}
 STREAM_NOTE = ("With `\"stream\": true` the response is `text/event-stream`: one `data: <{chunk} JSON>` event per "
                "piece of text, the last chunk with finish_reason, usage and sia, then `data: [DONE]`.")
 CHUNKS = (CompletionChunk, ChatCompletionChunk)
@@ -315,7 +317,7 @@ def generation_responses(chunk: type[BaseModel]) -> dict:
         {"type": "string", "const": "[DONE]", "description": "After the last chunk"}]}}}
     return {200: {"description": STREAM_NOTE.format(chunk=chunk.__name__),
                   "content": {"text/event-stream": {"itemSchema": event}}},
-            **BAD_REQUEST, **NOT_FOUND, **BUSY}
+            **BAD_REQUEST, **NOT_FOUND, **BUSY, **FAILED}
 
 
 def openapi_document(app) -> dict:
