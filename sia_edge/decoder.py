@@ -163,8 +163,9 @@ class Decoding:
         self.stats = stats = GenerationStats(prompt_tokens=len(self.prompt_tokens), seed=self.seed)
         start, base_before = time.perf_counter(), self.base.decode_seconds
         steering = s.steers and self.value_model is not None
-        # a hidden-state value model reads the decode even unsteered: the final text's value comes from it
-        reads_hidden = self.value_model is not None and getattr(self.value_model, "reads_hidden", False)
+        # only a steered generation reads hidden states, so an unsteered one decodes the same whatever value model
+        # is loaded (calibration, distillation sampling, the none arm); its final value is then scored separately
+        reads_hidden = steering and getattr(self.value_model, "reads_hidden", False)
         self._last = None  # (hidden state before the last kept token, that token)
         self.base.prefill(self.prompt_tokens, reuse=self.reuse, hidden=reads_hidden)
         stats.prefill_seconds = time.perf_counter() - start

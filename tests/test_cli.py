@@ -24,7 +24,7 @@ def run_cli(*args, stdin=None, timeout=300, env=None):
 
 def test_generate_json_carries_text_and_stats(gemma_path):
     proc = run_cli("generate", "The movie was", "--json", "-n", "16", "--seed", "3", "--model", str(gemma_path),
-                   "--tau", "1.0")
+                   "--tau", "1.8")
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     stats = payload["stats"]
@@ -34,7 +34,7 @@ def test_generate_json_carries_text_and_stats(gemma_path):
     assert stats["value_model_calls"] == stats["junctions"]
     assert payload["value_model"].endswith("gemma3-270m-hidden-sentiment.onnx")  # the default for these weights
     ran = payload["settings"]  # what ran, as the pipeline line says it: not None for a default
-    assert (ran["tau"], ran["weight"], ran["value_model"]) == (1.0, 4.0, "gemma3-270m-hidden-sentiment.onnx")
+    assert (ran["tau"], ran["weight"], ran["value_model"]) == (1.8, 4.0, "gemma3-270m-hidden-sentiment.onnx")
     assert "seed 3" in proc.stderr  # the summary line on stderr always reports the seed
 
 

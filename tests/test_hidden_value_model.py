@@ -185,9 +185,17 @@ def test_hidden_and_token_models_steer_side_by_side_in_one_scheduler_step(gemma_
         assert all(len(e) == 6 and all(ev.junction and ev.rewards for ev in e) for e in events)
         assert streams[0].result.value_model == GEMMA_HIDDEN.name
         assert streams[1].result.value_model == "gemma3-270m-sentiment.onnx"
-        # the two kinds score the same first candidates differently: each slot got its own model's scores
-        assert events[0][0].candidates == events[1][0].candidates
-        assert not np.allclose(events[0][0].rewards, events[1][0].rewards)
+        # each slot got its own model's scores: checked at the first junction against each model alone
+        hidden_vm, token_vm = engine.value_model, engine.value_model_for(token_model)
+        prompt = engine.tokenize("My weekend was")
+        first_hidden, first_token = events[0][0], events[1][0]
+        alone = hidden_vm.score_hidden(engine.base.hidden_states().after(prompt)[None, :],
+                                       [np.array(first_hidden.candidates)])[0]
+        np.testing.assert_allclose(first_hidden.rewards, alone, atol=0.05)
+        state = token_vm.extend(token_vm.empty_prefix(), prompt[1:])
+        np.testing.assert_allclose(first_token.rewards, token_vm.score_candidates(state,
+                                                                                  np.array(first_token.candidates)),
+                                   atol=1e-4)
     finally:
         engine.close()
 
@@ -218,19 +226,19 @@ def test_vm_train_input_hidden_builds_a_model_that_steers(tmp_path, gemma_path, 
     monkeypatch.setenv("SIA_EDGE_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "hidden.onnx"
     args = ["vm", "train", "--input", "hidden", "--model", str(gemma_path), "--data",
-            str(_small_labelled_csv(tmp_path / "reviews.csv")), "--out", str(out), "--epochs", "3", "--rank", "4",
-            "--json"]
-    result = CliRunner().invoke(main, args)
+            str(_small_labelled_csv(tmp_path / "reviews.csv")), "--epochs", "6", "--rank", "4",
+            "--holdout", "0.25", "--json"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # progress goes to stderr
     assert report["input"] == "hidden" and report["hidden_size"] == 640 and out.exists()
-    assert report["prefix_metrics"][-1]["accuracy"] >= 0.8  # these reviews are easy; chance is 0.5
+    assert report["prefix_metrics"][-1]["accuracy"] >= 0.7  # 20 held-out reviews; chance is 0.5
     features = list((tmp_path / "cache" / "hidden-features").glob("*/shard-*.npz"))
     assert features, "the hidden states must be cached on disk"
     # a second run reads them back instead of decoding again (and gives the same model)
-    again = CliRunner().invoke(main, [*args[:-3], "--out", str(tmp_path / "again.onnx"), "--json"])
+    again = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "again.onnx")])
     assert again.exit_code == 0, again.output
-    assert json.loads(again.output)["feature_seconds"] < report["feature_seconds"]
+    assert json.loads(again.stdout)["feature_seconds"] < report["feature_seconds"]
     assert (tmp_path / "again.onnx").read_bytes() == out.read_bytes()
     engine = Engine(model=gemma_path, value_model=str(out), parallel=1)
     try:
@@ -252,7 +260,7 @@ def test_vm_distill_input_hidden_regresses_a_reward(tmp_path, gemma_path, monkey
                                        "--reward", reward, "--out", str(out), "--epochs", "3", "--rank", "4",
                                        "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["input"] == "hidden"
     assert report["holdout_metrics"][-1]["correlation"] > 0.5  # the shipped token model's scores, read back
     from sia_edge.value_model import open_value_model

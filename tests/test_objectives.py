@@ -12,12 +12,12 @@ from sia_edge.settings import GenerationSettings
 
 
 def test_every_shipped_model_is_in_the_package_and_declares_its_objective():
-    from sia_edge.value_model import ValueModel
+    from sia_edge.value_model import open_value_model
 
     for model in SHIPPED:
         path = shipped_value_model_dir() / model.file
         assert path.is_file(), model.file
-        loaded = ValueModel(path)
+        loaded = open_value_model(path)
         assert loaded.metadata.get("objective", "").startswith(model.objective) or \
             model.objective in loaded.metadata.get("objective", ""), (model.file, loaded.metadata.get("objective"))
         assert loaded.input == model.input
