@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,11 +168,3 @@ def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str]) ->
         want = graph(hidden, candidates).numpy()
     if not np.allclose(got, want, atol=1e-3):
         raise RuntimeError(f"the exported graph disagrees with torch (max |diff| {np.abs(got - want).max():.2g})")
-
-
-def training_record(config: HiddenFitConfig, **extra) -> str:
-    return json.dumps({**config.__dict__, **extra}, sort_keys=True)
-
-
-def now() -> float:
-    return time.perf_counter()
