@@ -43,6 +43,7 @@ class TokenEvent:
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those already in the KV cache (prefix reuse): not decoded again
     tokens: int = 0
     junctions: int = 0
     value_model_calls: int = 0
@@ -96,6 +97,16 @@ class GenerationResult:
         }
 
 
+class _Prefilling:
+    """What `Decoding.steps` yields while its slot is still reading the prompt: nothing to do this round."""
+
+    def __repr__(self) -> str:
+        return "PREFILLING"
+
+
+PREFILLING = _Prefilling()
+
+
 class Base(Protocol):
     """What the loop needs of a base model: BaseModel, and each slot of a BatchContext, provide it."""
 
@@ -104,8 +115,9 @@ class Base(Protocol):
     n_past: int
     bos_id: int
     decode_seconds: float
+    prefilled: bool  # the whole prompt is in (a scheduler's slot reads it over several rounds)
 
-    def prefill(self, tokens: list[int], reuse: bool = False, hidden: bool = False) -> None: ...
+    def prefill(self, tokens: list[int], reuse: bool = False, hidden: bool = False) -> int: ...
 
     def hidden(self) -> np.ndarray: ...
 
@@ -150,6 +162,8 @@ class Decoding:
                 return
             if isinstance(item, Junction):
                 reply = item.score_alone()
+            elif item is PREFILLING:
+                raise RuntimeError("a slot that reads its prompt in chunks needs a driver that flushes its context")
             else:
                 reply = None
                 yield item
@@ -167,7 +181,9 @@ class Decoding:
         # is loaded (calibration, distillation sampling, the none arm); its final value is then scored separately
         reads_hidden = steering and getattr(self.value_model, "reads_hidden", False)
         self._last = None  # (hidden state before the last kept token, that token)
-        self.base.prefill(self.prompt_tokens, reuse=self.reuse, hidden=reads_hidden)
+        stats.cached_tokens = self.base.prefill(self.prompt_tokens, reuse=self.reuse, hidden=reads_hidden)
+        while not self.base.prefilled and not self.cancel():  # a slot reading its prompt between others' steps
+            yield PREFILLING
         stats.prefill_seconds = time.perf_counter() - start
         gate, rng = s.build_gate(), np.random.default_rng(self.seed)
         gate.reset(self.seed)

@@ -12,7 +12,7 @@ from .batch import DEFAULT_BATCH_SIZE, BatchOutput, BatchRequest, run_batched
 from .decoder import Decoding, GenerationResult, TokenEvent
 from .errors import InvalidSettingError, PromptError, QueueTimeoutError, ValueModelError
 from .models import cached_fingerprint, choose_value_model, resolve_base_model, weights_fingerprint
-from .scheduler import Request, Scheduler, cancelled_in_line, read_events
+from .scheduler import DEFAULT_PREFILL_CHUNK, Request, Scheduler, cancelled_in_line, read_events
 from .settings import GenerationSettings
 
 DEFAULT_PARALLEL = 4  # slots for concurrent requests: a laptop-sized default, like llama.cpp's server
@@ -50,11 +50,18 @@ class Engine:
         use_value_model: bool = True,
         calibration: str | os.PathLike | None = None,
         parallel: int = DEFAULT_PARALLEL,
+        prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
+        prefix_reuse: bool = True,
     ) -> None:
+        """`prefill_chunk` and `prefix_reuse` shape the slots of `parallel` > 1 (sia_edge/scheduler.py): prompt
+        tokens read per round beside the other slots' steps (None: each prompt read whole, alone), and whether a
+        slot keeps its KV cells so the next prompt that starts the same way decodes only what differs."""
         if n_ctx < 16:
             raise InvalidSettingError(f"n_ctx must be >= 16, got {n_ctx}")
         if parallel < 1:
             raise InvalidSettingError(f"parallel must be >= 1, got {parallel}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise InvalidSettingError(f"prefill_chunk must be >= 1 (or None: a prompt read whole), got {prefill_chunk}")
         if parallel > MAX_PARALLEL:  # else every request would fail later, when the slots' context is made
             raise InvalidSettingError(f"parallel must be <= {MAX_PARALLEL} (the most sequences llama.cpp decodes in "
                                       f"one context), got {parallel}")
@@ -72,7 +79,8 @@ class Engine:
         self._lock = threading.Lock()  # the model's own context (and generate_many's batch): one user at a time
         self._closed = False
         self.parallel = parallel
-        self._scheduler = Scheduler(self.base, parallel, self.base.n_ctx) if parallel > 1 else None
+        self._scheduler = (Scheduler(self.base, parallel, self.base.n_ctx, prefill_chunk, prefix_reuse)
+                           if parallel > 1 else None)
 
     def load(self) -> dict:
         """How busy the engine is: slots busy and requests queued now; generations served, cancelled and failed,
@@ -81,7 +89,8 @@ class Engine:
             return self._scheduler.load()
         busy = self._lock.locked()
         return {"parallel": 1, "busy": int(busy), "queued": None, **dict.fromkeys(
-            ("served", "cancelled", "errors", "rejected", "rounds", "value_model_calls"))}
+            ("served", "cancelled", "errors", "rejected", "rounds", "value_model_calls", "prompt_tokens",
+             "cached_tokens"))}
 
     def value_model_for(self, spec: str | os.PathLike | None):
         """The value model an objective name (`sentiment`, `clean`) or ONNX file names, loaded once and kept;

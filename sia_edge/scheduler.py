@@ -6,6 +6,11 @@ slots that share a value model in one batched call (a fold call and a scoring ca
 junction), then feeds every slot's next token to llama.cpp in one decode. A finished, failed or cancelled request
 frees its slot at once; the next waiting request takes it in the following round.
 
+Two things keep a conversation cheap, as in llama.cpp's server. A slot keeps its tokens' KV cells after its request
+ends, and a new request goes to the free slot whose cached tokens share the longest prefix with its prompt (ties:
+the least recently used), decoding only what differs (`prefix_reuse`). And a new prompt is read in chunks of
+`prefill_chunk` tokens inside the round's one decode, so the other slots keep streaming while it is read.
+
 Each request keeps its own settings, seed, cancel flag and value model. Its events go to its caller through a
 queue, so the caller's thread only waits. Batched logits equal single-sequence logits to float tolerance only,
 and depend on which other requests share the round: a seed replays exactly only through `Engine(parallel=1)`.
@@ -21,10 +26,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .decoder import Decoding, GenerationResult, GenerationStats, Junction, TokenEvent, score_junctions
+from .decoder import PREFILLING, Decoding, GenerationResult, GenerationStats, Junction, TokenEvent, score_junctions
+from .base_model.batch_context import DEFAULT_PREFILL_CHUNK
 from .errors import QueueTimeoutError
 
-_IDLE_SECONDS = 30.0  # the worker thread exits after this long without work (a new request starts it again)
+# The worker exits after this long without work, freeing the slots' KV cells (a new request starts it again, with
+# empty slots): long enough that a person reading a reply and typing the next turn finds the conversation cached.
+_IDLE_SECONDS = 600.0
 
 
 @dataclass(eq=False)  # a request is itself: found in the line by identity
@@ -65,10 +73,16 @@ class _Slotted:
 class Scheduler:
     """The slots, the waiting line and the worker thread of one Engine (`parallel` > 1)."""
 
-    def __init__(self, base, n_slots: int, n_ctx_per_slot: int) -> None:
+    def __init__(self, base, n_slots: int, n_ctx_per_slot: int, prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
+                 prefix_reuse: bool = True) -> None:
+        """`prefill_chunk`: prompt tokens read per round beside the other slots' steps (None: a prompt is read
+        whole, alone, at its first round). `prefix_reuse`: a slot keeps its KV cells for the next prompt."""
         self.base = base
         self.n_slots = n_slots
         self.n_ctx_per_slot = n_ctx_per_slot
+        self.prefill_chunk = prefill_chunk
+        self.prefix_reuse = prefix_reuse
+        self._last_used = [0] * n_slots  # round at which each slot's last request ended: ties go to the oldest
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._active: dict[int, _Slotted] = {}  # slot index -> its generation; changed by the worker only
@@ -76,7 +90,7 @@ class Scheduler:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.counts = {"served": 0, "cancelled": 0, "errors": 0, "rejected": 0, "rounds": 0,
-                       "value_model_calls": 0}
+                       "value_model_calls": 0, "prompt_tokens": 0, "cached_tokens": 0}
 
     # -- the callers' side --
 
@@ -128,7 +142,8 @@ class Scheduler:
 
     def load(self) -> dict:
         """Slots busy and requests queued now, and totals since start (served, cancelled, errors, rejected by the
-        queue timeout, rounds and value-model calls)."""
+        queue timeout, rounds, value-model calls, and prompt tokens admitted and of those found in a slot's KV
+        cache)."""
         with self._cond:
             return {"parallel": self.n_slots, "busy": len(self._active), "queued": len(self._waiting),
                     **self.counts}
@@ -166,17 +181,39 @@ class Scheduler:
             if self._context is None:
                 from .base_model import BatchContext
 
-                self._context = BatchContext(self.base, self.n_slots, self.n_ctx_per_slot)
+                self._context = BatchContext(self.base, self.n_slots, self.n_ctx_per_slot, self.prefill_chunk)
+                self._last_used = [0] * self.n_slots
             self._drop_cancelled_locked()
-            for index in range(self.n_slots):
-                if index not in self._active and self._waiting:
-                    request = self._waiting.popleft()
-                    slot = self._context.slots[index]
-                    decoding = Decoding(slot, request.value_model, request.prompt_tokens, request.settings,
-                                        request.seed, request.stopped, request.log_probs)
-                    self._active[index] = _Slotted(request, decoding, decoding.steps())
-                    request.admitted.set()
+            while self._waiting and len(self._active) < self.n_slots:
+                request = self._waiting.popleft()
+                index = self._best_slot(request.prompt_tokens)
+                slot = self._context.slots[index]
+                decoding = Decoding(slot, request.value_model, request.prompt_tokens, request.settings,
+                                    request.seed, request.stopped, request.log_probs, reuse=self.prefix_reuse)
+                self._active[index] = _Slotted(request, decoding, decoding.steps())
+                request.admitted.set()
             return True
+
+    def _best_slot(self, prompt: list[int]) -> int:
+        """The free slot whose cached tokens share the longest prefix with `prompt` (the least decoding), the
+        least recently used among equals.
+
+        A shared prefix counts only if it is at least half of what the slot holds: a new conversation that shares
+        just the chat template's first tokens with a cached one takes an empty or the oldest slot instead of
+        destroying that conversation to save a few tokens (llama.cpp's --slot-prompt-similarity, measured on the
+        cached side)."""
+        from .base_model import common_prefix
+
+        free = [i for i in range(self.n_slots) if i not in self._active]
+        if not self.prefix_reuse:
+            return free[0]
+
+        def saved(index: int) -> int:
+            cached = self._context.slots[index].tokens
+            shared = common_prefix(cached, prompt)
+            return shared if 2 * shared >= len(cached) > 0 else 0
+
+        return max(free, key=lambda i: (saved(i), -self._last_used[i]))
 
     def _round(self) -> None:
         """One step of every active generation, their junctions scored together per value model, one decode."""
@@ -217,15 +254,26 @@ class Scheduler:
             return None
         if isinstance(item, Junction):
             return item
+        if item is PREFILLING:  # its prompt is still being read, a chunk per round
+            return None
         slotted.request.events.put(item)
         if item.token_id < 0:  # the held-back tail of a stop string: the generation's last event
             return self._advance(index, None)
         return None
 
     def _finish(self, index: int, outcome: _Done | _Failed) -> None:
-        self._context.slots[index].clear()
+        slot = self._context.slots[index]
+        if isinstance(outcome, _Failed) or not self.prefix_reuse:
+            slot.clear()
+        else:
+            slot.release()  # its KV cells stay for the next prompt that starts the same way
+        self._last_used[index] = self.counts["rounds"]
         with self._cond:  # callers count the free slots (wait_admitted) under this lock
             slotted = self._active.pop(index)
+            stats = getattr(slotted.decoding, "stats", None)
+            if stats is not None:
+                self.counts["prompt_tokens"] += stats.prompt_tokens
+                self.counts["cached_tokens"] += stats.cached_tokens
             if isinstance(outcome, _Failed):
                 self.counts["errors"] += 1
             elif outcome.result.stop_reason == "cancelled":

@@ -9,10 +9,10 @@ switched on only for the decodes whose hidden state is read: with it on, llama.c
 output, so a prompt decoded with it on would also project every prompt token onto the whole vocabulary.
 """
 
-from .batch_context import BATCH_FROM, BatchContext, SequenceSlot
+from .batch_context import BATCH_FROM, DEFAULT_PREFILL_CHUNK, BatchContext, SequenceSlot
 from .hidden import HiddenStates
 from .model import DEFAULT_CONTEXT, BaseModel
 from .native import GGUF_MAGIC, check_gguf_file, common_prefix, gpu_offload_supported, tokenizer_fingerprint
 
-__all__ = ["BATCH_FROM", "DEFAULT_CONTEXT", "GGUF_MAGIC", "BaseModel", "BatchContext", "HiddenStates", "SequenceSlot",
+__all__ = ["BATCH_FROM", "DEFAULT_PREFILL_CHUNK", "DEFAULT_CONTEXT", "GGUF_MAGIC", "BaseModel", "BatchContext", "HiddenStates", "SequenceSlot",
            "check_gguf_file", "common_prefix", "gpu_offload_supported", "tokenizer_fingerprint"]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..errors import PromptError
-from .native import _llama, _quiet_stderr
+from .native import _llama, _quiet_stderr, common_prefix
 
 # Fewer queued tokens than this are decoded one by one. llama.cpp's single-token path (matrix-vector) is much faster
 # per token than its small-batch path: Gemma 3 270M Q4_K_M, 1 thread, tokens/s of 48-token generations decoded
 # together, batched / one by one: 2 sequences 42 / 69, 3: 40 / 68, 4: 66 / 69, 5: 57 / 70, 6: 80 / 72, 8: 109 / 72
 # (2 threads: 2 sequences 60 / 62, 4: 89 / 63). Batching pays from about 4-6 sequences on.
 BATCH_FROM = 4
+# Prompt tokens a round's decode reads for slots still reading their prompt (BatchContext(prefill_chunk=...)).
+DEFAULT_PREFILL_CHUNK = 64
+_ADMISSIONS = itertools.count()  # orders the prompts being read: the longest-waiting first
 
 
 class BatchContext:
@@ -23,18 +28,28 @@ class BatchContext:
     one sequence. Batched logits match single-sequence logits only to float tolerance (other matmul shapes), so a
     seeded batched sample can differ from the same seed through `Engine.generate`.
 
-    Each slot keeps its own copy of its logits row (1 MB for Gemma), so one slot's prefill, which is a decode
-    of its own, never clobbers the rows other slots have not read yet.
+    Each slot keeps its own copy of its logits row (1 MB for Gemma), so one slot's prefill never clobbers the rows
+    other slots have not read yet.
+
+    Prompts are read one of two ways. By default a slot's `prefill` decodes its whole prompt at once, alone
+    (`run_batched`: every slot starts together). With `prefill_chunk` set (the scheduler), `prefill` only queues
+    the prompt, and each `flush()` reads at most `prefill_chunk` prompt tokens in the same decode as the other
+    slots' next tokens, so generations already streaming keep moving while a new prompt is read (llama.cpp's
+    server does the same with its n_batch); the slot is `prefilled` once its whole prompt is in.
     """
 
-    def __init__(self, base, n_slots: int, n_ctx_per_slot: int) -> None:
+    def __init__(self, base, n_slots: int, n_ctx_per_slot: int, prefill_chunk: int | None = None) -> None:
         if base.vocab_only:
             raise ValueError("a vocab-only model cannot decode")
         llama_cpp = _llama()
         from llama_cpp import _internals
 
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.base = base
-        self.n_batch = max(64, n_slots)
+        self.prefill_chunk = prefill_chunk
+        # a round's decode holds every slot's token plus one prompt chunk
+        self.n_batch = max(64, n_slots) if prefill_chunk is None else n_slots + prefill_chunk
         # start from the single-sequence context's parameters so both decode alike (flash attention, KV types, ...)
         params = llama_cpp.llama_context_params.from_buffer_copy(base._llm.context_params)
         params.n_ctx = n_slots * n_ctx_per_slot
@@ -52,18 +67,41 @@ class BatchContext:
         self._embeddings = False
 
     def flush(self) -> None:
-        """Decode every slot's queued token in one batch; each such slot then holds its next logits (and its hidden
-        state, if it reads them)."""
+        """Decode every slot's queued token (and, with `prefill_chunk`, the next chunk of the prompts being read);
+        each such slot then holds its next logits (and its hidden state, if it reads them)."""
+        for slot in self.slots:  # a hidden-state reader's last prompt token is decoded as a step, hidden states on
+            if slot._queued is None and slot.reads_hidden and len(slot._pending) == 1:
+                slot._queued = slot._pending.pop()
         queued = [slot for slot in self.slots if slot._queued is not None]
-        if not queued:
-            return
-        if len(queued) < BATCH_FROM:  # a few tokens: one decode each is faster than one batched decode
-            for slot in queued:
-                self._decode([(slot, [slot._queued])], hidden=slot.reads_hidden)
-        else:  # every token of a step is an output anyway, so hidden states for some slots cost the others nothing
-            self._decode([(slot, [slot._queued]) for slot in queued], hidden=any(s.reads_hidden for s in queued))
+        chunks = self._prompt_chunks()
+        steps = [(slot, [slot._queued]) for slot in queued]
+        hidden = any(s.reads_hidden for s in queued)
+        if chunks and not hidden:  # one decode: the prompt chunk shares the weight reads of the others' steps
+            self._decode(steps + chunks)
+        else:
+            if chunks:  # hidden states on would make every prompt token an output (262k logits each): apart
+                self._decode(chunks)
+            if len(queued) < BATCH_FROM:  # a few tokens: one decode each is faster than one batched decode
+                for work in steps:
+                    self._decode([work], hidden=work[0].reads_hidden)
+            elif steps:  # every token of a step is an output anyway, so hidden states for some cost the others nothing
+                self._decode(steps, hidden=hidden)
         for slot in queued:
             slot._queued = None
+
+    def _prompt_chunks(self) -> list[tuple["SequenceSlot", list[int]]]:
+        """Up to `prefill_chunk` tokens of the prompts being read, the longest-waiting prompt first. A hidden-state
+        reader's last prompt token stays behind (flush decodes it as a step)."""
+        budget, chunks = self.prefill_chunk or 0, []
+        for slot in sorted((s for s in self.slots if s._pending), key=lambda s: s._pending_since):
+            available = len(slot._pending) - (1 if slot.reads_hidden else 0)
+            take = min(budget, available)
+            if take <= 0:
+                continue
+            chunks.append((slot, slot._pending[:take]))
+            del slot._pending[:take]
+            budget -= take
+        return chunks
 
     def _decode(self, work: list[tuple["SequenceSlot", list[int]]], hidden: bool = False) -> None:
         """One llama_decode over several slots' tokens (a prompt, or one token each); keeps each slot's last
@@ -83,7 +121,8 @@ class BatchContext:
                 batch.pos[n] = len(slot._tokens) + offset
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = offset == len(tokens) - 1
+                # a prompt chunk needs logits only where the prompt ends
+                batch.logits[n] = offset == len(tokens) - 1 and not slot._pending
                 n += 1
             last_rows.append(n - 1)
         batch.n_tokens = n
@@ -93,13 +132,16 @@ class BatchContext:
             raise RuntimeError(f"llama_decode failed with status {status} in a batch of {n} tokens")
         seconds = time.perf_counter() - start
         for (slot, tokens), row in zip(work, last_rows):
+            slot._tokens += tokens
+            slot.decode_seconds += seconds
+            slot.decoded_tokens += len(tokens)
+            if slot._pending:  # a prompt chunk with more to come: no logits yet
+                continue
             pointer = llama_cpp.llama_get_logits_ith(self._ctx.ctx, row)
             slot._logits[:] = np.ctypeslib.as_array(pointer, shape=(self.base.n_vocab,))
             if hidden and slot.reads_hidden:
                 pointer = llama_cpp.llama_get_embeddings_ith(self._ctx.ctx, row)
                 slot._hidden[:] = np.ctypeslib.as_array(pointer, shape=(self.base.n_embd,))
-            slot._tokens += tokens
-            slot.decode_seconds += seconds
 
     def close(self) -> None:
         self._batch.close()
@@ -108,7 +150,10 @@ class BatchContext:
 
 class SequenceSlot:
     """One sequence of a BatchContext, with the decoding interface of BaseModel that the decode loop uses
-    (prefill, step, logits, n_past, n_ctx, decode_seconds and the vocabulary helpers)."""
+    (prefill, prefilled, step, logits, n_past, n_ctx, decode_seconds and the vocabulary helpers).
+
+    A slot keeps its tokens and their KV cells after a generation ends (`release`), so the next prompt that starts
+    the same way (the next turn of a conversation) decodes only what differs: `prefill(..., reuse=True)`."""
 
     def __init__(self, context: BatchContext, seq_id: int) -> None:
         self.context = context
@@ -121,9 +166,12 @@ class SequenceSlot:
         self._logits = np.zeros(base.n_vocab, dtype=np.float32)
         self._hidden = np.zeros(base.n_embd, dtype=np.float32)
         self.reads_hidden = False  # set by prefill(hidden=True): this slot's decodes also return hidden states
-        self._tokens: list[int] = []
+        self._tokens: list[int] = []  # what its KV cells hold
         self._queued: int | None = None
+        self._pending: list[int] = []  # prompt tokens still to read (with the context's prefill_chunk)
+        self._pending_since = 0
         self.decode_seconds = 0.0
+        self.decoded_tokens = 0  # tokens fed to llama.cpp (what prefix reuse saves shows here)
 
     @property
     def n_ctx(self) -> int:
@@ -131,46 +179,82 @@ class SequenceSlot:
 
     @property
     def n_past(self) -> int:
-        return len(self._tokens) + (self._queued is not None)
+        return len(self._tokens) + (self._queued is not None) + len(self._pending)
 
-    def prefill(self, tokens: list[int], reuse: bool = False, hidden: bool = False) -> None:
-        """Clear this slot and decode `tokens` now (in chunks of the batch size), alone. `hidden` as in
-        BaseModel.prefill: the last prompt token is decoded alone with hidden states on, as is every step after.
-        `reuse` is accepted for the decode loop's sake; a slot always starts afresh."""
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens this slot's KV cells hold (a finished generation's prompt and output stay until replaced)."""
+        return list(self._tokens)
+
+    @property
+    def prefilled(self) -> bool:
+        """Whether the whole prompt has been read, so its logits (and hidden state) are ready."""
+        return not self._pending and self._queued is None
+
+    def prefill(self, tokens: list[int], reuse: bool = False, hidden: bool = False) -> int:
+        """Start a sequence from `tokens`; returns how many of them were already in this slot's KV cache and kept.
+
+        `reuse`: keep the longest common prefix of `tokens` and what the slot holds, and decode only the rest (at
+        least the last token, so its logits are fresh). Without it the slot starts empty. With the context's
+        `prefill_chunk` the rest is only queued, read over the next flushes (`prefilled` says when it is in);
+        otherwise it is decoded now, alone. `hidden` as in BaseModel.prefill: the last prompt token is decoded
+        with hidden states on, as is every step after."""
         if not tokens:
             raise PromptError("the prompt is empty: give some text to continue")
         if len(tokens) >= self.n_ctx:
             raise PromptError(f"the prompt is {len(tokens)} tokens but a batch slot holds {self.n_ctx}")
-        self.clear()
+        keep = min(common_prefix(self._tokens, tokens), len(tokens) - 1) if reuse else 0
+        self._truncate(keep)
         self.reads_hidden = hidden
-        body, last = (tokens[:-1], tokens[-1:]) if hidden else (tokens, [])
+        if self.context.prefill_chunk is not None:
+            self._pending = list(tokens[keep:])
+            self._pending_since = next(_ADMISSIONS)
+            return keep
+        body, last = (tokens[keep:-1], tokens[-1:]) if hidden else (tokens[keep:], [])
         for start in range(0, len(body), self.context.n_batch):
             self.context._decode([(self, body[start:start + self.context.n_batch])])
         if last:
             self.context._decode([(self, last)], hidden=True)
+        return keep
 
     def step(self, token: int) -> None:
         """Queue one token; its logits are ready after the context's next `flush()`."""
-        if self._queued is not None:
-            raise RuntimeError("this slot already has a token waiting for flush()")
+        if self._queued is not None or self._pending:
+            raise RuntimeError("this slot already has tokens waiting for flush()")
         if self.n_past + 1 > self.n_ctx:
             raise PromptError(f"context full: {self.n_past} + 1 tokens > {self.n_ctx}")
         self._queued = token
 
     def logits(self) -> np.ndarray:
         """This slot's logits for its next position (a copy owned by the slot)."""
-        if self._queued is not None:
-            raise RuntimeError("logits read before flush(): the queued token has not been decoded yet")
+        if not self.prefilled:
+            raise RuntimeError("logits read before flush(): the queued tokens have not been decoded yet")
         return self._logits
 
     def hidden(self) -> np.ndarray:
         """This slot's hidden state at its last decoded position (a copy owned by the slot)."""
-        if not self.reads_hidden or self._queued is not None:
+        if not self.reads_hidden or not self.prefilled:
             raise RuntimeError("hidden state read before flush(), or this slot was not prefilled with hidden=True")
         return self._hidden
 
-    def clear(self) -> None:
-        _llama().llama_memory_seq_rm(_llama().llama_get_memory(self.context._ctx.ctx), self.seq_id, -1, -1)
-        self._tokens = []
+    def release(self) -> None:
+        """The generation in this slot ended: drop what was queued but not decoded, keep what the KV cells hold
+        for the next prompt that shares it."""
         self._queued = None
+        self._pending = []
         self.reads_hidden = False
+
+    def clear(self) -> None:
+        self.release()
+        self._truncate(0)
+
+    def _truncate(self, n_tokens: int) -> None:
+        """Forget this slot's tokens after the first `n_tokens` (their KV cells too)."""
+        self.release()
+        llama_cpp = _llama()
+        memory = llama_cpp.llama_get_memory(self.context._ctx.ctx)
+        if not llama_cpp.llama_memory_seq_rm(memory, self.seq_id, n_tokens, -1):
+            # a cache that cannot cut a sequence in the middle: start this slot afresh
+            llama_cpp.llama_memory_seq_rm(memory, self.seq_id, -1, -1)
+            n_tokens = 0
+        del self._tokens[n_tokens:]

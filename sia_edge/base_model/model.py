@@ -142,8 +142,13 @@ class BaseModel:
     def tokens(self) -> list[int]:
         return list(self._llm.input_ids[: self._llm.n_tokens])
 
-    def prefill(self, tokens: list[int], reuse: bool = False, hidden: bool = False) -> None:
-        """Replace the context with `tokens`.
+    @property
+    def prefilled(self) -> bool:
+        """The decode loop's question to a batch slot (whose prompt may still be in flight): here always true."""
+        return True
+
+    def prefill(self, tokens: list[int], reuse: bool = False, hidden: bool = False) -> int:
+        """Replace the context with `tokens`; returns how many of them were kept from the KV cache (with `reuse`).
 
         `reuse`: keep the longest common prefix already in the KV cache and decode only the rest (chat turns). The
         next logits then differ from a fresh prefill's in the last float digits (the last prompt token is decoded in
@@ -168,6 +173,7 @@ class BaseModel:
         else:
             self._set_embeddings(False)
             self._decode(tokens[keep:])
+        return keep
 
     def step(self, token: int) -> None:
         """Append one token and compute the next position's logits."""

@@ -142,14 +142,15 @@ def settings_from(options: dict) -> GenerationSettings:
 
 
 def build_engine(model, value_model, n_ctx, threads, needs_value_model: bool, calibration=None, gpu_layers=0,
-                 parallel: int = 1):
+                 parallel: int = 1, **slots):
     """The Engine a command runs on; the value model is loaded if the command needs it or one was named.
-    One-shot commands run one generation at a time (`parallel=1`: a seed replays exactly); the server batches."""
+    One-shot commands run one generation at a time (`parallel=1`: a seed replays exactly); the server batches
+    (`slots`: Engine's prefill_chunk and prefix_reuse)."""
     from ..engine import Engine
 
     return Engine(model=model, value_model=value_model, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
                   use_value_model=needs_value_model or value_model is not None, calibration=calibration,
-                  parallel=parallel)
+                  parallel=parallel, **slots)
 
 
 RAY_LOCAL = "local"  # bare --ray (distributed.LOCAL, repeated so that --help imports nothing more)

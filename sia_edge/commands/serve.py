@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from ..chat import Trimmed, chat_format, render_tokens
-from ..engine import DEFAULT_PARALLEL, MAX_PARALLEL
+from ..engine import DEFAULT_PARALLEL, DEFAULT_PREFILL_CHUNK, MAX_PARALLEL
 from ..errors import InvalidSettingError, PromptError, QueueTimeoutError, SiaError
 from ..gate import DEFAULT_TAU
 from ..models import OBJECTIVES
@@ -242,7 +242,8 @@ class Server:
         """GET /health: the server's request counters and each engine's slots (busy, queued now)."""
         engines = {name: s.engine.load() for name, s in self.models.items() if name != DEFAULT_ALIAS}
         slots = {key: sum(e[key] or 0 for e in engines.values())
-                 for key in ("parallel", "busy", "queued", "rounds", "value_model_calls")}  # rounds: batched steps
+                 for key in ("parallel", "busy", "queued", "rounds", "value_model_calls", "prompt_tokens",
+                             "cached_tokens")}  # rounds: batched steps
         return {"status": "ok", "models": sorted(self.models), **self.counters.snapshot(), **slots}
 
     def app(self):
@@ -384,8 +385,13 @@ def sia_object(result, chosen=None) -> dict:
 
 
 def usage(prompt_tokens: int, result, chosen=None) -> dict:
-    done = sum(len(r.token_ids) for r in chosen.results) if chosen else len(result.token_ids)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens`: prompt tokens found in a slot's KV cache (the
+    conversation so far), so not decoded again (with best_of: summed over the samples, as completion_tokens)."""
+    results = chosen.results if chosen else [result]
+    done = sum(len(r.token_ids) for r in results)
+    cached = sum(r.stats.cached_tokens for r in results)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def with_final_fields(out: dict, tokens: list[int], result) -> dict:
@@ -434,7 +440,17 @@ def _param_of(message: str) -> str | None:
 @click.option("--queue-timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds a request may wait for a free slot before it gets 503 with Retry-After "
                    "[default: wait as long as it takes].")
-def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, queue_timeout, **options):
+@click.option("--prefill-chunk", type=click.IntRange(min=0), default=DEFAULT_PREFILL_CHUNK, show_default=True,
+              help="With --parallel > 1: prompt tokens read per step, in the same decode as the other slots' next "
+                   "tokens, so their streams keep moving while a prompt is read (llama.cpp's -b). 0: each prompt "
+                   "is read whole, alone, while the other slots wait.")
+@click.option("--prefix-reuse/--no-prefix-reuse", default=True, show_default=True,
+              help="With --parallel > 1: a slot keeps its KV cache after a request, and a new request goes to the "
+                   "slot that already holds the longest prefix of its prompt (the conversation so far), so only "
+                   "the new message is decoded (llama.cpp's cache_prompt). --parallel 1 always reads the whole "
+                   "prompt, so a seed replays exactly.")
+def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, queue_timeout, prefill_chunk,
+          prefix_reuse, **options):
     """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
 
     The generation options are defaults for requests that do not set the field (e.g. --max-tokens for requests
@@ -445,7 +461,8 @@ def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, 
 
     defaults = settings_from(options)
     engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True,
-                          calibration=options["calibration"], gpu_layers=gpu_layers, parallel=parallel)
+                          calibration=options["calibration"], gpu_layers=gpu_layers, parallel=parallel,
+                          prefill_chunk=prefill_chunk or None, prefix_reuse=prefix_reuse)
     server = Server([engine], defaults, queue_timeout=queue_timeout)
     names = ", ".join(sorted(server.models))
     click.echo(f"sia-edge: serving {names} on http://{host}:{port}/v1 with {parallel} slot"

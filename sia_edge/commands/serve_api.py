@@ -139,10 +139,16 @@ class ErrorResponse(Reply):
     error: ErrorDetail
 
 
+class PromptTokensDetails(Reply):
+    cached_tokens: int = Field(description="Prompt tokens already in a slot's KV cache (an earlier turn of the "
+                                           "conversation), so not decoded again (with best_of: summed over samples)")
+
+
 class Usage(Reply):
     prompt_tokens: int
     completion_tokens: int = Field(description="Tokens generated (with best_of: summed over all samples)")
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class BestOfReport(Reply):
@@ -286,6 +292,8 @@ class Health(Reply):
     queued: int = Field(description="Requests waiting for a slot now")
     rounds: int = Field(description="Batched decoding steps so far")
     value_model_calls: int = Field(description="Value-model calls those steps made (all slots' junctions merged)")
+    prompt_tokens: int = Field(description="Prompt tokens of the generations that ended (--parallel > 1)")
+    cached_tokens: int = Field(description="Of which found in a slot's KV cache, so not decoded again")
 
 
 # --- the OpenAPI declarations of each route ----------------------------------------------------------------------
