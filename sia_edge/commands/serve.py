@@ -1,7 +1,8 @@
 """`sia-edge serve`: a local OpenAI-compatible HTTP server on the ordinary decoding loop.
 
-Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `"stream": true` server-sent events),
-GET /v1/models, GET /health. SIA settings ride along as extra request fields (gate, tau, ratio, q, first_n,
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `"stream": true` server-sent events and
+OpenAI's `logprobs`, each token with a `sia` object: serve_logprobs.py), GET /v1/models, GET /health, and a chat
+page at GET / (serve_page.py). SIA settings ride along as extra request fields (gate, tau, ratio, q, first_n,
 weight, top_k, best_of, seed, objective) and come back in an extra `sia` object of every response.
 
 One Engine per model with `--parallel` slots: concurrent requests are decoded together (continuous batching in
@@ -32,6 +33,7 @@ from .serve_api import (REQUEST_SETTINGS, ApiError, ChatCompletionChunk, ChatCom
                         CompletionChunk, CompletionRequest, CompletionResponse, Health, ModelList, SiaRequest,
                         generation_failed, generation_responses, openapi_document, validation_error)
 from .serve_logprobs import TokenFacts
+from .serve_page import add_page_routes
 from .serve_stream import FINISH_REASONS, streaming_response, watch_disconnect
 
 DEFAULT_ALIAS = "sia-edge-default"
@@ -305,6 +307,7 @@ class Server:
         async def chat_completions(body: ChatRequest, request: Request):
             return await chat_complete(self, request, body)
 
+        add_page_routes(app)
         return app
 
 
@@ -323,7 +326,8 @@ def list_models(server: Server) -> dict:
 
 def model_defaults(settings: GenerationSettings) -> dict:
     """What a request gets for the fields it leaves out (the chat page shows them in its controls)."""
-    return {"gate": settings.gate, "tau": settings.tau, "ratio": settings.ratio, "weight": settings.w,
+    return {"gate": settings.gate, "tau": settings.tau, "ratio": settings.ratio, "signal": settings.signal,
+            "weight": settings.w,
             "temperature": settings.temperature, "top_k": settings.top_k, "max_tokens": settings.max_tokens}
 
 
@@ -480,7 +484,7 @@ def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, 
     server = Server([engine], defaults, queue_timeout=queue_timeout)
     names = ", ".join(sorted(server.models))
     click.echo(f"sia-edge: serving {names} on http://{host}:{port}/v1 with {parallel} slot"
-               f"{'s' if parallel > 1 else ''} (Ctrl-C stops)", err=True)
+               f"{'s' if parallel > 1 else ''}, chat page at http://{host}:{port}/ (Ctrl-C stops)", err=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"sia-edge: warning: listening on {host} without authentication", err=True)
     uvicorn.run(server.app(), host=host, port=port, log_level="warning")

@@ -319,6 +319,7 @@ class ModelDefaults(Reply):
     gate: str
     tau: float | None
     ratio: float | None
+    signal: str = Field(description="What the gate thresholds (the per-token `sia.signal`): top-k, full or top2")
     weight: float = Field(description="w: the weight the default gate steers with")
     temperature: float
     top_k: int
