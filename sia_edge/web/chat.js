@@ -164,9 +164,10 @@ function finish(reply, sia, reason) {
   const stats = document.createElement("p");
   stats.className = "stats";
   if (sia) {
-    stats.textContent = `${sia.tokens} tokens · ${sia.junctions} junctions (${(100 * sia.junction_ratio).toFixed(0)}%)` +
-      ` · ${sia.value_model_calls} value-model calls · ${sia.tokens_per_second.toFixed(1)} tokens/s · seed ${sia.seed}` +
-      ` · ${sia.value_model || "unsteered"} · ${reason === "length" ? "length limit" : sia.stop_reason}`;
+    const ratio = (100 * sia.junction_ratio).toFixed(0);
+    stats.textContent = [`${sia.tokens} tokens`, `${sia.junctions} junctions (${ratio}%)`,
+      `${sia.value_model_calls} value-model calls`, `${sia.tokens_per_second.toFixed(1)} tokens/s`, `seed ${sia.seed}`,
+      sia.value_model || "unsteered", reason === "length" ? "length limit" : sia.stop_reason].join(" · ");
     stats.dataset.seed = sia.seed;
   } else {
     stats.textContent = "stopped";
@@ -235,12 +236,12 @@ function describe(token) {
   }
   table.append(body);
   section.append(table);
-  if (!s.candidates) {
-    const note = document.createElement("p");
-    note.className = "muted";
-    note.textContent = "Not a junction: sampled from the base model's top-k, no value model asked.";
-    section.append(note);
-  }
+  const note = document.createElement("p");
+  note.className = "muted";
+  note.textContent = s.candidates
+    ? "before → after: the chance of being drawn from the top-k without and with steering (grey, blue)."
+    : "Not a junction: drawn from the base model's top-k, no value model asked.";
+  section.append(note);
   return section;
 }
 
