@@ -470,7 +470,8 @@ def _param_of(message: str) -> str | None:
               help="Seconds a request may wait for a free slot before it gets 503 with Retry-After "
                    "[default: wait as long as it takes].")
 def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, queue_timeout, **options):
-    """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
+    """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions), with a chat
+    page at / that shows where steering happened.
 
     The generation options are defaults for requests that do not set the field (e.g. --max-tokens for requests
     without max_tokens). SIA fields in a request body (gate, tau, ratio, q, first_n, weight, top_k, best_of, seed,

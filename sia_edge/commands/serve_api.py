@@ -212,7 +212,7 @@ class SiaToken(Reply):
     junction: bool = Field(description="Whether the gate sent this step to the value model")
     rank: int = Field(description="Rank of the chosen token among the top-k by base logit (0 = the favourite)")
     candidates: list[SiaCandidate] | None = Field(description="At a junction: the k candidates, best base logit "
-                                                              "first; null elsewhere")
+                                                              "first; null elsewhere (and when w = 0)")
 
 
 class ChatTokenLogprob(TopLogprob):

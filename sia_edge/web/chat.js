@@ -240,6 +240,7 @@ function describe(token) {
   note.className = "muted";
   note.textContent = s.candidates
     ? "before → after: the chance of being drawn from the top-k without and with steering (grey, blue)."
+    : s.junction ? "A junction, but steering is off (w = 0): no value model asked."
     : "Not a junction: drawn from the base model's top-k, no value model asked.";
   section.append(note);
   return section;
