@@ -10,10 +10,10 @@ from typing import Callable, Generator, Iterator, Protocol
 
 import numpy as np
 
-from .errors import ModelOutputError
-from .signals import step_stats
+from .errors import InvalidSettingError, ModelOutputError
+from .signals import step_stats, top_k
 from .settings import GenerationSettings
-from .steering import choose, steered_scores
+from .steering import choose, sampling_probs, steered_scores
 from .text_stream import Utf8Stream
 from .value_model import PrefixState
 
@@ -35,6 +35,11 @@ class TokenEvent:
     seconds: float = 0.0  # wall time of this step
     log_prob: float | None = None  # log p(token) under the unsteered base model (T = 1, full vocabulary), if asked
     end: bool = False  # this step chose end-of-generation (the token is not part of the text)
+    # With log_probs, how the step looked (for the server's `logprobs`, the chat page, debugging a value model):
+    top_log_probs: list[tuple[int, float]] | None = None  # the n likeliest (id, log p) as log_prob, best first
+    candidate_log_probs: list[float] | None = None  # junctions: each candidate's log p, as log_prob
+    base_probs: list[float] | None = None  # junctions: the k candidates' sampling probabilities without steering
+    steered_probs: list[float] | None = None  # junctions: their sampling probabilities after steering (drawn from)
 
     def as_dict(self) -> dict:
         return {"type": "token", **asdict(self)}
@@ -138,13 +143,19 @@ class Decoding:
     """
 
     def __init__(self, base: Base, value_model, prompt_tokens: list[int], settings: GenerationSettings, seed: int,
-                 cancel: Callable[[], bool] | None = None, log_probs: bool = False, reuse: bool = False) -> None:
-        """`log_probs` fills TokenEvent.log_prob (one log-sum-exp over the vocabulary per step, ~0.3 ms for
-        Gemma, so it is off unless asked). `reuse`: keep the prompt prefix already in the base model's KV cache
-        (chat turns); without it every generation prefills from an empty cache, so a seed replays exactly."""
+                 cancel: Callable[[], bool] | None = None, log_probs: bool = False, reuse: bool = False,
+                 top_log_probs: int = 0) -> None:
+        """`log_probs` fills TokenEvent.log_prob and, at junctions, the candidates' log-probabilities and sampling
+        probabilities (one log-sum-exp over the vocabulary per step, ~0.3 ms for Gemma, so it is off unless
+        asked); `top_log_probs` > 0 implies it and also lists that many likeliest tokens per step. `reuse`: keep
+        the prompt prefix already in the base model's KV cache (chat turns); without it every generation prefills
+        from an empty cache, so a seed replays exactly."""
+        if top_log_probs < 0:
+            raise InvalidSettingError(f"top_log_probs must be >= 0, got {top_log_probs}")
         self.base = base
         self.reuse = reuse
-        self.log_probs = log_probs
+        self.log_probs = log_probs or top_log_probs > 0
+        self.top_log_probs = top_log_probs
         self.value_model = value_model
         self.prompt_tokens = prompt_tokens
         self.settings = settings
@@ -259,11 +270,31 @@ class Decoding:
         stats.junctions += junction
         if self._view is not None:
             self._view.append(token)
-        return TokenEvent(index, token, "", step.entropy, junction,
-                          step.candidate_ids.tolist() if junction else None,
-                          rewards.tolist() if rewards is not None else None, rank, 0.0,
-                          base_log_prob(logits, token) if self.log_probs else None,
-                          end=self.base.is_end_of_generation(token))
+        event = TokenEvent(index, token, "", step.entropy, junction,
+                           step.candidate_ids.tolist() if junction else None,
+                           rewards.tolist() if rewards is not None else None, rank, 0.0,
+                           end=self.base.is_end_of_generation(token))
+        if self.log_probs:
+            self._describe(event, logits, step, scores)
+        return event
+
+    def _describe(self, event: TokenEvent, logits: np.ndarray, step, scores: np.ndarray) -> None:
+        """Fill the event's log-probabilities (base model, T = 1, full vocabulary) and, at a junction, the
+        candidates' sampling probabilities before and after steering (over the k, at the temperature)."""
+        log_z = log_partition(logits)
+        event.log_prob = float(logits[event.token_id]) - log_z
+        n = self.top_log_probs
+        if n:
+            if n <= step.candidate_ids.shape[0]:  # the top-k already holds them (same order, same ties)
+                ids, values = step.candidate_ids[:n], step.candidate_logits[:n]
+            else:
+                ids, values = top_k(logits, n)
+            event.top_log_probs = [(int(i), float(v) - log_z) for i, v in zip(ids, values)]
+        if event.junction:
+            T = self.settings.temperature
+            event.candidate_log_probs = (step.candidate_logits - log_z).tolist()
+            event.base_probs = sampling_probs(step.candidate_logits, T).tolist()
+            event.steered_probs = sampling_probs(scores, T).tolist()
 
     def _advance(self, index: int, token: int) -> str:
         """Feed the chosen token to the base model, unless this was the last step; 'context' if it cannot fit."""
@@ -367,10 +398,10 @@ def value_model_tokens(prompt_tokens, continuation, bos_id: int) -> list[int]:
     return (prompt[1:] if prompt and prompt[0] == bos_id else prompt) + list(continuation)
 
 
-def base_log_prob(logits: np.ndarray, token: int) -> float:
-    """log softmax(logits)[token] at T = 1 over the full vocabulary; the sum accumulates in float64."""
+def log_partition(logits: np.ndarray) -> float:
+    """log sum exp(logits) over the full vocabulary (T = 1); the sum accumulates in float64."""
     peak = float(logits.max())
-    return float(logits[token]) - peak - math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
+    return peak + math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
 
 
 class StopMatcher:

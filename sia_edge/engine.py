@@ -136,25 +136,31 @@ class Engine:
 
     def stream(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,
                log_probs: bool = False, value_model: str | os.PathLike | None = None,
-               queue_timeout: float | None = None, reuse_prefix: bool = False, **overrides) -> "Stream":
+               queue_timeout: float | None = None, reuse_prefix: bool = False, top_log_probs: int = 0,
+               **overrides) -> "Stream":
         """Iterate the returned Stream for TokenEvents; its `.result` is the GenerationResult afterwards.
-        `log_probs=True` fills each event's `log_prob` (the unsteered base model's log-probability of the token);
+        `log_probs=True` fills each event's `log_prob` (the unsteered base model's log-probability of the token)
+        and, at junctions, the candidates' log-probabilities and sampling probabilities before and after steering;
+        `top_log_probs=n` also lists the n likeliest tokens of every step (`TokenEvent.top_log_probs`);
         `value_model` (an objective name or ONNX file) steers this generation toward another objective;
         `queue_timeout`: seconds to wait for a free slot before QueueTimeoutError [default: wait];
         `reuse_prefix` (parallel=1): decode only what the KV cache does not already hold of the prompt, as chat turns
         do. The first logits then differ in the last digits from a fresh prefill's, so a seed replays exactly only
         without it (the default)."""
         _check_queue_timeout(queue_timeout)
+        if top_log_probs < 0:
+            raise InvalidSettingError(f"top_log_probs must be >= 0, got {top_log_probs}")
         chosen = self.settings(settings, **overrides)
         scorer = self.value_model_for(value_model)
         self._check_steerable(chosen, scorer)
         tokens = self._prompt_tokens(prompt, chosen)
         seed = chosen.seed if chosen.seed is not None else secrets.randbits(32)
         if self._scheduler is not None:
-            request = Request(tokens, chosen, seed, scorer, _as_callable(cancel) or (lambda: False), log_probs)
+            request = Request(tokens, chosen, seed, scorer, _as_callable(cancel) or (lambda: False), log_probs,
+                              top_log_probs)
             return Stream(self, seed, request=request, queue_timeout=queue_timeout)
         decoding = Decoding(self.base, scorer, tokens, chosen, seed, _as_callable(cancel), log_probs,
-                            reuse=reuse_prefix)
+                            reuse=reuse_prefix, top_log_probs=top_log_probs)
         return Stream(self, seed, decoding=decoding, queue_timeout=queue_timeout)
 
     def generate(self, prompt: str | list[int], settings: GenerationSettings | None = None, cancel: Cancel = None,

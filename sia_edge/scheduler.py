@@ -45,6 +45,7 @@ class Request:
     value_model: object | None
     cancel: Callable[[], bool]
     log_probs: bool = False
+    top_log_probs: int = 0
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     admitted: threading.Event = field(default_factory=threading.Event)  # out of the line: a slot, or failed
     abandoned: bool = False  # the caller went away: stop at the next step
@@ -189,7 +190,8 @@ class Scheduler:
                 index = self._best_slot(request.prompt_tokens)
                 slot = self._context.slots[index]
                 decoding = Decoding(slot, request.value_model, request.prompt_tokens, request.settings,
-                                    request.seed, request.stopped, request.log_probs, reuse=self.prefix_reuse)
+                                    request.seed, request.stopped, request.log_probs,
+                                    top_log_probs=request.top_log_probs, reuse=self.prefix_reuse)
                 self._active[index] = _Slotted(request, decoding, decoding.steps())
                 request.admitted.set()
             return True

@@ -62,6 +62,21 @@ def test_fuzz_finds_no_server_error_and_no_undocumented_response(case):
     assert response.status_code < 500, response.text
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "The movie was", "logprobs": 5}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": 20}),
+])
+def test_logprobs_with_junction_details_fit_the_document(api, path, body):
+    """The fuzz may draw few requests that ask for logprobs: one each, with junctions (gate dense), checked against
+    the document like any response."""
+    case = api[path]["POST"].Case(body={**body, "gate": "dense", "max_tokens": MAX_TOKENS, "seed": 1},
+                                  media_type="application/json")
+    response = case.call_and_validate()
+    choice = response.json()["choices"][0]
+    listed = choice["logprobs"]["sia"] if "text" in choice else [t["sia"] for t in choice["logprobs"]["content"]]
+    assert listed and all(token["junction"] and token["candidates"] for token in listed)
+
+
 def test_the_document_declares_bodies_and_errors(api):
     document = api.raw_schema
     for path in ("/v1/completions", "/v1/chat/completions"):
@@ -72,4 +87,7 @@ def test_the_document_declares_bodies_and_errors(api):
         assert {"application/json", "text/event-stream"} == set(operation["responses"]["200"]["content"])
     for path in ("/health", "/v1/models"):
         assert "application/json" in document["paths"][path]["get"]["responses"]["200"]["content"]
-    assert {"ErrorResponse", "CompletionChunk", "ChatCompletionChunk"} <= set(document["components"]["schemas"])
+    assert {"ErrorResponse", "CompletionChunk", "ChatCompletionChunk", "CompletionLogprobs", "ChatLogprobs",
+            "SiaToken", "SiaCandidate"} <= set(document["components"]["schemas"])
+    for name, fields in (("CompletionRequest", {"logprobs"}), ("ChatRequest", {"logprobs", "top_logprobs"})):
+        assert fields <= set(document["components"]["schemas"][name]["properties"])

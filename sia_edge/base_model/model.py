@@ -117,15 +117,16 @@ class BaseModel:
                               "pass UTF-8 text") from None
         return self._llm.tokenize(data, add_bos=bos, special=special)
 
-    def token_bytes(self, token: int) -> bytes:
-        """The bytes a token renders as (special tokens render as nothing)."""
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token renders as in text (special tokens render as nothing); `special=True`: special tokens
+        render as their names (e.g. b"<eos>"), to show which token it was."""
         if self._vocab is None:  # llama.cpp would read freed memory
             raise RuntimeError(f"{self.name} is closed")
         buffer = ctypes.create_string_buffer(64)
-        n = _llama().llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
+        n = _llama().llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
         if n < 0:  # longer than 64 bytes: ask again with the size llama.cpp wants
             buffer = ctypes.create_string_buffer(-n)
-            n = _llama().llama_token_to_piece(self._vocab, token, buffer, -n, 0, False)
+            n = _llama().llama_token_to_piece(self._vocab, token, buffer, -n, 0, special)
         return buffer.raw[:n]
 
     def detokenize(self, tokens: list[int]) -> str:

@@ -1,7 +1,8 @@
 """`sia-edge serve`: a local OpenAI-compatible HTTP server on the ordinary decoding loop.
 
-Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `"stream": true` server-sent events),
-GET /v1/models, GET /health. SIA settings ride along as extra request fields (gate, tau, ratio, q, first_n,
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `"stream": true` server-sent events and
+OpenAI's `logprobs`, each token with a `sia` object: serve_logprobs.py), GET /v1/models, GET /health, and a chat
+page at GET / (serve_page.py). SIA settings ride along as extra request fields (gate, tau, ratio, q, first_n,
 weight, top_k, best_of, seed, objective) and come back in an extra `sia` object of every response.
 
 One Engine per model with `--parallel` slots: concurrent requests are decoded together (continuous batching in
@@ -24,13 +25,15 @@ import click
 from ..chat import Trimmed, chat_format, render_tokens
 from ..engine import DEFAULT_PARALLEL, DEFAULT_PREFILL_CHUNK, MAX_PARALLEL
 from ..errors import InvalidSettingError, PromptError, QueueTimeoutError, SiaError
-from ..gate import DEFAULT_TAU
+from ..gate import DEFAULT_TAU, GATES
 from ..models import OBJECTIVES
 from ..settings import GenerationSettings
 from .common import build_engine, generation_options, model_options, settings_from
 from .serve_api import (REQUEST_SETTINGS, ApiError, ChatCompletionChunk, ChatCompletionResponse, ChatRequest,
                         CompletionChunk, CompletionRequest, CompletionResponse, Health, ModelList, SiaRequest,
                         generation_failed, generation_responses, openapi_document, validation_error)
+from .serve_logprobs import TokenFacts
+from .serve_page import add_page_routes
 from .serve_stream import FINISH_REASONS, streaming_response, watch_disconnect
 
 DEFAULT_ALIAS = "sia-edge-default"
@@ -164,18 +167,23 @@ class Server:
         except PromptError as exc:
             raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
 
-    def check_common(self, req: SiaRequest) -> None:
+    def check_common(self, req: SiaRequest, top_n: int | None = None) -> None:
+        """Checks both endpoints make; `top_n`: the log-probabilities asked for (None: none)."""
         if req.n != 1:
             raise ApiError(400, "only n=1 is supported (use best_of to draw several samples)", "n", "unsupported")
         if req.stream and (req.best_of or 1) > 1:
             raise ApiError(400, "best_of cannot be combined with stream", "best_of", "unsupported")
+        if top_n is not None and (req.best_of or 1) > 1:
+            raise ApiError(400, "best_of cannot be combined with logprobs", "logprobs", "unsupported")
 
     def open_stream(self, served: ServedModel, tokens: list[int], settings: GenerationSettings,
-                    cancel: threading.Event, objective: str | None = None):
-        """The Stream for this request, checked now (prompt, settings) so errors go out as 400 before any text."""
+                    cancel: threading.Event, objective: str | None = None, top_n: int | None = None):
+        """The Stream for this request, checked now (prompt, settings) so errors go out as 400 before any text.
+        `top_n`: log-probabilities and that many likeliest tokens per step (None: none asked)."""
         try:
             return served.engine.stream(tokens, settings, cancel=cancel, value_model=objective,
-                                        queue_timeout=self.queue_timeout)
+                                        queue_timeout=self.queue_timeout, log_probs=top_n is not None,
+                                        top_log_probs=top_n or 0)
         except SiaError as exc:
             raise ApiError(400, str(exc), None, "invalid_request") from exc
 
@@ -198,16 +206,16 @@ class Server:
 
     def generate(self, served: ServedModel, stream, tokens: list[int], settings: GenerationSettings, n: int,
                  cancel: threading.Event, objective: str | None = None):
-        """Blocking, in a worker thread: drain `stream`, or draw Best-of-N. Returns (result, BestOfResult or None)."""
+        """Blocking, in a worker thread: drain `stream`, or draw Best-of-N. Returns (result, BestOfResult or None,
+        the stream's TokenEvents)."""
         if n > 1:
-            return self.best_of(served, tokens, settings, n, cancel, objective)
+            return *self.best_of(served, tokens, settings, n, cancel, objective), []
         result = None
         self.start(stream)
         try:
-            for _ in stream:
-                pass
+            events = list(stream)
             result = stream.result
-            return result, None
+            return result, None, events
         finally:
             self.finished(result)
 
@@ -300,6 +308,7 @@ class Server:
         async def chat_completions(body: ChatRequest, request: Request):
             return await chat_complete(self, request, body)
 
+        add_page_routes(app)
         return app
 
 
@@ -311,8 +320,16 @@ def list_models(server: Server) -> dict:
         {"id": name, "object": "model", "created": server.started, "owned_by": "sia-edge",
          "sia": {"file": str(s.engine.base.path), "n_ctx": s.engine.base.n_ctx,
                  "value_model": str(s.engine.value_model.path) if s.engine.value_model else None,
-                 "objectives": OBJECTIVES, "chat_template": s.engine.base.chat_template is not None}}
+                 "objectives": OBJECTIVES, "chat_template": s.engine.base.chat_template is not None,
+                 "gates": list(GATES), "defaults": model_defaults(s.defaults)}}
         for name, s in server.models.items()]}
+
+
+def model_defaults(settings: GenerationSettings) -> dict:
+    """What a request gets for the fields it leaves out (the chat page shows them in its controls)."""
+    return {"gate": settings.gate, "tau": settings.tau, "ratio": settings.ratio, "signal": settings.signal,
+            "weight": settings.w,
+            "temperature": settings.temperature, "top_k": settings.top_k, "max_tokens": settings.max_tokens}
 
 
 async def complete(server: Server, request, req: CompletionRequest):
@@ -320,21 +337,28 @@ async def complete(server: Server, request, req: CompletionRequest):
     if req.echo:
         raise ApiError(400, "echo is not supported", "echo", "unsupported")
     served = server.served(req.model)
-    server.check_common(req)
+    top_n = req.logprobs
+    server.check_common(req, top_n)
     tokens = server.completion_prompt(served, req)
     max_tokens = server.check_length(served, tokens, req.max_tokens, served.defaults.max_tokens, "prompt")
     settings = server.settings(served, req, max_tokens)
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model or served.name}
+    facts = TokenFacts(served.engine.base, top_n) if top_n is not None else None
+
+    def logprobs(events):
+        return facts.completion(events) if facts is not None else None
+
     if req.stream:
-        def chunk(text, finish=None, result=None):
+        def chunk(text, finish=None, result=None, events=()):
             out = {**meta, "object": "text_completion",
-                   "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+                   "choices": [{"index": 0, "text": text, "logprobs": logprobs(events), "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
-        return await streaming_response(server, request, served, tokens, settings, chunk, None, req.objective)
-    result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
+        return await streaming_response(server, request, served, tokens, settings, chunk, None, req.objective, top_n)
+    result, chosen, events = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1,
+                                                   req.objective, top_n)
     return {**meta, "object": "text_completion",
-            "choices": [{"index": 0, "text": result.text, "logprobs": None,
+            "choices": [{"index": 0, "text": result.text, "logprobs": logprobs(events),
                          "finish_reason": FINISH_REASONS[result.stop_reason]}],
             "usage": usage(len(tokens), result, chosen), "sia": sia_object(result, chosen)}
 
@@ -342,31 +366,41 @@ async def complete(server: Server, request, req: CompletionRequest):
 async def chat_complete(server: Server, request, req: ChatRequest):
     """POST /v1/chat/completions (`req` validated by FastAPI)."""
     served = server.served(req.model)
-    server.check_common(req)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
+    top_n = (req.top_logprobs or 0) if req.logprobs else None
+    server.check_common(req, top_n)
     tokens = server.chat_prompt(served, req)
     asked = req.max_completion_tokens or req.max_tokens
     max_tokens = server.check_length(served, tokens, asked, served.defaults.max_tokens, "messages")
     settings = server.settings(served, req, max_tokens, served.format.stops)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model or served.name}
+    facts = TokenFacts(served.engine.base, top_n) if top_n is not None else None
+
+    def logprobs(events):
+        return facts.chat(events) if facts is not None else None
+
     if req.stream:
         trim = Trimmed()
 
-        def chunk(text, finish=None, result=None):
+        def chunk(text, finish=None, result=None, events=()):
             delta = {"role": "assistant", "content": ""} if text is None else {"content": trim.push(text)}
             if finish is not None:
                 delta = {}
             elif delta["content"] == "" and text is not None:
-                return None  # only whitespace so far: nothing to send yet
+                return None  # only whitespace so far: nothing to send yet (its tokens go with the next chunk)
+            listing = logprobs(events) if text is not None else None  # not in the role chunk
             out = {**meta, "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                   "choices": [{"index": 0, "delta": delta, "logprobs": listing, "finish_reason": finish}]}
             return with_final_fields(out, tokens, result)
 
         return await streaming_response(server, request, served, tokens, settings, chunk, chunk(None),
-                                        req.objective)
-    result, chosen = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1, req.objective)
+                                        req.objective, top_n)
+    result, chosen, events = await run_cancellable(server, request, served, tokens, settings, req.best_of or 1,
+                                                   req.objective, top_n)
     return {**meta, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text.strip()},
-                         "logprobs": None, "finish_reason": FINISH_REASONS[result.stop_reason]}],
+                         "logprobs": logprobs(events), "finish_reason": FINISH_REASONS[result.stop_reason]}],
             "usage": usage(len(tokens), result, chosen), "sia": sia_object(result, chosen)}
 
 
@@ -402,10 +436,11 @@ def with_final_fields(out: dict, tokens: list[int], result) -> dict:
     return out
 
 
-async def run_cancellable(server: Server, request, served, tokens, settings, n, objective=None):
-    """Generate in a worker thread; stop it if the client disconnects before it is done."""
+async def run_cancellable(server: Server, request, served, tokens, settings, n, objective=None, top_n=None):
+    """Generate in a worker thread; stop it if the client disconnects before it is done. -> (result, BestOfResult
+    or None, TokenEvents)"""
     cancel = threading.Event()
-    stream = server.open_stream(served, tokens, settings, cancel, objective)
+    stream = server.open_stream(served, tokens, settings, cancel, objective, top_n)
 
     watcher = watch_disconnect(request, cancel)
     server.counters.add(accepted=1, active=1)
@@ -451,7 +486,8 @@ def _param_of(message: str) -> str | None:
                    "prompt, so a seed replays exactly.")
 def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, queue_timeout, prefill_chunk,
           prefix_reuse, **options):
-    """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
+    """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions), with a chat
+    page at / that shows where steering happened.
 
     The generation options are defaults for requests that do not set the field (e.g. --max-tokens for requests
     without max_tokens). SIA fields in a request body (gate, tau, ratio, q, first_n, weight, top_k, best_of, seed,
@@ -466,7 +502,7 @@ def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, 
     server = Server([engine], defaults, queue_timeout=queue_timeout)
     names = ", ".join(sorted(server.models))
     click.echo(f"sia-edge: serving {names} on http://{host}:{port}/v1 with {parallel} slot"
-               f"{'s' if parallel > 1 else ''} (Ctrl-C stops)", err=True)
+               f"{'s' if parallel > 1 else ''}, chat page at http://{host}:{port}/ (Ctrl-C stops)", err=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"sia-edge: warning: listening on {host} without authentication", err=True)
     uvicorn.run(server.app(), host=host, port=port, log_level="warning")

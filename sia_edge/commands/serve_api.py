@@ -6,11 +6,12 @@ the 400/404/503 errors from them. Response models allow extra fields, so a field
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..gate import GATE_HELP, PARAMETERS
+from .serve_logprobs import LOGPROB_FLOOR, MAX_COMPLETION_LOGPROBS, MAX_TOP_LOGPROBS
 
 
 class ApiError(Exception):
@@ -93,6 +94,9 @@ class SiaRequest(GateFields):
 class CompletionRequest(SiaRequest):
     prompt: str | list[str] | list[int]
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS, description=(
+        "Return each token's log-probability and this many likeliest alternatives (0-5), plus sia-edge's `sia` "
+        "facts per token; the base model's log-probabilities at T = 1, before steering"))
 
 
 class TextPart(BaseModel):
@@ -114,6 +118,10 @@ class ChatMessage(BaseModel):
 class ChatRequest(SiaRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = Field(False, description="Return each token's log-probability (the base model's, at T = 1, "
+                                              "before steering) and sia-edge's `sia` facts per token")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description=(
+        "With logprobs: this many likeliest tokens at each position (0-20)"))
 
 
 # --- response bodies ---------------------------------------------------------------------------------------------
@@ -179,10 +187,65 @@ class SiaStats(Reply):
 FinishReason = Literal["stop", "length"]
 
 
+class TopLogprob(Reply):
+    token: str = Field(description="The token as text (a special token by its name, e.g. <eos>)")
+    logprob: float = Field(description="Its log-probability under the base model (T = 1, full vocabulary); "
+                                       f"{LOGPROB_FLOOR:g} for a token the model rules out")
+    bytes: list[int] | None = Field(description="Its bytes (a token may hold part of a UTF-8 character)")
+
+
+class SiaCandidate(Reply):
+    """One of the k candidates at a junction, and how steering moved it."""
+
+    token: str
+    bytes: list[int]
+    token_id: int
+    logprob: float = Field(description="Base model log-probability (T = 1, full vocabulary)")
+    reward: float = Field(description="The value model's score of the text with this candidate appended")
+    probability: float = Field(description="Its sampling probability over the k candidates without steering "
+                                           "(softmax(l / T))")
+    steered_probability: float = Field(description="Its sampling probability after steering (softmax((l + w r) / "
+                                                   "T)): what the token was drawn from")
+    chosen: bool
+
+
+class SiaToken(Reply):
+    """sia-edge's facts of one generated token."""
+
+    token_id: int
+    signal: float = Field(description="The gate's uncertainty signal at this step: entropy in nats of the top-k "
+                                      "(signal top-k) or of the vocabulary (full), or p2/p1 (top2)")
+    junction: bool = Field(description="Whether the gate sent this step to the value model")
+    rank: int = Field(description="Rank of the chosen token among the top-k by base logit (0 = the favourite)")
+    candidates: list[SiaCandidate] | None = Field(description="At a junction: the k candidates, best base logit "
+                                                              "first; null elsewhere (and when w = 0)")
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="The top_logprobs likeliest tokens at this position")
+    sia: SiaToken
+
+
+class ChatLogprobs(Reply):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
+class CompletionLogprobs(Reply):
+    """The legacy completions shape (parallel lists, one entry per token), plus `sia` beside them."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] = Field(description="Per token: the `logprobs` likeliest tokens and the "
+                                                             "sampled one")
+    text_offset: list[int] = Field(description="Per token: the character offset in the text where it starts")
+    sia: list[SiaToken]
+
+
 class CompletionChoice(Reply):
     index: int
     text: str
-    logprobs: Any = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = Field(description="null in stream chunks before the last")
 
 
@@ -216,7 +279,7 @@ class AssistantMessage(Reply):
 class ChatChoice(Reply):
     index: int
     message: AssistantMessage
-    logprobs: Any = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -238,7 +301,9 @@ class ChatDelta(Reply):
 class ChatChunkChoice(Reply):
     index: int
     delta: ChatDelta
-    logprobs: Any = None
+    logprobs: ChatLogprobs | None = Field(None, description="The tokens whose text this chunk carries (with a "
+                                                           "token still pending, e.g. half a character, they come "
+                                                           "with a later chunk; the last chunk lists any left)")
     finish_reason: FinishReason | None = None
 
 
@@ -254,12 +319,27 @@ class ChatCompletionChunk(Reply):
     sia: SiaStats | None = None
 
 
+class ModelDefaults(Reply):
+    """The settings a request gets for the fields it leaves out."""
+
+    gate: str
+    tau: float | None
+    ratio: float | None
+    signal: str = Field(description="What the gate thresholds (the per-token `sia.signal`): top-k, full or top2")
+    weight: float = Field(description="w: the weight the default gate steers with")
+    temperature: float
+    top_k: int
+    max_tokens: int
+
+
 class ModelInfo(Reply):
     file: str
     n_ctx: int
     value_model: str | None
     objectives: list[str]
     chat_template: bool
+    gates: list[str] = Field(description="What the `gate` field takes")
+    defaults: ModelDefaults
 
 
 class ModelCard(Reply):

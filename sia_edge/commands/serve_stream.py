@@ -5,15 +5,18 @@ import json
 import threading
 
 from .serve_api import generation_failed
+from .serve_logprobs import listed
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
 
 
-async def streaming_response(server, request, served, tokens, settings, chunk, first, objective=None):
+async def streaming_response(server, request, served, tokens, settings, chunk, first, objective=None, top_n=None):
+    """`chunk(text, finish=None, result=None, events=())` makes one chunk (None: nothing to send yet); `events`
+    are the listed tokens whose text it carries, for logprobs."""
     from fastapi.responses import StreamingResponse
 
     cancel = threading.Event()  # set when the client goes away
-    stream = server.open_stream(served, tokens, settings, cancel, objective)
+    stream = server.open_stream(served, tokens, settings, cancel, objective, top_n)
     server.counters.add(accepted=1, active=1)
     watcher = watch_disconnect(request, cancel)  # a client gone while its request waits in line: it leaves the line
     try:
@@ -37,7 +40,7 @@ def watch_disconnect(request, cancel: threading.Event) -> asyncio.Task:
 
 
 def generate_in_thread(server, stream, cancel: threading.Event) -> asyncio.Queue:
-    """Drain the started stream in a worker thread; its text, then its result (or error), arrive on the queue."""
+    """Drain the started stream in a worker thread; its events, then its result (or error), arrive on the queue."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -50,8 +53,7 @@ def generate_in_thread(server, stream, cancel: threading.Event) -> asyncio.Queue
     def work():
         try:
             for event in stream:
-                if event.text:
-                    put(("text", event.text))
+                put(("event", event))
             put(("done", stream.result))
         except BaseException as exc:  # noqa: BLE001 - handed to the event loop
             put(("error", exc))
@@ -63,18 +65,23 @@ def generate_in_thread(server, stream, cancel: threading.Event) -> asyncio.Queue
 
 
 async def stream_events(queue: asyncio.Queue, cancel: threading.Event, chunk, first):
-    """Server-sent events: one chunk per piece of text, a final chunk with finish_reason + sia, [DONE]."""
+    """Server-sent events: one chunk per piece of text, a final chunk with finish_reason + sia, [DONE]. A token
+    whose text is not out yet (half a character, a possible stop string) waits for the chunk that carries it."""
+    pending = []  # the tokens the next chunk carries
     try:
         if first is not None:
             yield sse(first)
         while True:
             kind, value = await queue.get()
-            if kind == "text":
-                piece = chunk(value)
+            if kind == "event":
+                if listed(value):
+                    pending.append(value)
+                piece = chunk(value.text, events=pending) if value.text else None
                 if piece is not None:
                     yield sse(piece)
+                    pending = []
             elif kind == "done":
-                yield sse(chunk("", FINISH_REASONS[value.stop_reason], value))
+                yield sse(chunk("", FINISH_REASONS[value.stop_reason], value, events=pending))
                 yield "data: [DONE]\n\n"
                 return
             else:
