@@ -12,7 +12,7 @@ from .batch import DEFAULT_BATCH_SIZE, BatchOutput, BatchRequest, run_batched
 from .decoder import Decoding, GenerationResult, TokenEvent
 from .errors import InvalidSettingError, PromptError, QueueTimeoutError, ValueModelError
 from .models import cached_fingerprint, choose_value_model, resolve_base_model, weights_fingerprint
-from .scheduler import DEFAULT_PREFILL_CHUNK, Request, Scheduler, cancelled_in_line, read_events
+from .scheduler import DEFAULT_CACHE_RAM_MB, DEFAULT_PREFILL_CHUNK, Request, Scheduler, cancelled_in_line, read_events
 from .settings import GenerationSettings
 
 DEFAULT_PARALLEL = 4  # slots for concurrent requests: a laptop-sized default, like llama.cpp's server
@@ -52,10 +52,12 @@ class Engine:
         parallel: int = DEFAULT_PARALLEL,
         prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
         prefix_reuse: bool = True,
+        cache_ram_mb: float = DEFAULT_CACHE_RAM_MB,
     ) -> None:
-        """`prefill_chunk` and `prefix_reuse` shape the slots of `parallel` > 1 (sia_edge/scheduler.py): prompt
-        tokens read per round beside the other slots' steps (None: each prompt read whole, alone), and whether a
-        slot keeps its KV cells so the next prompt that starts the same way decodes only what differs."""
+        """`prefill_chunk`, `prefix_reuse` and `cache_ram_mb` shape the slots of `parallel` > 1
+        (sia_edge/scheduler.py): prompt tokens read per round beside the other slots' steps (None: each prompt read
+        whole, alone); whether a slot keeps its KV cells so the next prompt that starts the same way decodes only
+        what differs; and host RAM for the KV cells of conversations that lost their slot to another."""
         if n_ctx < 16:
             raise InvalidSettingError(f"n_ctx must be >= 16, got {n_ctx}")
         if parallel < 1:
@@ -79,7 +81,9 @@ class Engine:
         self._lock = threading.Lock()  # the model's own context (and generate_many's batch): one user at a time
         self._closed = False
         self.parallel = parallel
-        self._scheduler = (Scheduler(self.base, parallel, self.base.n_ctx, prefill_chunk, prefix_reuse)
+        if cache_ram_mb < 0:
+            raise InvalidSettingError(f"cache_ram_mb must be >= 0, got {cache_ram_mb}")
+        self._scheduler = (Scheduler(self.base, parallel, self.base.n_ctx, prefill_chunk, prefix_reuse, cache_ram_mb)
                            if parallel > 1 else None)
 
     def load(self) -> dict:
@@ -90,7 +94,7 @@ class Engine:
         busy = self._lock.locked()
         return {"parallel": 1, "busy": int(busy), "queued": None, **dict.fromkeys(
             ("served", "cancelled", "errors", "rejected", "rounds", "value_model_calls", "prompt_tokens",
-             "cached_tokens"))}
+             "cached_tokens", "restored"))}
 
     def value_model_for(self, spec: str | os.PathLike | None):
         """The value model an objective name (`sentiment`, `clean`) or ONNX file names, loaded once and kept;

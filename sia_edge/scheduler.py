@@ -28,6 +28,8 @@ import numpy as np
 
 from .decoder import PREFILLING, Decoding, GenerationResult, GenerationStats, Junction, TokenEvent, score_junctions
 from .base_model.batch_context import DEFAULT_PREFILL_CHUNK
+
+DEFAULT_CACHE_RAM_MB = 256.0
 from .errors import QueueTimeoutError
 
 # The worker exits after this long without work, freeing the slots' KV cells (a new request starts it again, with
@@ -75,15 +77,17 @@ class Scheduler:
     """The slots, the waiting line and the worker thread of one Engine (`parallel` > 1)."""
 
     def __init__(self, base, n_slots: int, n_ctx_per_slot: int, prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
-                 prefix_reuse: bool = True) -> None:
+                 prefix_reuse: bool = True, cache_ram_mb: float = DEFAULT_CACHE_RAM_MB) -> None:
         """`prefill_chunk`: prompt tokens read per round beside the other slots' steps (None: a prompt is read
-        whole, alone, at its first round). `prefix_reuse`: a slot keeps its KV cells for the next prompt."""
+        whole, alone, at its first round). `prefix_reuse`: a slot keeps its KV cells for the next prompt.
+        `cache_ram_mb`: host RAM for the KV cells of conversations that lost their slot (0: none)."""
         self.base = base
         self.n_slots = n_slots
         self.n_ctx_per_slot = n_ctx_per_slot
         self.prefill_chunk = prefill_chunk
         self.prefix_reuse = prefix_reuse
         self._last_used = [0] * n_slots  # round at which each slot's last request ended: ties go to the oldest
+        self._saved = SavedSequences(int(cache_ram_mb * 2**20) if prefix_reuse else 0)
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._active: dict[int, _Slotted] = {}  # slot index -> its generation; changed by the worker only
@@ -91,7 +95,7 @@ class Scheduler:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.counts = {"served": 0, "cancelled": 0, "errors": 0, "rejected": 0, "rounds": 0,
-                       "value_model_calls": 0, "prompt_tokens": 0, "cached_tokens": 0}
+                       "value_model_calls": 0, "prompt_tokens": 0, "cached_tokens": 0, "restored": 0}
 
     # -- the callers' side --
 
@@ -187,7 +191,7 @@ class Scheduler:
             self._drop_cancelled_locked()
             while self._waiting and len(self._active) < self.n_slots:
                 request = self._waiting.popleft()
-                index = self._best_slot(request.prompt_tokens)
+                index = self._place(request.prompt_tokens)
                 slot = self._context.slots[index]
                 decoding = Decoding(slot, request.value_model, request.prompt_tokens, request.settings,
                                     request.seed, request.stopped, request.log_probs,
@@ -196,26 +200,36 @@ class Scheduler:
                 request.admitted.set()
             return True
 
-    def _best_slot(self, prompt: list[int]) -> int:
-        """The free slot whose cached tokens share the longest prefix with `prompt` (the least decoding), the
-        least recently used among equals.
+    def _place(self, prompt: list[int]) -> int:
+        """The free slot for a new prompt: the one whose cached tokens save the most decoding, or the least recently
+        used. A conversation kept in host RAM that saves more is restored into it first; what the slot held and
+        would lose goes to host RAM."""
+        index, shared = self._best_slot(prompt)
+        slot = self._context.slots[index]
+        saved, saved_shared = self._saved.best(prompt)
+        if saved is not None and saved_shared > shared:
+            self._saved.keep(slot)
+            self._saved.take(saved)
+            if slot.restore(saved):
+                self.counts["restored"] += 1
+        elif shared == 0:
+            self._saved.keep(slot)
+        return index
+
+    def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """The free slot whose cached tokens share the longest useful prefix with `prompt` (the least decoding),
+        the least recently used among equals; and that prefix's length.
 
         A shared prefix counts only if it is at least half of what the slot holds: a new conversation that shares
         just the chat template's first tokens with a cached one takes an empty or the oldest slot instead of
         destroying that conversation to save a few tokens (llama.cpp's --slot-prompt-similarity, measured on the
         cached side)."""
-        from .base_model import common_prefix
-
         free = [i for i in range(self.n_slots) if i not in self._active]
         if not self.prefix_reuse:
-            return free[0]
-
-        def saved(index: int) -> int:
-            cached = self._context.slots[index].tokens
-            shared = common_prefix(cached, prompt)
-            return shared if 2 * shared >= len(cached) > 0 else 0
-
-        return max(free, key=lambda i: (saved(i), -self._last_used[i]))
+            return free[0], 0
+        shared = {i: useful_prefix(self._context.slots[i].tokens, prompt) for i in free}
+        index = max(free, key=lambda i: (shared[i], -self._last_used[i]))
+        return index, shared[index]
 
     def _round(self) -> None:
         """One step of every active generation, their junctions scored together per value model, one decode."""
@@ -295,6 +309,7 @@ class Scheduler:
 
     def _retire_locked(self) -> None:
         """The worker is leaving: free the llama.cpp context (its KV cells) until work comes again."""
+        self._saved.clear()  # sequence states belong to the context they came from
         if self._context is not None:
             self._context.close()
             self._context = None
@@ -309,6 +324,58 @@ class Scheduler:
         self.counts["errors"] += len(self._active) + len(self._waiting)
         self._active.clear()
         self._waiting.clear()
+
+
+def useful_prefix(cached: list[int], prompt: list[int]) -> int:
+    """How many of `cached` a new `prompt` can keep: their common prefix, if it is at least half of `cached`
+    (else 0: not worth destroying the rest for)."""
+    from .base_model import common_prefix
+
+    shared = common_prefix(cached, prompt)
+    return shared if 2 * shared >= len(cached) > 0 else 0
+
+
+class SavedSequences:
+    """Host-RAM copies of conversations' KV cells that lost their slot (llama.cpp's server --cache-ram): a later
+    turn of one is restored into a slot instead of read again. Least recently kept first out, within `budget`
+    bytes (Gemma 3 270M: ~18 KB per token, so 256 MB holds ~14,000 tokens)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.entries: list = []  # SavedSequence, oldest first
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    def keep(self, slot) -> None:
+        """Save what `slot` holds before it is overwritten (nothing if it holds nothing or is over budget)."""
+        tokens = slot.tokens
+        if not tokens or self.budget <= 0:
+            return
+        saved = slot.save()
+        if saved.nbytes > self.budget:
+            return
+        # an entry this one extends is superseded by it
+        self.entries = [e for e in self.entries if e.tokens != tokens[:len(e.tokens)]]
+        self.entries.append(saved)
+        while self.nbytes > self.budget:
+            self.entries.pop(0)
+
+    def best(self, prompt: list[int]) -> tuple[object | None, int]:
+        """The saved sequence that saves `prompt` the most decoding, and how many tokens."""
+        best, shared = None, 0
+        for entry in self.entries:
+            n = useful_prefix(entry.tokens, prompt)
+            if n > shared:
+                best, shared = entry, n
+        return best, shared
+
+    def take(self, entry) -> None:
+        self.entries.remove(entry)
+
+    def clear(self) -> None:
+        self.entries = []
 
 
 def cancelled_in_line(prompt_tokens: list[int], settings, seed: int) -> GenerationResult:

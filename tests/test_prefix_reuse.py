@@ -15,7 +15,6 @@ tests require the same likeliest token, total variation < 0.1 and KL < 0.02 nats
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
@@ -139,10 +138,28 @@ def test_chunked_prefill_matches_reading_the_prompt_whole(engine, tokens):
         chunked.close()
 
 
-@pytest.fixture(scope="module")
-def slots_engine(gemma_path):
-    """Two slots, prompts read 16 tokens per round."""
-    engine = Engine(model=gemma_path, value_model=str(TOKEN_MODEL), parallel=2, prefill_chunk=16)
+def test_a_saved_sequence_restores_exactly_into_another_slot(engine, tokens):
+    first, reply, _ = tokens
+    context = BatchContext(engine.base, 2, 256, prefill_chunk=16)
+    try:
+        source, target = context.slots
+        read(context, source, first + reply)
+        saved = source.save()
+        assert saved.tokens == first + reply and saved.nbytes > 1000 * len(saved.tokens)
+        assert target.restore(saved) and target.tokens == source.tokens
+        for slot in (source, target):  # the same next step on both: bit for bit the same logits
+            slot.step(reply[0])
+        context.flush()
+        assert np.array_equal(source.logits(), target.logits())
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module", params=[256.0, 0.0], ids=["ram-cache", "no-ram-cache"])
+def slots_engine(gemma_path, request):
+    """Two slots, prompts read 16 tokens per round; with and without the host-RAM cache of evicted conversations."""
+    engine = Engine(model=gemma_path, value_model=str(TOKEN_MODEL), parallel=2, prefill_chunk=16,
+                    cache_ram_mb=request.param)
     yield engine
     engine.close()
 
@@ -156,8 +173,8 @@ def generate(engine, prompt: list[int], seed: int = 1, **overrides):
 
 def test_the_next_turn_goes_to_its_conversations_slot(slots_engine, tokens):
     """Two conversations in two slots; each second turn finds its own first turn (and reply) cached, wherever the
-    other conversation is; a third conversation evicts the least recently used one, whose next turn then starts
-    afresh."""
+    other conversation is; a third conversation evicts the least recently used one, whose next turn is then
+    restored from host RAM, or (without that cache) read afresh."""
     engine = slots_engine
     first_a = engine.tokenize(TURN_1)
     first_b = engine.tokenize(TURN_1.replace("the beach", "a long train ride through the mountains"))
@@ -170,15 +187,18 @@ def test_the_next_turn_goes_to_its_conversations_slot(slots_engine, tokens):
     # a slot holds the prompt and every generated token but the last (never fed back: the generation ended)
     assert a2.stats.cached_tokens == len(first_a) + len(a1.token_ids) - 1
     assert b2.stats.cached_tokens == len(first_b) + len(b1.token_ids) - 1
-    first_c = engine.tokenize(TURN_1.replace("the beach", "my grandmother's birthday party"))
     # c shares only the opening words with both, too little to be worth a conversation: it takes the least
     # recently used slot (b's), keeping just that shared opening
-    c1 = generate(engine, first_c)
+    c1 = generate(engine, first_c := engine.tokenize(TURN_1.replace("the beach", "my grandmother's party")))
     opening = common_prefix(first_c, first_b)
     assert 5 < opening < len(first_c) // 2 and c1.stats.cached_tokens == opening
-    # b's cache is gone: its third turn is read afresh but for the opening, in the slot now least recently used (a's)
     b3 = generate(engine, second_b + b2.token_ids + follow)
-    assert b3.stats.cached_tokens == common_prefix(first_a, first_b)
+    if engine._scheduler._saved.budget > 0:  # b's cells went to host RAM and come back: only the new turn is read
+        assert b3.stats.cached_tokens == len(second_b) + len(b2.token_ids) - 1
+        assert engine.load()["restored"] == 1
+    else:  # read afresh but for the opening, in the slot now least recently used (a's)
+        assert b3.stats.cached_tokens == common_prefix(first_a, first_b)
+        assert engine.load()["restored"] == 0
     load = engine.load()
     assert load["cached_tokens"] == sum(r.stats.cached_tokens for r in (a1, b1, b2, a2, c1, b3))
 

@@ -148,6 +148,18 @@ class BatchContext:
         self._ctx.close()
 
 
+class SavedSequence:
+    """A slot's tokens and the bytes of their KV cells, held in host RAM (SequenceSlot.save / restore)."""
+
+    def __init__(self, tokens: list[int], state: bytes) -> None:
+        self.tokens = tokens
+        self.state = state
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.state)
+
+
 class SequenceSlot:
     """One sequence of a BatchContext, with the decoding interface of BaseModel that the decode loop uses
     (prefill, prefilled, step, logits, n_past, n_ctx, decode_seconds and the vocabulary helpers).
@@ -236,6 +248,30 @@ class SequenceSlot:
         if not self.reads_hidden or not self.prefilled:
             raise RuntimeError("hidden state read before flush(), or this slot was not prefilled with hidden=True")
         return self._hidden
+
+    def save(self) -> "SavedSequence":
+        """A host-RAM copy of this slot's tokens and their KV cells (llama.cpp's sequence state), to `restore`
+        later into any slot of this context: a conversation that lost its slot to another keeps its cache."""
+        import ctypes
+
+        llama_cpp = _llama()
+        size = llama_cpp.llama_state_seq_get_size(self.context._ctx.ctx, self.seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.context._ctx.ctx, buffer, size, self.seq_id)
+        return SavedSequence(list(self._tokens), bytes(buffer[:written]))
+
+    def restore(self, saved: "SavedSequence") -> bool:
+        """Replace this slot's contents with a saved sequence; False (and an empty slot) if llama.cpp refused it."""
+        import ctypes
+
+        self.clear()
+        llama_cpp = _llama()
+        buffer = (ctypes.c_uint8 * len(saved.state)).from_buffer_copy(saved.state)
+        if llama_cpp.llama_state_seq_set_data(self.context._ctx.ctx, buffer, len(saved.state), self.seq_id) == 0:
+            self.clear()
+            return False
+        self._tokens = list(saved.tokens)
+        return True
 
     def release(self) -> None:
         """The generation in this slot ended: drop what was queued but not decoded, keep what the KV cells hold

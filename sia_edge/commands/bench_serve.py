@@ -1,5 +1,7 @@
 """`sia-edge bench serve`: a live `sia-edge serve` under 1, 2, 4, 8 concurrent clients, against the same server
-with --parallel 1, in one run.
+with --parallel 1, in one run; and conversations (every client's turns growing, as chat clients send them) that
+show what prompt-prefix reuse and chunked prefill change (`--servers changes` adds the --parallel N server without
+each of them).
 
 Each server is a subprocess on 127.0.0.1 (a free port), driven by the official `openai` client: per client count,
 every client sends a bounded number of requests, mixed completion / chat and streaming / not, SIA at ratio 0.2, the
@@ -31,6 +33,17 @@ from .common import model_options
 
 BENCH_PROMPTS = ("The movie was", "When I opened the door of the new cafe,", "My neighbour asked me whether")
 CHAT_PROMPTS = ("Tell me about your favourite place.", "How was the concert?", "What should I cook tonight?")
+PLACES = ("Lisbon", "Oslo", "a small village by the sea", "Kyoto", "Montreal", "the mountains", "Nairobi", "Berlin")
+FOLLOW_UPS = ("What should I see first?", "And where should I eat?", "How do I meet people there?",
+              "Is it expensive to live there?", "What is the weather like in winter?", "Thanks! Any last advice?")
+# --servers changes: the --parallel N server with and without each of issue 21's changes, beside --parallel 1
+SERVER_VARIANTS = {
+    "parallel": [("parallel 1", 1, []), ("parallel N", None, [])],
+    "changes": [("parallel 1", 1, []), ("parallel N, neither", None, ["--no-prefix-reuse", "--prefill-chunk", "0"]),
+                ("parallel N, prefix reuse", None, ["--prefill-chunk", "0"]),
+                ("parallel N, prefix reuse without RAM cache", None, ["--cache-ram", "0"]),
+                ("parallel N, chunked prefill", None, ["--no-prefix-reuse"]), ("parallel N", None, [])],
+}
 
 
 # --- a live server -----------------------------------------------------------------------------------------------
@@ -176,6 +189,80 @@ def run_round(url: str, clients: int, per_client: int, max_tokens: int, ratio: f
     return summarise_round(clients, records, time.perf_counter() - start)
 
 
+def conversation_turn(client, messages: list[dict], max_tokens: int, ratio: float, seed: int) -> dict:
+    """One streamed chat turn: its text, timings and usage (prompt tokens, and of those cached in a slot)."""
+    start = time.perf_counter()
+    times, usage, pieces = [], None, []
+    out = client.chat.completions.create(model="sia-edge-default", messages=messages, stream=True,
+                                         max_tokens=max_tokens, seed=seed, extra_body={"ratio": ratio})
+    for chunk in out:
+        choice = chunk.choices[0] if chunk.choices else None
+        if choice and choice.delta.content:
+            times.append(time.perf_counter())
+            pieces.append(choice.delta.content)
+        usage = chunk.usage or usage
+    if usage is None:
+        raise click.ClickException("a conversation turn's stream carried no usage")
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
+    return {"text": "".join(pieces), "tokens": usage.completion_tokens, "prompt_tokens": usage.prompt_tokens,
+            "cached_tokens": cached, "seconds": time.perf_counter() - start,
+            "ttft": times[0] - start if times else None, "gaps": [b - a for a, b in zip(times, times[1:])]}
+
+
+def run_conversations(url: str, clients: int, turns: int, max_tokens: int, ratio: float, seed: int) -> dict:
+    """`clients` conversations at once, each `turns` turns long: every turn sends the whole conversation so far
+    (as chat clients do) and appends the reply. Reported per turn: time to first token, and prompt tokens
+    decoded (not found cached) against the tokens the conversation grew by since the last turn's reply."""
+    import openai
+
+    barrier = threading.Barrier(clients)
+
+    def client_loop(c: int) -> list:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="not-needed", max_retries=0, timeout=1800)
+        messages = [{"role": "user", "content": f"Hi! I just moved to {PLACES[c % len(PLACES)]}."}]
+        barrier.wait()
+        done, previous = [], None
+        for turn in range(turns):
+            try:
+                record = conversation_turn(client, messages, max_tokens, ratio, seed + 100 * c + turn)
+            except Exception as exc:  # noqa: BLE001 - reported, the conversation stops
+                done.append({"kind": "error", "turn": turn + 1, "error": f"{type(exc).__name__}: {exc}"})
+                break
+            # what the prompt grew by: the new message and its template, plus the reply as re-rendered
+            grown = record["prompt_tokens"] - (previous["prompt_tokens"] if previous else 0)
+            done.append({"kind": "chat stream", "client": c, "turn": turn + 1, "new_tokens": grown,
+                         "decoded_tokens": record["prompt_tokens"] - record["cached_tokens"],
+                         **{k: v for k, v in record.items() if k != "text"}})
+            messages += [{"role": "assistant", "content": record["text"]},
+                         {"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]}]
+            previous = record
+        return done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        records = [r for rs in pool.map(client_loop, range(clients)) for r in rs]
+    summary = summarise_round(clients, records, time.perf_counter() - start)
+    ok = [r for r in records if r["kind"] != "error"]
+    per_turn = []
+    for turn in range(1, turns + 1):
+        these = [r for r in ok if r["turn"] == turn]
+        ttfts = [r["ttft"] for r in these if r["ttft"] is not None]
+        per_turn.append({"turn": turn, "requests": len(these),
+                         "ttft_ms_p50": 1e3 * statistics.median(ttfts) if ttfts else None,
+                         "prompt_tokens_p50": median_of(these, "prompt_tokens"),
+                         "new_tokens_p50": median_of(these, "new_tokens"),
+                         "decoded_tokens_p50": median_of(these, "decoded_tokens")})
+    first, last = per_turn[0]["ttft_ms_p50"], per_turn[-1]["ttft_ms_p50"]
+    summary.update(turns=per_turn, ttft_last_vs_first=last / first if first and last is not None else None)
+    return summary
+
+
+def median_of(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -226,67 +313,124 @@ def format_table(report: dict) -> str:
 
     lines = [f"model {report['model'] or 'default'}; {report['requests_per_client']} requests per client, "
              f"{report['max_tokens']} new tokens each, SIA ratio {report['ratio']}; servers: "
-             + ", ".join(f"--parallel {p}" if report["parallel_supported"] else "serialised (no --parallel)"
-                         for p in report["parallel"]), "",
-             "| clients | server | tok/s | x parallel 1 | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | "
-             "VM calls / step | requests | errors | tokens |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in sorted(report["rows"], key=lambda r: (r["clients"], r["parallel"])):
-        lines.append(f"| {row['clients']} | parallel {row['parallel']} | {row['tokens_per_second']:.1f} | "
-                     f"{f(row['vs_parallel_1'], '{:.2f}')} | {f(row['ttft_ms_p50'])} | {f(row['ttft_ms_p95'])} | "
-                     f"{f(row['itl_ms_p50'])} | {f(row['itl_ms_p95'])} | {f(row.get('vm_calls_per_step'), '{:.2f}')} | "
-                     f"{row['requests']} | {row['errors']} | "
-                     f"{row['tokens']} |")
+             + ", ".join(f"{s['label']} ({' '.join(s['args']) or 'defaults'})" for s in report["servers"])]
+    single = [r for r in report["rows"] if r["scenario"] == "single"]
+    if single:
+        lines += ["", "| clients | server | tok/s | x parallel 1 | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | "
+                  "VM calls / step | requests | errors | tokens |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in sorted(single, key=lambda r: (r["clients"], r["server_index"])):
+            lines.append(f"| {row['clients']} | {row['server']} | {row['tokens_per_second']:.1f} | "
+                         f"{f(row['vs_parallel_1'], '{:.2f}')} | {f(row['ttft_ms_p50'])} | {f(row['ttft_ms_p95'])} | "
+                         f"{f(row['itl_ms_p50'])} | {f(row['itl_ms_p95'])} | "
+                         f"{f(row.get('vm_calls_per_step'), '{:.2f}')} | {row['requests']} | {row['errors']} | "
+                         f"{row['tokens']} |")
+    for row in (r for r in report["rows"] if r["scenario"] == "conversation"):
+        lines += ["", f"conversations on {row['server']}: {row['clients']} clients x {len(row['turns'])} turns, "
+                      f"{row['tokens_per_second']:.1f} tok/s, ITL p95 {f(row['itl_ms_p95'])} ms, TTFT turn "
+                      f"{len(row['turns'])} / turn 1 = {f(row['ttft_last_vs_first'], '{:.2f}')}, "
+                      f"{row['errors']} errors",
+                  "| turn | TTFT p50 ms | prompt tokens | grew by | decoded |", "|---|---|---|---|---|"]
+        lines += [f"| {t['turn']} | {f(t['ttft_ms_p50'])} | {f(t['prompt_tokens_p50'])} | {f(t['new_tokens_p50'])} | "
+                  f"{f(t['decoded_tokens_p50'])} |" for t in row["turns"]]
     return "\n".join(lines)
 
 
 @click.command("serve")
 @model_options
 @click.option("--clients", default="1,2,4,8", show_default=True,
-              help="Concurrent client counts to measure, comma-separated.")
+              help="Concurrent client counts to measure (single-turn scenario), comma-separated.")
 @click.option("--parallel", type=click.IntRange(2, MAX_PARALLEL), default=4, show_default=True,
-              help="Slots of the second server (the first has --parallel 1).")
+              help="Slots of the batching servers (the first server has --parallel 1).")
+@click.option("--servers", type=click.Choice(sorted(SERVER_VARIANTS)), default="parallel", show_default=True,
+              help="parallel: --parallel 1 and --parallel N. changes: also --parallel N without prefix reuse, "
+                   "without chunked prefill, and without both (what each change is worth, in the same run).")
+@click.option("--scenario", type=click.Choice(["single", "conversation", "both"]), default="both",
+              show_default=True,
+              help="single: independent one-turn requests per client count. conversation: --conversations clients "
+                   "at once, each --turns turns, every turn sending the whole conversation so far.")
 @click.option("--requests", "per_client", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Requests each client sends, one after another, per client count.")
+              help="Requests each client sends, one after another, per client count (single-turn scenario).")
+@click.option("--conversations", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Concurrent conversations (conversation scenario).")
+@click.option("--turns", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Turns per conversation (conversation scenario).")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=32, show_default=True,
               help="New tokens per request.")
 @click.option("--ratio", type=click.FloatRange(0, 1), default=0.2, show_default=True,
               help="SIA steering ratio of every request.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the first request (+1 per request).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (with every request's record) as JSON.")
-def bench_serve_command(model, value_model, n_ctx, threads, gpu_layers, clients, parallel, per_client, max_tokens,
-                        ratio, seed, as_json):
-    """Tokens/s and latency of a live `sia-edge serve` under concurrent clients, --parallel N against 1."""
-    import httpx
-
+def bench_serve_command(model, value_model, n_ctx, threads, gpu_layers, clients, parallel, servers, scenario,
+                        per_client, conversations, turns, max_tokens, ratio, seed, as_json):
+    """Tokens/s and latency of a live `sia-edge serve` under concurrent clients and conversations, --parallel N
+    against 1 (and, with --servers changes, without prefix reuse and chunked prefill)."""
     counts = parse_clients(clients)
     supported = "--parallel" in serve_options()
     if not supported:
-        click.echo("sia-edge: bench serve: this `sia-edge serve` has no --parallel; both servers serialise",
+        click.echo("sia-edge: bench serve: this `sia-edge serve` has no --parallel; every server serialises",
                    err=True)
+    variants = [(label, slots or parallel, extra if supported else [])
+                for label, slots, extra in SERVER_VARIANTS[servers]]
     base = server_args(model, value_model, n_ctx, threads, gpu_layers)
-    rows = []
-    for slots in (1, parallel):
-        args = base + (["--parallel", str(slots)] if supported else [])
-        click.echo(f"sia-edge: bench serve: starting the server with --parallel {slots}", err=True)
-        with LiveServer(args) as server:
+    rows, described = [], []
+    for index, (label, slots, extra) in enumerate(variants):
+        label = label.replace("parallel N", f"parallel {slots}")
+        args = (["--parallel", str(slots)] if supported else []) + extra
+        described.append({"label": label, "parallel": slots, "args": args})
+        click.echo(f"sia-edge: bench serve: starting the server: {label}", err=True)
+        with LiveServer(base + args) as server:
             run_round(server.url, 1, 1, min(max_tokens, 4), ratio, seed)  # warm-up, not reported
-            for count in counts:
-                click.echo(f"sia-edge: bench serve: parallel {slots}, {count} clients x {per_client} requests",
-                           err=True)
-                before = httpx.get(server.url + "/health", timeout=30).json()
-                row = run_round(server.url, count, per_client, max_tokens, ratio, seed)
-                row["vm_calls_per_step"] = calls_per_step(before, httpx.get(server.url + "/health", timeout=30).json())
-                rows.append({"parallel": slots, **row})
-                click.echo(f"sia-edge: bench serve:   {row['tokens_per_second']:.1f} tok/s, {row['errors']} errors",
-                           err=True)
-    single = {r["clients"]: r["tokens_per_second"] for r in rows if r["parallel"] == 1}
-    for row in rows:
-        row["vs_parallel_1"] = row["tokens_per_second"] / single[row["clients"]] if single[row["clients"]] else None
+            for row in measure_server(server.url, label, counts, per_client, conversations, turns, max_tokens, ratio,
+                                      seed, scenario):
+                rows.append({"server": label, "server_index": index, "parallel": slots, **row})
+    compare(rows)
     report = {"model": model, "max_tokens": max_tokens, "requests_per_client": per_client, "ratio": ratio,
-              "clients": counts, "parallel": [1, parallel], "parallel_supported": supported, "rows": rows}
+              "clients": counts, "parallel": sorted({v["parallel"] for v in described}), "servers": described,
+              "parallel_supported": supported, "rows": rows}
     if not as_json:
         for row in rows:
             row.pop("records")
     click.echo(json.dumps(report, indent=1) if as_json else format_table(report))
     if all(row["errors"] == row["requests"] for row in rows):
         raise click.ClickException("every request failed (see the report)")
+
+
+def measure_server(url: str, label: str, counts: list[int], per_client: int, conversations: int, turns: int,
+                   max_tokens: int, ratio: float, seed: int, scenario: str) -> list[dict]:
+    """The scenarios' rows for one live server, with the value-model calls per batched step from /health."""
+    import httpx
+
+    def health() -> dict:
+        return httpx.get(url + "/health", timeout=30).json()
+
+    rows = []
+    if scenario in ("single", "both"):
+        for count in counts:
+            click.echo(f"sia-edge: bench serve: {label}, {count} clients x {per_client} requests", err=True)
+            before = health()
+            row = run_round(url, count, per_client, max_tokens, ratio, seed)
+            rows.append({"scenario": "single", **row, "vm_calls_per_step": calls_per_step(before, health())})
+            click.echo(f"sia-edge: bench serve:   {row['tokens_per_second']:.1f} tok/s, {row['errors']} errors",
+                       err=True)
+    if scenario in ("conversation", "both"):
+        click.echo(f"sia-edge: bench serve: {label}, {conversations} conversations x {turns} turns", err=True)
+        before = health()
+        row = run_conversations(url, conversations, turns, max_tokens, ratio, seed)
+        rows.append({"scenario": "conversation", **row, "vm_calls_per_step": calls_per_step(before, health())})
+        click.echo(f"sia-edge: bench serve:   {row['tokens_per_second']:.1f} tok/s, TTFT last/first turn "
+                   f"{row['ttft_last_vs_first'] or float('nan'):.2f}, {row['errors']} errors", err=True)
+    return rows
+
+
+def compare(rows: list[dict]) -> None:
+    """Each row's tokens/s against the --parallel 1 server's in the same scenario and client count (vs_parallel_1)
+    and, when it ran, against the --parallel N server without prefix reuse or chunked prefill (vs_neither)."""
+    def key(row):
+        return row["scenario"], row["clients"]
+
+    single = {key(r): r["tokens_per_second"] for r in rows if r["parallel"] == 1}
+    neither = {key(r): r["tokens_per_second"] for r in rows if r["server"].endswith(", neither")}
+    for row in rows:
+        for name, reference in (("vs_parallel_1", single), ("vs_neither", neither)):
+            base = reference.get(key(row))
+            row[name] = row["tokens_per_second"] / base if base else None

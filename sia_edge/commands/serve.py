@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from ..chat import Trimmed, chat_format, render_tokens
-from ..engine import DEFAULT_PARALLEL, DEFAULT_PREFILL_CHUNK, MAX_PARALLEL
+from ..engine import DEFAULT_CACHE_RAM_MB, DEFAULT_PARALLEL, DEFAULT_PREFILL_CHUNK, MAX_PARALLEL
 from ..errors import InvalidSettingError, PromptError, QueueTimeoutError, SiaError
 from ..gate import DEFAULT_TAU, GATES
 from ..models import OBJECTIVES
@@ -484,8 +484,13 @@ def _param_of(message: str) -> str | None:
                    "slot that already holds the longest prefix of its prompt (the conversation so far), so only "
                    "the new message is decoded (llama.cpp's cache_prompt). --parallel 1 always reads the whole "
                    "prompt, so a seed replays exactly.")
+@click.option("--cache-ram", "cache_ram_mb", type=click.FloatRange(min=0), default=DEFAULT_CACHE_RAM_MB,
+              show_default=True,
+              help="With --prefix-reuse: MB of host RAM that keep the KV cache of conversations that lost their slot "
+                   "to another (more conversations than --parallel), restored at their next turn instead of read "
+                   "again (llama.cpp's --cache-ram; ~18 KB per token for Gemma 3 270M). 0: none.")
 def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, queue_timeout, prefill_chunk,
-          prefix_reuse, **options):
+          prefix_reuse, cache_ram_mb, **options):
     """Serve the model over a local OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions), with a chat
     page at / that shows where steering happened.
 
@@ -498,7 +503,7 @@ def serve(model, value_model, n_ctx, threads, gpu_layers, host, port, parallel, 
     defaults = settings_from(options)
     engine = build_engine(model, value_model, n_ctx, threads, needs_value_model=True,
                           calibration=options["calibration"], gpu_layers=gpu_layers, parallel=parallel,
-                          prefill_chunk=prefill_chunk or None, prefix_reuse=prefix_reuse)
+                          prefill_chunk=prefill_chunk or None, prefix_reuse=prefix_reuse, cache_ram_mb=cache_ram_mb)
     server = Server([engine], defaults, queue_timeout=queue_timeout)
     names = ", ".join(sorted(server.models))
     click.echo(f"sia-edge: serving {names} on http://{host}:{port}/v1 with {parallel} slot"
