@@ -16,6 +16,7 @@ class ScriptedBase:
     """A base model whose logits at step i put almost all mass on script[i]; it can break on purpose."""
 
     n_vocab, bos_id = 32, 2
+    prefilled = True  # the prompt is in at once (a batch slot may take rounds)
 
     def __init__(self, script, n_ctx=64, nan_at=None, interrupt_at=None):
         self.script, self.n_ctx = script, n_ctx
@@ -30,6 +31,7 @@ class ScriptedBase:
     def prefill(self, tokens, reuse=False, hidden=False):
         self.fed = list(tokens)
         self.prompt = len(tokens)
+        return 0  # nothing kept from a cache
 
     def step(self, token):
         self.fed.append(token)

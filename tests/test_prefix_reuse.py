@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from sia_edge.base_model import BatchContext, common_prefix
+from sia_edge.base_model.batch_context import MIN_TAIL
 from sia_edge.engine import Engine
 from tests.conftest import TOKEN_MODEL
 
@@ -105,11 +106,37 @@ def test_an_edited_turn_finds_the_divergence_point(engine, tokens):
         kept, _ = read(context, slot, edited)
         assert kept == change and slot.decoded_tokens - before == len(edited) - change
         assert_same_distribution(slot.logits(), reference_logits(engine, edited))
-        # a prompt that is all cached (a prefix of what the slot holds) still decodes its last token afresh
+        # a prompt that is all cached (a prefix of what the slot holds) still decodes its last MIN_TAIL tokens
         before = slot.decoded_tokens
         kept, _ = read(context, slot, edited[:20])
-        assert kept == 19 and slot.decoded_tokens - before == 1 and slot.tokens == edited[:20]
+        assert kept == 20 - MIN_TAIL and slot.decoded_tokens - before == MIN_TAIL and slot.tokens == edited[:20]
         assert_same_distribution(slot.logits(), reference_logits(engine, edited[:20]))
+    finally:
+        context.close()
+
+
+def test_a_repeated_prompt_replays_bit_for_bit(engine, tokens):
+    """The same prompt sent again to a slot that holds it (and a generation after it): its tail is read again as
+    several tokens, so the logits equal the first read's exactly, with another slot's step in the same decode or
+    not; the same seed then gives the same text."""
+    _, _, second = tokens
+    context = BatchContext(engine.base, 2, 256, prefill_chunk=16)
+    try:
+        slot, other = context.slots
+        read(context, other, engine.tokenize("The movie was"))
+        read(context, slot, second)
+        first = slot.logits().copy()
+        for token in (100, 200, 300):  # a generation ran after it
+            slot.step(token)
+            context.flush()
+        slot.release()
+        before = slot.decoded_tokens
+        slot.prefill(second, reuse=True)
+        while not slot.prefilled:
+            other.step(int(other.logits().argmax()))  # the other slot's step shares the decode
+            context.flush()
+        assert slot.decoded_tokens - before == MIN_TAIL
+        assert np.array_equal(slot.logits(), first)
     finally:
         context.close()
 

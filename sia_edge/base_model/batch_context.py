@@ -16,6 +16,12 @@ from .native import _llama, _quiet_stderr, common_prefix
 BATCH_FROM = 4
 # Prompt tokens a round's decode reads for slots still reading their prompt (BatchContext(prefill_chunk=...)).
 DEFAULT_PREFILL_CHUNK = 64
+# A reused prefix stops at least this many tokens before the prompt's end, and a prompt's last chunk holds at least
+# this many tokens. llama.cpp computes a one-token decode by its matrix-vector path and a decode of several tokens by
+# its matrix path, whose rows do not depend on each other: with the prompt's tail always read as several tokens, the
+# same prompt sent again replays bit for bit, whatever else shares the decode (measured on Gemma: re-read tails of
+# 4-32 tokens give the first read's logits exactly, a 1-token tail does not).
+MIN_TAIL = 8
 _ADMISSIONS = itertools.count()  # orders the prompts being read: the longest-waiting first
 
 
@@ -96,6 +102,8 @@ class BatchContext:
         for slot in sorted((s for s in self.slots if s._pending), key=lambda s: s._pending_since):
             available = len(slot._pending) - (1 if slot.reads_hidden else 0)
             take = min(budget, available)
+            if 0 < available - take < MIN_TAIL <= budget:  # leave the prompt a last chunk of MIN_TAIL or more
+                take = available - MIN_TAIL
             if take <= 0:
                 continue
             chunks.append((slot, slot._pending[:take]))
@@ -207,15 +215,15 @@ class SequenceSlot:
         """Start a sequence from `tokens`; returns how many of them were already in this slot's KV cache and kept.
 
         `reuse`: keep the longest common prefix of `tokens` and what the slot holds, and decode only the rest (at
-        least the last token, so its logits are fresh). Without it the slot starts empty. With the context's
-        `prefill_chunk` the rest is only queued, read over the next flushes (`prefilled` says when it is in);
-        otherwise it is decoded now, alone. `hidden` as in BaseModel.prefill: the last prompt token is decoded
+        least the last MIN_TAIL tokens, so a repeated prompt's logits equal its first read's). Without it the slot
+        starts empty. With the context's `prefill_chunk` the rest is only queued, read over the next flushes
+        (`prefilled` says when it is in); otherwise it is decoded now, alone. `hidden` as in BaseModel.prefill: the last prompt token is decoded
         with hidden states on, as is every step after."""
         if not tokens:
             raise PromptError("the prompt is empty: give some text to continue")
         if len(tokens) >= self.n_ctx:
             raise PromptError(f"the prompt is {len(tokens)} tokens but a batch slot holds {self.n_ctx}")
-        keep = min(common_prefix(self._tokens, tokens), len(tokens) - 1) if reuse else 0
+        keep = max(0, min(common_prefix(self._tokens, tokens), len(tokens) - MIN_TAIL)) if reuse else 0
         self._truncate(keep)
         self.reads_hidden = hidden
         if self.context.prefill_chunk is not None:
