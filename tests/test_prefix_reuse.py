@@ -115,10 +115,10 @@ def test_an_edited_turn_finds_the_divergence_point(engine, tokens):
         context.close()
 
 
-def test_a_repeated_prompt_replays_bit_for_bit(engine, tokens):
-    """The same prompt sent again to a slot that holds it (and a generation after it): its tail is read again as
-    several tokens, so the logits equal the first read's exactly, with another slot's step in the same decode or
-    not; the same seed then gives the same text."""
+def test_a_repeated_prompt_rereads_its_tail(engine, tokens):
+    """The same prompt sent again to a slot that holds it (and a generation after it): its last MIN_TAIL tokens are
+    read again, and the next-token distribution equals the first read's within the tolerance above (bit for bit on
+    this prompt, but not on every prompt: llama.cpp's kernels depend on the batch's size)."""
     _, _, second = tokens
     context = BatchContext(engine.base, 2, 256, prefill_chunk=16)
     try:
@@ -136,7 +136,7 @@ def test_a_repeated_prompt_replays_bit_for_bit(engine, tokens):
             other.step(int(other.logits().argmax()))  # the other slot's step shares the decode
             context.flush()
         assert slot.decoded_tokens - before == MIN_TAIL
-        assert np.array_equal(slot.logits(), first)
+        assert_same_distribution(slot.logits(), first)
     finally:
         context.close()
 

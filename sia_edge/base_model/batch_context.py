@@ -17,10 +17,11 @@ BATCH_FROM = 4
 # Prompt tokens a round's decode reads for slots still reading their prompt (BatchContext(prefill_chunk=...)).
 DEFAULT_PREFILL_CHUNK = 64
 # A reused prefix stops at least this many tokens before the prompt's end, and a prompt's last chunk holds at least
-# this many tokens. llama.cpp computes a one-token decode by its matrix-vector path and a decode of several tokens by
-# its matrix path, whose rows do not depend on each other: with the prompt's tail always read as several tokens, the
-# same prompt sent again replays bit for bit, whatever else shares the decode (measured on Gemma: re-read tails of
-# 4-32 tokens give the first read's logits exactly, a 1-token tail does not).
+# this many tokens, so the prompt's last logits come from a decode of several tokens, as in a fresh read, never from
+# a one-token decode (llama.cpp's matrix-vector path, which differs most). It makes a repeated prompt's logits
+# closer to its first read's, often bit for bit, but not always: llama.cpp's kernels also depend on the batch size
+# (measured on Gemma: a 45-token prompt re-read from 4-32 tokens before its end was exact, a 31-token one re-read
+# from 8 before was not).
 MIN_TAIL = 8
 _ADMISSIONS = itertools.count()  # orders the prompts being read: the longest-waiting first
 
