@@ -28,9 +28,9 @@ import numpy as np
 
 from .decoder import PREFILLING, Decoding, GenerationResult, GenerationStats, Junction, TokenEvent, score_junctions
 from .base_model.batch_context import DEFAULT_PREFILL_CHUNK
-
-DEFAULT_CACHE_RAM_MB = 256.0
 from .errors import QueueTimeoutError
+
+DEFAULT_CACHE_RAM_MB = 256.0  # host RAM for conversations that lost their slot (SavedSequences)
 
 # The worker exits after this long without work, freeing the slots' KV cells (a new request starts it again, with
 # empty slots): long enough that a person reading a reply and typing the next turn finds the conversation cached.

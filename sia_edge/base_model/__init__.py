@@ -14,5 +14,6 @@ from .hidden import HiddenStates
 from .model import DEFAULT_CONTEXT, BaseModel
 from .native import GGUF_MAGIC, check_gguf_file, common_prefix, gpu_offload_supported, tokenizer_fingerprint
 
-__all__ = ["BATCH_FROM", "DEFAULT_PREFILL_CHUNK", "DEFAULT_CONTEXT", "GGUF_MAGIC", "BaseModel", "BatchContext", "HiddenStates", "SequenceSlot",
-           "check_gguf_file", "common_prefix", "gpu_offload_supported", "tokenizer_fingerprint"]
+__all__ = ["BATCH_FROM", "DEFAULT_CONTEXT", "DEFAULT_PREFILL_CHUNK", "GGUF_MAGIC", "BaseModel", "BatchContext",
+           "HiddenStates", "SequenceSlot", "check_gguf_file", "common_prefix", "gpu_offload_supported",
+           "tokenizer_fingerprint"]

@@ -216,10 +216,10 @@ class SequenceSlot:
         """Start a sequence from `tokens`; returns how many of them were already in this slot's KV cache and kept.
 
         `reuse`: keep the longest common prefix of `tokens` and what the slot holds, and decode only the rest (at
-        least the last MIN_TAIL tokens, so a repeated prompt's logits equal its first read's). Without it the slot
-        starts empty. With the context's `prefill_chunk` the rest is only queued, read over the next flushes
-        (`prefilled` says when it is in); otherwise it is decoded now, alone. `hidden` as in BaseModel.prefill: the last prompt token is decoded
-        with hidden states on, as is every step after."""
+        least the last MIN_TAIL tokens, so the prompt's last logits come from a decode of several tokens, as in a
+        fresh read). Without it the slot starts empty. With the context's `prefill_chunk` the rest is only queued,
+        read over the next flushes (`prefilled` says when it is in); otherwise it is decoded now, alone. `hidden` as
+        in BaseModel.prefill: the last prompt token is decoded with hidden states on, as is every step after."""
         if not tokens:
             raise PromptError("the prompt is empty: give some text to continue")
         if len(tokens) >= self.n_ctx:
@@ -290,11 +290,10 @@ class SequenceSlot:
         self.reads_hidden = False
 
     def clear(self) -> None:
-        self.release()
         self._truncate(0)
 
     def _truncate(self, n_tokens: int) -> None:
-        """Forget this slot's tokens after the first `n_tokens` (their KV cells too)."""
+        """Forget this slot's tokens after the first `n_tokens` (their KV cells too), and what was queued."""
         self.release()
         llama_cpp = _llama()
         memory = llama_cpp.llama_get_memory(self.context._ctx.ctx)

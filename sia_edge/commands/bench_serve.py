@@ -140,19 +140,14 @@ def one_request(client, index: int, max_tokens: int, ratio: float, seed: int) ->
     stream, chat = bool(index % 2), bool(index // 2 % 2)
     args = dict(model="sia-edge-default", max_tokens=max_tokens, seed=seed, extra_body={"ratio": ratio})
     start = time.perf_counter()
-    times, usage = [], None
+    times = []
     if chat:
         messages = [{"role": "user", "content": CHAT_PROMPTS[index % len(CHAT_PROMPTS)]}]
         out = client.chat.completions.create(messages=messages, stream=stream, **args)
     else:
         out = client.completions.create(prompt=BENCH_PROMPTS[index % len(BENCH_PROMPTS)], stream=stream, **args)
     if stream:
-        for chunk in out:
-            choice = chunk.choices[0] if chunk.choices else None
-            text = (choice.delta.content if chat else choice.text) if choice else None
-            if text:
-                times.append(time.perf_counter())
-            usage = chunk.usage or usage
+        times, _, usage = drain(out, chat)
     else:
         usage = out.usage
         times.append(time.perf_counter())
@@ -165,15 +160,41 @@ def one_request(client, index: int, max_tokens: int, ratio: float, seed: int) ->
             "gaps": [b - a for a, b in zip(times, times[1:])] if stream else []}
 
 
-def run_round(url: str, clients: int, per_client: int, max_tokens: int, ratio: float, seed: int) -> dict:
-    """`clients` threads, each sending `per_client` requests one after another; all start together."""
+def drain(out, chat: bool) -> tuple[list[float], list[str], object]:
+    """Read a streamed response: when each text piece arrived, the pieces, and the usage of its last chunk."""
+    times, pieces, usage = [], [], None
+    for chunk in out:
+        choice = chunk.choices[0] if chunk.choices else None
+        text = (choice.delta.content if chat else choice.text) if choice else None
+        if text:
+            times.append(time.perf_counter())
+            pieces.append(text)
+        usage = chunk.usage or usage
+    return times, pieces, usage
+
+
+def run_clients(url: str, clients: int, client_loop) -> tuple[list[dict], float]:
+    """`clients` threads, all starting together, each running `client_loop(openai client, its index)` -> records;
+    returns every record and the wall time."""
     import openai
 
     barrier = threading.Barrier(clients)
 
-    def client_loop(c: int) -> list:
+    def run(c: int) -> list:
         client = openai.OpenAI(base_url=url + "/v1", api_key="not-needed", max_retries=0, timeout=1800)
         barrier.wait()
+        return client_loop(client, c)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        records = [r for rs in pool.map(run, range(clients)) for r in rs]
+    return records, time.perf_counter() - start
+
+
+def run_round(url: str, clients: int, per_client: int, max_tokens: int, ratio: float, seed: int) -> dict:
+    """`clients` threads, each sending `per_client` requests one after another; all start together."""
+
+    def client_loop(client, c: int) -> list:
         done = []
         for j in range(per_client):
             index = c + j * clients  # every client goes through the four kinds
@@ -183,24 +204,16 @@ def run_round(url: str, clients: int, per_client: int, max_tokens: int, ratio: f
                 done.append({"kind": "error", "error": f"{type(exc).__name__}: {exc}"})
         return done
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        records = [r for rs in pool.map(client_loop, range(clients)) for r in rs]
-    return summarise_round(clients, records, time.perf_counter() - start)
+    records, seconds = run_clients(url, clients, client_loop)
+    return summarise_round(clients, records, seconds)
 
 
 def conversation_turn(client, messages: list[dict], max_tokens: int, ratio: float, seed: int) -> dict:
     """One streamed chat turn: its text, timings and usage (prompt tokens, and of those cached in a slot)."""
     start = time.perf_counter()
-    times, usage, pieces = [], None, []
     out = client.chat.completions.create(model="sia-edge-default", messages=messages, stream=True,
                                          max_tokens=max_tokens, seed=seed, extra_body={"ratio": ratio})
-    for chunk in out:
-        choice = chunk.choices[0] if chunk.choices else None
-        if choice and choice.delta.content:
-            times.append(time.perf_counter())
-            pieces.append(choice.delta.content)
-        usage = chunk.usage or usage
+    times, pieces, usage = drain(out, chat=True)
     if usage is None:
         raise click.ClickException("a conversation turn's stream carried no usage")
     details = getattr(usage, "prompt_tokens_details", None)
@@ -214,14 +227,9 @@ def run_conversations(url: str, clients: int, turns: int, max_tokens: int, ratio
     """`clients` conversations at once, each `turns` turns long: every turn sends the whole conversation so far
     (as chat clients do) and appends the reply. Reported per turn: time to first token, and prompt tokens
     decoded (not found cached) against the tokens the conversation grew by since the last turn's reply."""
-    import openai
 
-    barrier = threading.Barrier(clients)
-
-    def client_loop(c: int) -> list:
-        client = openai.OpenAI(base_url=url + "/v1", api_key="not-needed", max_retries=0, timeout=1800)
+    def client_loop(client, c: int) -> list:
         messages = [{"role": "user", "content": f"Hi! I just moved to {PLACES[c % len(PLACES)]}."}]
-        barrier.wait()
         done, previous = [], None
         for turn in range(turns):
             try:
@@ -239,10 +247,8 @@ def run_conversations(url: str, clients: int, turns: int, max_tokens: int, ratio
             previous = record
         return done
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        records = [r for rs in pool.map(client_loop, range(clients)) for r in rs]
-    summary = summarise_round(clients, records, time.perf_counter() - start)
+    records, seconds = run_clients(url, clients, client_loop)
+    summary = summarise_round(clients, records, seconds)
     ok = [r for r in records if r["kind"] != "error"]
     per_turn = []
     for turn in range(1, turns + 1):
@@ -316,8 +322,9 @@ def format_table(report: dict) -> str:
              + ", ".join(f"{s['label']} ({' '.join(s['args']) or 'defaults'})" for s in report["servers"])]
     single = [r for r in report["rows"] if r["scenario"] == "single"]
     if single:
-        lines += ["", "| clients | server | tok/s | x parallel 1 | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | "
-                  "VM calls / step | requests | errors | tokens |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| clients | server | tok/s | x parallel 1 | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | "
+                      "ITL p95 ms | VM calls / step | requests | errors | tokens |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in sorted(single, key=lambda r: (r["clients"], r["server_index"])):
             lines.append(f"| {row['clients']} | {row['server']} | {row['tokens_per_second']:.1f} | "
                          f"{f(row['vs_parallel_1'], '{:.2f}')} | {f(row['ttft_ms_p50'])} | {f(row['ttft_ms_p95'])} | "
