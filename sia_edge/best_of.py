@@ -76,7 +76,9 @@ def final_values(engine, scorer, prompt_tokens: list[int], results) -> tuple[lis
               else None for r, s in zip(results, scored)]
     missing = [i for i, v in enumerate(values) if v is None]
     if missing:
-        for i, value in zip(missing, scorer.score_sequences([scored[i] for i in missing])):
+        prompt_length = len(value_model_tokens(prompt_tokens, [], engine.base.bos_id))
+        for i, value in zip(missing, scorer.score_sequences([scored[i] for i in missing],
+                                                            [prompt_length] * len(missing))):
             values[i] = value
     return [float(v) for v in values], len(results) - len(missing) + bool(missing)
 

@@ -191,7 +191,7 @@ class Decoding:
         # only a steered generation reads hidden states, so an unsteered one decodes the same whatever value model
         # is loaded (calibration, distillation sampling, the none arm); its final value is then scored separately
         reads_hidden = steering and getattr(self.value_model, "reads_hidden", False)
-        self._last = None  # (hidden state before the last kept token, that token)
+        self._last = None  # (hidden state before the last kept token, the pool there, that token)
         stats.cached_tokens = self.base.prefill(self.prompt_tokens, reuse=self.reuse, hidden=reads_hidden)
         while not self.base.prefilled and not self.cancel():  # a slot reading its prompt between others' steps
             yield PREFILLING
@@ -217,8 +217,8 @@ class Decoding:
                     stop_reason = "eos"
                 else:
                     generated.append(event.token_id)
-                    if reads_hidden:
-                        self._last = (np.array(self.base.hidden()), event.token_id)  # before the next decode
+                    if reads_hidden:  # before the next decode
+                        self._last = (np.array(self.base.hidden()), self._view.pooled(), event.token_id)
                     event.text, hit = stops.push(utf8.push(self.base.token_bytes(event.token_id)))
                     stop_reason = "stop" if hit else self._advance(index, event.token_id)
                 event.seconds = time.perf_counter() - t0
@@ -239,8 +239,9 @@ class Decoding:
     def _final_value(self) -> float | None:
         if self._last is None:
             return None
-        hidden, token = self._last
-        return float(self.value_model.score_hidden(hidden[None, :], [np.array([token])])[0][0])
+        hidden, pooled, token = self._last
+        return float(self.value_model.score_hidden(hidden[None, :], [np.array([token])],
+                                                   None if pooled is None else pooled[None, :])[0][0])
 
     def _step(self, index: int, gate, rng, scratch) -> Generator[Junction, np.ndarray, TokenEvent]:
         """Read the logits, gate, steer if a junction, choose: the event of one step, its text still empty. At a
@@ -248,6 +249,8 @@ class Decoding:
         s, stats = self.settings, self.stats
         t0 = time.perf_counter()
         logits = self.base.logits()
+        if self._view is not None:
+            self._view.observe()  # a pooling model's mean counts every step's state, junction or not
         try:
             step = step_stats(logits, s.top_k, s.signal, scratch)
         except ModelOutputError as exc:
@@ -256,7 +259,7 @@ class Decoding:
         t1 = time.perf_counter()
         rewards = None
         if junction and self._view is not None:
-            request = Junction(self._view, step.candidate_ids, self._view.hidden())
+            request = Junction(self._view, step.candidate_ids, self._view.hidden(), self._view.pooled())
             rewards = yield request
             stats.value_model_calls += request.calls
             stats.value_model_seconds += request.seconds
@@ -308,14 +311,28 @@ class Decoding:
 
 class HiddenView:
     """What a hidden-state value model (contract 3) sees of a generation: the base model's hidden state after the
-    text so far. Stateless: nothing to fold or carry between junctions."""
+    text so far, and for a pooling model the mean of the states since the prompt (the state after the prompt and
+    after each generated token: a running sum, one vector add per step). Nothing else to fold or carry."""
 
     def __init__(self, value_model, base) -> None:
         self.value_model = value_model
         self.base = base
+        self._pools = getattr(value_model, "pools", False)
+        self._sum: np.ndarray | None = None  # float64, sized by the first state
+        self._count = 0
 
     def hidden(self) -> np.ndarray:
         return np.array(self.base.hidden(), dtype=np.float32)  # a copy: the view dies with the next decode
+
+    def observe(self) -> None:
+        """Count the state of this step (called once per step, before its junction)."""
+        if self._pools:
+            state = self.base.hidden()
+            self._sum = state.astype(np.float64) if self._sum is None else self._sum + state
+            self._count += 1
+
+    def pooled(self) -> np.ndarray | None:
+        return None if self._sum is None else (self._sum / self._count).astype(np.float32)
 
     def append(self, token: int) -> None:
         pass
@@ -336,6 +353,12 @@ class ValueView:
 
     def hidden(self) -> None:
         return None  # this kind of value model reads the text, not the base model's state
+
+    def observe(self) -> None:
+        pass
+
+    def pooled(self) -> None:
+        return None
 
     def scored(self, candidate_ids: np.ndarray, states: np.ndarray) -> None:
         """A junction was scored: the next token appended is one of these candidates, with these states."""
@@ -360,6 +383,7 @@ class Junction:
     view: ValueView | HiddenView
     candidate_ids: np.ndarray
     hidden: np.ndarray | None = None  # the base model's hidden state here, for a hidden-state value model
+    pooled: np.ndarray | None = None  # and the mean state over the continuation, for one that pools
     calls: int = 0  # value-model calls this junction needed on its own: one, two with a long fold first
     seconds: float = 0.0  # its share of the value-model time
 
@@ -373,7 +397,9 @@ def score_junctions(junctions: list[Junction]) -> list[np.ndarray]:
     vm = junctions[0].view.value_model
     seconds_before = vm.seconds
     if getattr(vm, "reads_hidden", False):  # stateless: one call, nothing to carry
-        rewards = vm.score_hidden(np.stack([j.hidden for j in junctions]), [j.candidate_ids for j in junctions])
+        pooled = np.stack([j.pooled for j in junctions]) if getattr(vm, "pools", False) else None
+        rewards = vm.score_hidden(np.stack([j.hidden for j in junctions]), [j.candidate_ids for j in junctions],
+                                  pooled)
         for junction in junctions:
             junction.calls, junction.seconds = 1, (vm.seconds - seconds_before) / len(junctions)
         return rewards

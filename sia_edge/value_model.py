@@ -171,8 +171,9 @@ class ValueModel:
         new_states, _ = self._run(np.stack(vectors), ids, mask)
         return new_states
 
-    def score_sequences(self, sequences: list[list[int]]) -> np.ndarray:
-        """Scores of whole token sequences from the empty prefix (Best-of-N, evaluation).  # (n,) float64"""
+    def score_sequences(self, sequences: list[list[int]], prompt_lengths: list[int] | None = None) -> np.ndarray:
+        """Scores of whole token sequences from the empty prefix (Best-of-N, evaluation).  # (n,) float64
+        `prompt_lengths` only matters to a pooling hidden-state model; this kind reads the whole text alike."""
         ids, mask = pad_sequences([self._units(s) for s in sequences])
         states = np.zeros((len(sequences), self.state_size), dtype=np.float32)
         _, scores = self._run(states, ids, mask)
@@ -267,7 +268,9 @@ def open_value_model(path: str | os.PathLike, threads: int = 1) -> "ValueModel |
 
 
 _HIDDEN_INPUTS = {"hidden": "tensor(float)", "candidates": "tensor(int64)"}
+_POOLED_INPUT = {"pooled": "tensor(float)"}  # optional: with metadata pooling = mean
 _HIDDEN_OUTPUTS = {"scores": "tensor(float)"}
+POOLINGS = ("none", "mean")
 
 
 class HiddenValueModel:
@@ -275,6 +278,8 @@ class HiddenValueModel:
 
         inputs   hidden     float32 [batch, d]  the base model's hidden state after the text so far
                  candidates int64   [batch, k]  token ids
+                 pooled     float32 [batch, d]  only with metadata pooling = mean: the mean of the hidden states
+                                                over the continuation so far (after the prompt, after each token)
         output   scores     float32 [batch, k]  value of the text with candidate j appended (a logit)
 
     Stateless, so a junction is one call whatever the length of the text, and junctions of several generations
@@ -309,6 +314,15 @@ class HiddenValueModel:
         if graph_size != self.hidden_size:
             raise ValueModelError(f"{self.path}: metadata says hidden_size {self.hidden_size} but the graph's "
                                   f"'hidden' input has {graph_size} columns")
+        self.pooling = self.metadata.get("pooling", "none")
+        has_pooled = any(i.name == "pooled" for i in self.session.get_inputs())
+        if self.pooling not in POOLINGS or has_pooled != (self.pooling == "mean"):
+            raise ValueModelError(f"{self.path}: metadata 'sia_edge.pooling' is {self.pooling!r} but the graph "
+                                  f"{'has' if has_pooled else 'has no'} 'pooled' input (pooling 'mean' needs one, "
+                                  f"'none' or no key none)")
+        if has_pooled and _by_name(self.session.get_inputs(), "pooled").shape[1] != self.hidden_size:
+            raise ValueModelError(f"{self.path}: the graph's 'pooled' input must have hidden_size "
+                                  f"{self.hidden_size} columns")
         self.calls = 0
         self.seconds = 0.0
         self._texts = None  # the bound base model's HiddenStates, for scoring whole texts
@@ -316,6 +330,11 @@ class HiddenValueModel:
     @property
     def description(self) -> str:
         return self.metadata.get("description", self.path.name)
+
+    @property
+    def pools(self) -> bool:
+        """Whether its junctions also need the mean hidden state over the continuation (the `pooled` input)."""
+        return self.pooling == "mean"
 
     def bind(self, weights_fingerprint: str, base_name: str, hidden_size: int, n_vocab: int, texts=None) -> None:
         """Attach to a base model: refuse one with other weights or another hidden size, then probe the graph on
@@ -330,7 +349,8 @@ class HiddenValueModel:
             raise TokenizerMismatchError(f"value model {self.path.name} reads hidden states of size "
                                          f"{self.hidden_size} but {base_name} has {hidden_size}")
         try:
-            scores = self._run(np.zeros((1, hidden_size), np.float32), np.array([[0, n_vocab - 1]], np.int64))
+            zeros = np.zeros((1, hidden_size), np.float32)
+            scores = self._run(zeros, np.array([[0, n_vocab - 1]], np.int64), zeros if self.pools else None)
         except Exception as exc:
             raise ValueModelError(f"{self.path}: its graph fails on token id {n_vocab - 1} of this vocabulary: "
                                   f"{str(exc).splitlines()[0]}") from exc
@@ -341,38 +361,57 @@ class HiddenValueModel:
                                   f"candidates; the contract wants [batch, k]")
         self._texts = texts
 
-    def score_hidden(self, hidden: np.ndarray, candidate_lists: list[np.ndarray]) -> list[np.ndarray]:
-        """Scores of each row's candidates from its hidden state, in one call. -> [(k_i,) float64]"""
+    def score_hidden(self, hidden: np.ndarray, candidate_lists: list[np.ndarray],
+                     pooled: np.ndarray | None = None) -> list[np.ndarray]:
+        """Scores of each row's candidates from its hidden state (and, for a pooling model, its `pooled` row), in
+        one call. -> [(k_i,) float64]"""
+        if self.pools and pooled is None:
+            raise ValueModelError(f"{self.path.name} pools the hidden states over the continuation: pass `pooled`")
         counts = [len(c) for c in candidate_lists]
         width = max(counts)
         candidates = np.zeros((len(counts), width), dtype=np.int64)
         for row, ids in enumerate(candidate_lists):  # ragged rows repeat their last id; the extra scores are dropped
             candidates[row, :len(ids)] = ids
             candidates[row, len(ids):] = ids[-1] if len(ids) else 0
-        scores = self._run(np.ascontiguousarray(hidden, dtype=np.float32), candidates).astype(np.float64)
+        scores = self._run(np.ascontiguousarray(hidden, dtype=np.float32), candidates,
+                           np.ascontiguousarray(pooled, dtype=np.float32) if self.pools else None).astype(np.float64)
         return [scores[row, :n] for row, n in enumerate(counts)]
 
-    def score_sequences(self, sequences: list[list[int]]) -> np.ndarray:
+    def score_sequences(self, sequences: list[list[int]], prompt_lengths: list[int] | None = None) -> np.ndarray:
         """The value of whole texts (value_model_tokens: no BOS), defined as at a junction: the score of the last
         token as a candidate after the hidden state of the text before it (BOS first, as the base model reads
-        it).  # (n,) float64"""
+        it). A pooling model also reads the mean state from the one after the prompt (its first prompt_lengths[i]
+        tokens; default none: from the state after BOS) up to that one.  # (n,) float64"""
         if self._texts is None:
             raise ValueModelError(f"hidden-state value model {self.path.name} is not bound to a base model; scoring "
                                   f"text needs the base model's hidden states")
         reader = self._texts()
         bos = [reader.base.bos_id] if reader.base.add_bos else []
-        rows, last = [], []
-        for tokens in sequences:
+        rows, pooled, last = [], [], []
+        for i, tokens in enumerate(sequences):
             if not tokens:
                 raise ValueModelError("cannot score an empty text")
             context = bos + list(tokens[:-1])
-            rows.append(reader.after(context) if context else np.zeros(self.hidden_size, np.float32))
             last.append(np.array([tokens[-1]], dtype=np.int64))
-        return np.array([s[0] for s in self.score_hidden(np.stack(rows), last)])
+            if not context:
+                rows.append(np.zeros(self.hidden_size, np.float32))
+                pooled.append(rows[-1])
+            elif self.pools:  # every state of the continuation: each position an output
+                states = reader.of(context)
+                start = max(0, len(bos) + (prompt_lengths[i] if prompt_lengths else 0) - 1)
+                rows.append(states[-1])
+                pooled.append(states[min(start, len(states) - 1):].mean(axis=0))
+            else:
+                rows.append(reader.after(context))
+        return np.array([s[0] for s in self.score_hidden(np.stack(rows), last,
+                                                         np.stack(pooled) if self.pools else None)])
 
-    def _run(self, hidden: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    def _run(self, hidden: np.ndarray, candidates: np.ndarray, pooled: np.ndarray | None = None) -> np.ndarray:
         start = time.perf_counter()
-        (scores,) = self.session.run(["scores"], {"hidden": hidden, "candidates": candidates})
+        feeds = {"hidden": hidden, "candidates": candidates}
+        if pooled is not None:
+            feeds["pooled"] = pooled
+        (scores,) = self.session.run(["scores"], feeds)
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return scores
@@ -380,9 +419,10 @@ class HiddenValueModel:
     def _check_signature(self) -> None:
         got_in = {i.name: i.type for i in self.session.get_inputs()}
         got_out = {o.name: o.type for o in self.session.get_outputs()}
-        if got_in != _HIDDEN_INPUTS or got_out != _HIDDEN_OUTPUTS:
+        if got_in not in (_HIDDEN_INPUTS, {**_HIDDEN_INPUTS, **_POOLED_INPUT}) or got_out != _HIDDEN_OUTPUTS:
             raise ValueModelError(f"{self.path} does not follow contract 3 (hidden states): inputs {got_in}, outputs "
-                                  f"{got_out}; expected inputs {_HIDDEN_INPUTS} and outputs {_HIDDEN_OUTPUTS}")
+                                  f"{got_out}; expected inputs {_HIDDEN_INPUTS} (and optionally {_POOLED_INPUT}) "
+                                  f"and outputs {_HIDDEN_OUTPUTS}")
         shape = _by_name(self.session.get_inputs(), "hidden").shape
         if len(shape) != 2 or not isinstance(shape[1], int):
             raise ValueModelError(f"{self.path}: input 'hidden' must have a fixed size d, got shape {shape}")

@@ -86,6 +86,33 @@ def test_batch_slots_return_the_single_paths_hidden_states(base):
         context.close()
 
 
+def test_look_ahead_states_equal_a_separate_context_fed_each_candidate(base):
+    from sia_edge.base_model import CandidateStates
+
+    tokens = base.tokenize(PROMPT)
+    reader, look_ahead = base.hidden_states(), CandidateStates(base, k=4, n_ctx=64)
+    try:
+        where = [2, 5, len(tokens)]
+        ids, states = look_ahead.at(tokens, where)
+        assert ids.shape == (3, 4) and states.shape == (3, 4, base.n_embd)
+        for row, p in enumerate(where):
+            base.prefill(tokens[:p])
+            logits = base.logits()
+            # the base model's 4 most likely next tokens, most likely first (a near-tie may swap neighbours)
+            assert ids[row, 0] == int(np.argmax(logits))
+            assert set(ids[row]) <= set(np.argsort(-logits)[:5].tolist())
+            for j, candidate in enumerate(ids[row]):
+                reference = reader.of(tokens[:p] + [int(candidate)])[-1]
+                assert _relative(states[row, j], reference) < 0.1  # batched kernels, as above
+            # four different continuations, four different states: no candidate saw another one's cell
+            assert min(_relative(states[row, 0], states[row, j]) for j in range(1, 4)) > 0.1
+        # reading again after another text gives the same numbers: nothing of the first text is left behind
+        look_ahead.at(base.tokenize("Completely unrelated words here"), [3])
+        np.testing.assert_array_equal(look_ahead.at(tokens, where)[1], states)
+    finally:
+        look_ahead.close()
+
+
 def test_reading_hidden_states_is_refused_when_they_are_off(base):
     base.prefill(base.tokenize(PROMPT))
     with pytest.raises(RuntimeError, match="hidden states are off"):

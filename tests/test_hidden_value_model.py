@@ -19,8 +19,9 @@ GEMMA_HIDDEN = SHIPPED / "gemma3-270m-hidden-sentiment.onnx"
 
 
 def write_tiny_hidden_model(path: Path, d: int = 8, n_vocab: int = 32, metadata: dict | None = None,
-                            graph_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """scores[b, j] = hidden[b] . w + table[candidates[b, j]]: a contract-3 graph built node by node."""
+                            graph_width: int | None = None, pooled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """scores[b, j] = hidden[b] . w + table[candidates[b, j]] (+ pooled[b] . w with a `pooled` input): a
+    contract-3 graph built node by node."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -29,11 +30,15 @@ def write_tiny_hidden_model(path: Path, d: int = 8, n_vocab: int = 32, metadata:
     table = rng.normal(size=(n_vocab,)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["hidden", "w"], ["value"]),
              helper.make_node("Gather", ["table", "candidates"], ["bias"], axis=0),
-             helper.make_node("Add", ["value", "bias"], ["scores"])]
+             helper.make_node("Add", ["value", "bias"], ["scores" if not pooled else "unpooled"])]
+    inputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", graph_width or d]),
+              helper.make_tensor_value_info("candidates", TensorProto.INT64, ["batch", "k"])]
+    if pooled:
+        nodes += [helper.make_node("MatMul", ["pooled", "w"], ["pool_value"]),
+                  helper.make_node("Add", ["unpooled", "pool_value"], ["scores"])]
+        inputs.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", graph_width or d]))
     graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", graph_width or d]),
-         helper.make_tensor_value_info("candidates", TensorProto.INT64, ["batch", "k"])],
+        nodes, "tiny", inputs,
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "k"])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(table, "table")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -61,6 +66,56 @@ def test_a_junction_call_scores_each_rows_candidates(tmp_path):
     want = [(hidden[0].astype(np.float64) @ w[:, 0]) + table[[3, 5, 7]], (hidden[1] @ w[:, 0]) + table[[1, 2]]]
     for got, expected in zip(rows, want):
         np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_a_pooling_model_reads_the_mean_state_too(tmp_path):
+    from sia_edge.value_model import open_value_model
+
+    w, table = write_tiny_hidden_model(tmp_path / "pool.onnx", metadata={"pooling": "mean"}, pooled=True)
+    model = open_value_model(tmp_path / "pool.onnx")
+    model.bind("ab" * 32, "tiny.gguf", 8, 32)
+    assert model.pools
+    hidden, pooled = np.ones((1, 8), np.float32), np.full((1, 8), 0.5, np.float32)
+    got = model.score_hidden(hidden, [np.array([3, 4])], pooled)[0]
+    np.testing.assert_allclose(got, 1.5 * w[:, 0].sum() + table[[3, 4]], rtol=1e-5)
+    with pytest.raises(ValueModelError, match="pass `pooled`"):
+        model.score_hidden(hidden, [np.array([3, 4])])
+
+
+@pytest.mark.parametrize("metadata, pooled", [({"pooling": "mean"}, False), ({}, True), ({"pooling": "max"}, True)])
+def test_pooling_metadata_must_match_the_graphs_inputs(tmp_path, metadata, pooled):
+    from sia_edge.value_model import open_value_model
+
+    write_tiny_hidden_model(tmp_path / "bad.onnx", metadata=metadata, pooled=pooled)
+    with pytest.raises(ValueModelError, match="'sia_edge.pooling'"):
+        open_value_model(tmp_path / "bad.onnx")
+
+
+def test_pooled_training_examples_hold_the_continuations_running_mean():
+    """Checked against float64 means computed one by one: the pool runs from the state before the first scored
+    token (the one after the prompt) to the state before (and after) each example's token."""
+    from sia_edge.train.hidden_fit import look_aheads, positions, running_means
+
+    rng = np.random.default_rng(1)
+    h = rng.normal(size=(7, 3)).astype(np.float16)  # states after each of 7 tokens, BOS first
+    tokens = [2, 10, 11, 12, 13, 14, 15]
+    first = 3  # tokens 3.. are the continuation; the pool starts at h[2], the state after the prompt
+    ref = h.astype(np.float64)
+    np.testing.assert_allclose(running_means(h, 2), [ref[2:2 + i + 1].mean(0) for i in range(5)], rtol=1e-5)
+    got = positions([h], [tokens], np.array([1.0]), np.array([1.0]), [first], pooling="mean")
+    assert list(got.candidates) == tokens[3:]
+    for row, j in enumerate(range(3, 7)):
+        np.testing.assert_allclose(got.pooled_before[row], ref[2:j].mean(0), atol=2e-3)
+        np.testing.assert_allclose(got.pooled_after[row], ref[2:j + 1].mean(0), atol=2e-3)
+    assert positions([h], [tokens], np.array([1.0]), np.array([1.0]), [first]).pooled_before is None
+    # counterfactuals at position 5 (after tokens[:5]): the pool before, and with each candidate's state added
+    ahead = rng.normal(size=(2, 3)).astype(np.float16)
+    entry = {"positions": np.array([5, 5]), "ids": np.array([7, 8]), "states": ahead}
+    cf = look_aheads([h], [entry], [first], "mean")
+    np.testing.assert_allclose(cf.pooled_before[0], ref[2:5].mean(0), atol=2e-3)
+    for j in range(2):
+        np.testing.assert_allclose(cf.pooled_after[0, j], np.vstack([ref[2:5], ahead[j:j + 1]]).mean(0),
+                                   atol=2e-3)
 
 
 @pytest.mark.parametrize("metadata, graph_width, message", [
@@ -114,6 +169,32 @@ def test_a_feature_cache_from_other_weights_is_never_reused(tmp_path):
     assert key not in FeatureCache(tmp_path, "cd" * 32, 4)  # another model: its own folder, nothing shared
     with pytest.raises(ValueError, match="holds features of"):
         FeatureCache(tmp_path, "ab" * 32, 8)  # same weights, another hidden size: a corrupt or foreign folder
+
+
+def test_look_ahead_rows_are_cached_with_their_ids_and_positions(tmp_path):
+    from sia_edge.train.features import CandidateCache, extract_candidates, look_ahead_positions
+
+    class Reader:  # CandidateStates' shape: (P, k) ids and (P, k, d) states; counts its calls
+        calls = 0
+
+        def at(self, tokens, positions):
+            Reader.calls += 1
+            ids = np.array([[p * 10 + j for j in range(2)] for p in positions])
+            return ids, np.ones((len(positions), 2, 4), np.float32) * ids[..., None]
+
+    texts = [[2, 5, 7, 9, 11], [2, 8, 8]]
+    cache = CandidateCache(tmp_path, "ab" * 32, 4, k=2)
+    entries = extract_candidates(Reader(), texts, [2, 1], 2, cache)
+    assert look_ahead_positions(texts[0], 2, 2) == look_ahead_positions(texts[0], 2, 2)  # seeded by the text
+    assert set(entries[0]["positions"]) <= {2, 3, 4, 5} and len(entries[0]["ids"]) == 4
+    # k consecutive rows per position: its ids, in order, with the states read for them
+    np.testing.assert_array_equal(entries[0]["ids"], entries[0]["positions"] * 10 + np.tile([0, 1], 2))
+    assert all(entries[0]["states"][r, 0] == entries[0]["ids"][r] for r in range(4))
+    again = extract_candidates(Reader(), texts, [2, 1], 2, CandidateCache(tmp_path, "ab" * 32, 4, k=2))
+    assert Reader.calls == 2  # the second pass read both texts from disk
+    np.testing.assert_array_equal(again[1]["states"], entries[1]["states"])
+    with pytest.raises(ValueError, match="holds features of"):
+        CandidateCache(tmp_path, "ab" * 32, 4, k=3)  # another k: never mixed
 
 
 # --- the shipped hidden-state model on the real GGUF ------------------------------------------------------------
@@ -267,3 +348,71 @@ def test_vm_distill_input_hidden_regresses_a_reward(tmp_path, gemma_path, monkey
 
     model = open_value_model(out)
     assert model.reads_hidden and model.metadata["reward"].startswith("value-model:")
+
+
+@pytest_real
+def test_vm_train_look_ahead_teaches_every_candidate_and_caches_their_states(tmp_path, gemma_path, monkeypatch):
+    from sia_edge.cli import main
+
+    monkeypatch.setenv("SIA_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    data = str(_small_labelled_csv(tmp_path / "reviews.csv"))
+    common = ["vm", "train", "--input", "hidden", "--model", str(gemma_path), "--data", data, "--epochs", "4",
+              "--rank", "4", "--holdout", "0.25", "--json"]
+    result = CliRunner().invoke(main, [*common, "--look-ahead", "2", "--out", str(tmp_path / "a.onnx")])
+    assert result.exit_code == 0, result.output
+    junctions = json.loads(result.stdout)["junction_agreement"]
+    # 2 positions of each of the 20 held-out reviews, each ranking the base model's 10 candidates
+    assert junctions["junctions"] == 40 and 0.5 < junctions["pairs_agree"] <= 1.0
+    assert list((tmp_path / "cache" / "candidate-features").glob("*/shard-*.npz"))
+    training = json.loads(open_value_model_metadata(tmp_path / "a.onnx")["training"])
+    assert training["look_ahead_positions"] == 2 and training["holdout_junctions"] == junctions
+    # without it nothing is decoded ahead and nothing is reported
+    plain = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "b.onnx")])
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["junction_agreement"] is None
+    refused = CliRunner().invoke(main, ["vm", "train", "--data", data, "--look-ahead", "2", "--out",
+                                        str(tmp_path / "c.onnx")])
+    assert refused.exit_code == 2 and "--look-ahead applies to --input hidden only" in refused.output
+
+
+def open_value_model_metadata(path) -> dict:
+    from sia_edge.value_model import open_value_model
+
+    return open_value_model(path).metadata
+
+
+@pytest_real
+def test_a_pooling_model_steers_and_its_junctions_equal_vm_score_of_prefix_plus_candidate(tmp_path, gemma_path,
+                                                                                          monkeypatch):
+    """The pooled input end to end: trained with `--pooling mean`, it steers through the engine (single path and
+    scheduler), and a junction's scores equal the scores of the prompt + text so far + each candidate read whole
+    (the pool from the state after the prompt), to the tolerance of batched kernels."""
+    from sia_edge.cli import main
+    from sia_edge.decoder import value_model_tokens
+    from sia_edge.engine import Engine
+
+    monkeypatch.setenv("SIA_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "pooled.onnx"
+    result = CliRunner().invoke(main, ["vm", "train", "--input", "hidden", "--model", str(gemma_path), "--data",
+                                       str(_small_labelled_csv(tmp_path / "reviews.csv")), "--epochs", "4",
+                                       "--rank", "4", "--holdout", "0.25", "--pooling", "mean", "--json",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["arch"].endswith("-mean-pool")
+    for parallel in (1, 2):
+        engine = Engine(model=gemma_path, value_model=str(out), parallel=parallel)
+        try:
+            vm = engine.value_model
+            assert vm.pools
+            prompt_text = "The service at the hotel was"
+            events = list(engine.stream(prompt_text, gate="dense", max_tokens=5, seed=4))
+            prompt = engine.tokenize(prompt_text)
+            n_prompt = len(value_model_tokens(prompt, [], engine.base.bos_id))
+            for event in events[1:4]:  # from the second step the pool holds more than one state
+                prefix = value_model_tokens(prompt, [e.token_id for e in events[:event.index]], engine.base.bos_id)
+                texts = [prefix + [c] for c in event.candidates]
+                direct = vm.score_sequences(texts, [n_prompt] * len(texts))
+                np.testing.assert_allclose(event.rewards, direct, atol=0.15)
+                # the pool matters: read as if the prompt were part of the continuation, the scores move
+                assert not np.allclose(direct, vm.score_sequences(texts), atol=1e-3)
+        finally:
+            engine.close()

@@ -7,13 +7,15 @@ Hidden states: with llama.cpp's `embeddings` switched on (pooling NONE) a decode
 last-layer hidden state (after the final norm, the vector the output layer reads), next to unchanged logits. It is
 switched on only for the decodes whose hidden state is read: with it on, llama.cpp makes every token of a batch an
 output, so a prompt decoded with it on would also project every prompt token onto the whole vocabulary.
+`CandidateStates` (training only) decodes a text's top-k next tokens as k sequences sharing its KV cells, to read the
+state each candidate would lead to.
 """
 
 from .batch_context import BATCH_FROM, DEFAULT_PREFILL_CHUNK, BatchContext, SequenceSlot
-from .hidden import HiddenStates
+from .hidden import CandidateStates, HiddenStates
 from .model import DEFAULT_CONTEXT, BaseModel
 from .native import GGUF_MAGIC, check_gguf_file, common_prefix, gpu_offload_supported, tokenizer_fingerprint
 
 __all__ = ["BATCH_FROM", "DEFAULT_CONTEXT", "DEFAULT_PREFILL_CHUNK", "GGUF_MAGIC", "BaseModel", "BatchContext",
-           "HiddenStates", "SequenceSlot", "check_gguf_file", "common_prefix", "gpu_offload_supported",
-           "tokenizer_fingerprint"]
+           "CandidateStates", "HiddenStates", "SequenceSlot", "check_gguf_file", "common_prefix",
+           "gpu_offload_supported", "tokenizer_fingerprint"]

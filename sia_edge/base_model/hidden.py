@@ -90,3 +90,82 @@ class HiddenStates:
     def close(self) -> None:
         self._batch.close()
         self._ctx.close()
+
+
+class CandidateStates:
+    """What the base model's state would be after each of its top-k next tokens, at chosen positions of a text:
+    the exact look-ahead a contract-3 head learns to guess (training only). One llama.cpp context of its own with
+    one KV stream shared by k + 1 sequences: the text is sequence 0; at a position p the k candidates are decoded
+    together, each as sequence j = 1..k that borrows the text's first p cells (`llama_memory_seq_cp` only tags
+    cells, so a position costs one decode of k tokens, not k copies of the prefix)."""
+
+    def __init__(self, base, k: int, n_ctx: int = 512) -> None:
+        llama_cpp = _llama()
+        from llama_cpp import _internals
+
+        self.base, self.k = base, k
+        params = llama_cpp.llama_context_params.from_buffer_copy(base._llm.context_params)
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = n_ctx
+        params.n_seq_max = k + 1
+        params.kv_unified = True  # one stream: a candidate's sequence can attend to the text's cells
+        params.embeddings = False  # on only for the candidates' decode (otherwise every text token is an output)
+        params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+        params.no_perf = True
+        with _quiet_stderr():
+            self._ctx = _internals.LlamaContext(model=base._llm._model, params=params, verbose=False)
+            self._batch = _internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=1, verbose=False)
+        self.n_ctx = min(int(llama_cpp.llama_n_ctx(self._ctx.ctx)), n_ctx)
+        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+
+    def at(self, tokens: list[int], positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """For each position p (1 <= p < len(tokens) + 1): the base model's k most likely tokens after tokens[:p],
+        most likely first, and the hidden state after tokens[:p] + [candidate].
+        -> ids (P, k) int64, states (P, k, n_embd) float32"""
+        positions = sorted(positions)
+        if not positions or positions[0] < 1 or positions[-1] > len(tokens):
+            raise PromptError(f"positions must lie in 1..{len(tokens)}, got {positions}")
+        if positions[-1] + self.k > self.n_ctx:  # the prefix's cells and the k candidates' at once
+            raise PromptError(f"{positions[-1]} tokens and {self.k} candidates do not fit a context of {self.n_ctx}")
+        llama_cpp = _llama()
+        llama_cpp.llama_memory_seq_rm(self._memory, -1, -1, -1)
+        llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
+        prefix = tokens[:positions[-1]]
+        self._fill([(t, i, 0, i + 1 in positions) for i, t in enumerate(prefix)])
+        ids = np.empty((len(positions), self.k), dtype=np.int64)
+        # the logits rows (asked for at batch index p - 1) are valid until the next decode: read them all first
+        for row, p in enumerate(positions):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, p - 1),
+                                           shape=(self.base.n_vocab,))
+            top = np.argpartition(-logits, self.k)[:self.k]
+            ids[row] = top[np.argsort(-logits[top], kind="stable")]
+        states = np.empty((len(positions), self.k, self.base.n_embd), dtype=np.float32)
+        llama_cpp.llama_set_embeddings(self._ctx.ctx, True)
+        try:
+            for row, p in enumerate(positions):
+                for seq in range(1, self.k + 1):
+                    llama_cpp.llama_memory_seq_cp(self._memory, 0, seq, 0, p)
+                self._fill([(int(c), p, j + 1, True) for j, c in enumerate(ids[row])])
+                pointer = llama_cpp.llama_get_embeddings(self._ctx.ctx)
+                states[row] = np.ctypeslib.as_array(pointer, shape=(self.k, self.base.n_embd))
+                for seq in range(1, self.k + 1):
+                    llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
+        return ids, states
+
+    def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence, output) rows."""
+        batch = self._batch.batch
+        for i, (token, pos, seq, output) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = output
+        batch.n_tokens = len(rows)
+        status = _llama().llama_decode(self._ctx.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status} reading candidate states")
+
+    def close(self) -> None:
+        self._batch.close()
+        self._ctx.close()

@@ -178,7 +178,8 @@ def value_model_costs(engine, lengths=(32, 128, 512, 1024), new_tokens: int = 8)
     out = []
     if vm.reads_hidden:  # stateless: the junction call reads one hidden state whatever the prefix length
         hidden = rng.normal(size=(1, vm.hidden_size)).astype(np.float32)
-        call = _median_ms(lambda _: vm.score_hidden(hidden, [np.arange(100, 110)]), [None] * 50)
+        pooled = hidden if vm.pools else None  # a pooling model's second input: same shape, same cost
+        call = _median_ms(lambda _: vm.score_hidden(hidden, [np.arange(100, 110)], pooled), [None] * 50)
         return [{"prefix_tokens": length, "carried_state_ms": call, "from_scratch_ms": float("nan")}
                 for length in lengths]
     for length in lengths:

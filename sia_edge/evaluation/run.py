@@ -86,7 +86,8 @@ def sample_record(engine, judge, prompt: str, result, events) -> dict:
         "value_calls_per_token": stats.value_model_calls / max(1, stats.tokens),
         "ms_per_token": 1000.0 * stats.total_seconds / max(1, stats.tokens),
         "value_score": sigmoid(result.value if result.value is not None
-                               else float(engine.value_model.score_sequences([scored])[0])),
+                               else float(engine.value_model.score_sequences(
+                                   [scored], [len(scored) - len(continuation)])[0])),
         "judge": float(judge.score([result.text])[0]),
         "log_ppl": float(-log_probs.mean()) if log_probs.size else math.nan,
         "distinct_1": distinct_n(continuation, 1),

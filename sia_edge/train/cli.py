@@ -17,7 +17,8 @@ from .data import LABEL_TYPES
 
 _DEFAULTS = {name: default(FitConfig, name) for name in ("dim", "hidden", "ema_decay", "holdout", "min_count",
                                                          "batch_size", "learning_rate", "token_dropout",
-                                                         "context_prob", "context_tokens", "recurrent_size", "rank")}
+                                                         "context_prob", "context_tokens", "recurrent_size", "rank",
+                                                         "look_ahead", "pooling")}
 
 
 def _fit_options(func):
@@ -36,6 +37,17 @@ def _fit_options(func):
         click.option("--rank", type=click.IntRange(min=1), default=_DEFAULTS["rank"], show_default=True,
                      help="--input hidden: numbers per candidate token in the head's table (float16, plus one "
                           "bias); the file holds (rank + 1) x 2 bytes per vocabulary entry."),
+        click.option("--look-ahead", type=click.IntRange(min=0), default=_DEFAULTS["look_ahead"],
+                     show_default=True,
+                     help="--input hidden: at N positions of each text, also decode the base model's 10 most likely "
+                          "next tokens and teach the head to rank all of them as the state each leads to does "
+                          "(~0.1 s per position once; cached like the hidden states). 0: only the token the text "
+                          "went on with."),
+        click.option("--pooling", type=click.Choice(["none", "mean"]), default=_DEFAULTS["pooling"],
+                     show_default=True,
+                     help="--input hidden: mean also gives the head the mean of the base model's hidden states over "
+                          "the continuation so far, so it remembers what appeared many tokens ago (objectives "
+                          "such as 'clean'); none reads the state after the text only."),
         click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
                      help="Tokens seen fewer times in training share the unknown-token embedding."),
         click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
@@ -128,13 +140,15 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
 
     if options.get("max_texts") is not None and input_kind != "hidden":
         raise click.UsageError("--max-texts applies to --input hidden only")
+    _hidden_only(options, input_kind)
     require_training_extra()  # before resolving the default model, which may assemble a 250 MB file
     base_model = resolve_base_model(model) if input_kind in ("tokens", "hidden") else None
     config = TrainingConfig(model=base_model, input=input_kind, **options)
     if input_kind == "hidden":
         from .hidden_train import train_hidden_value_model
 
-        report = train_hidden_value_model(config, max_texts=config.max_texts, rank=config.rank)
+        report = train_hidden_value_model(config, max_texts=config.max_texts, rank=config.rank,
+                                          look_ahead=config.look_ahead, pooling=config.pooling)
         if as_json:
             click.echo(json.dumps(report.as_dict(), indent=2))
             return
@@ -142,6 +156,7 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
                               f"held out; hidden states read in {report.feature_seconds:.0f} s (cached)",
                               f"majority-class accuracy on held-out texts: {report.majority_baseline:.3f}"],
                      "prefix", report.prefix_metrics, [k for k in report.prefix_metrics[0] if k != "fraction"])
+        _echo_junctions(report.junction_agreement)
         return
     report = train_value_model(config)
     if as_json:
@@ -234,6 +249,7 @@ def distill_command(model: Path | None, input_kind: str, as_json: bool, **option
 
     if (options["prompts"] is None) == (options["texts"] is None):
         raise click.UsageError("give --prompts (continued by the base model) or --texts (used as they are)")
+    _hidden_only(options, input_kind)
     require_training_extra()
     config = DistillConfig(model=resolve_base_model(model), input=input_kind, **options)
     report = distill_value_model(config)
@@ -249,6 +265,23 @@ def distill_command(model: Path | None, input_kind: str, as_json: bool, **option
     within = report.within_prompt_correlation
     click.echo("within-prompt correlation (full texts): "
                + ("n/a (one sample per prompt)" if math.isnan(within) else f"{within:.3f}"))
+    _echo_junctions(report.junction_agreement)
+
+
+def _hidden_only(options: dict, input_kind: str) -> None:
+    """Refuse the options that only a hidden-state value model reads, for another kind."""
+    if input_kind == "hidden":
+        return
+    if options["look_ahead"]:
+        raise click.UsageError("--look-ahead applies to --input hidden only")
+    if options["pooling"] != "none":
+        raise click.UsageError("--pooling applies to --input hidden only")
+
+
+def _echo_junctions(junctions: dict | None) -> None:
+    if junctions:
+        click.echo(f"held-out junctions ({junctions['junctions']}): the head orders {junctions['pairs_agree']:.3f} of "
+                   f"candidate pairs as their look-ahead states do (Spearman {junctions['spearman']:.3f})")
 
 
 @vm.command("info")
@@ -277,6 +310,10 @@ def info_command(value_model: Path, as_json: bool) -> None:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in after.items() if k != "context_tokens")
         unit = "bytes" if facts.get("input") == "bytes" else "tokens"
         click.echo(f"{'held out, after context':22} {shown} ({after['context_tokens']} {unit} of other texts first)")
+    junctions = training.get("holdout_junctions")
+    if junctions:
+        click.echo(f"{'held-out junctions':22} {junctions['junctions']}: candidate pairs ordered as their look-ahead "
+                   f"{junctions['pairs_agree']:.3f}, Spearman {junctions['spearman']:.3f}")
 
 
 

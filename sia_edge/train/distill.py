@@ -56,6 +56,7 @@ class DistillReport(FitReport):
     reward_sd: float
     holdout_metrics: list[dict] = field(default_factory=list)  # per fraction of each held-out continuation
     within_prompt_correlation: float = float("nan")  # full texts, after removing each prompt's mean
+    junction_agreement: dict | None = None  # --input hidden --look-ahead: held-out junctions against the look-ahead
     sampling_seconds: float = 0.0
 
 

@@ -64,14 +64,21 @@ def continuation_metrics(torch, net, sequences, score_from, targets, prompt_ids)
                            for i, (seq, start) in enumerate(zip(sequences, score_from))])
         results.append({"fraction": fraction, "r2": r_squared(targets, scores),
                         "correlation": correlation(targets, scores)})
-    full = np.array([scores[-1] for scores in logits_at])
+    return results, within_prompt_correlation(targets, np.array([scores[-1] for scores in logits_at]), prompt_ids)
+
+
+def within_prompt_correlation(targets, scores, prompt_ids) -> float:
+    """Correlation of full-text scores with rewards after removing each prompt's mean from both: how well a model
+    ranks continuations of one prompt, which is what steering needs."""
+    from .metrics import correlation
+
     prompt_ids = np.asarray(prompt_ids)
-    centred_t, centred_s = targets.astype(np.float64).copy(), full.astype(np.float64).copy()
+    centred_t, centred_s = np.asarray(targets, np.float64).copy(), np.asarray(scores, np.float64).copy()
     for p in np.unique(prompt_ids):
         members = prompt_ids == p
         centred_t[members] -= centred_t[members].mean()
         centred_s[members] -= centred_s[members].mean()
-    return results, correlation(centred_t, centred_s)
+    return correlation(centred_t, centred_s)
 
 
 def _export(torch, config, tokenizer, reward, prompts, net, row_of_token, metrics, within, mean, sd, n_train,

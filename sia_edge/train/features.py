@@ -27,10 +27,13 @@ def text_key(tokens: list[int]) -> str:
 class FeatureCache:
     """Hidden states of token sequences for one base model's weights: key -> (n, d) float16."""
 
-    def __init__(self, root: Path, weights: str, hidden_size: int) -> None:
+    FORMAT = "sia-edge-hidden-v1"
+    FIELDS = ("states",)  # arrays per entry, all with the same first dimension; the first one is float16 states
+
+    def __init__(self, root: Path, weights: str, hidden_size: int, **header_extra) -> None:
         self.folder = Path(root) / weights[:32]
         self.folder.mkdir(parents=True, exist_ok=True)
-        header = {"weights_fingerprint": weights, "hidden_size": hidden_size, "format": "sia-edge-hidden-v1"}
+        header = {"weights_fingerprint": weights, "hidden_size": hidden_size, "format": self.FORMAT, **header_extra}
         path = self.folder / "header.json"
         if path.exists():
             found = json.loads(path.read_text())
@@ -39,19 +42,24 @@ class FeatureCache:
                                  f"cache folder")
         else:
             path.write_text(json.dumps(header, indent=1))
-        self.states: dict[str, np.ndarray] = {}
+        self.entries: dict[str, dict[str, np.ndarray]] = {}
         for shard in sorted(self.folder.glob("shard-*.npz")):
             with np.load(shard) as data:
-                keys, offsets, states = data["keys"], data["offsets"], data["states"]
+                keys, offsets = data["keys"], data["offsets"]
+                arrays = {name: data[name] for name in self.FIELDS}
             for i, key in enumerate(keys):
-                self.states[str(key)] = states[offsets[i]:offsets[i + 1]]
-        self._pending: dict[str, np.ndarray] = {}
+                self.entries[str(key)] = {name: a[offsets[i]:offsets[i + 1]] for name, a in arrays.items()}
+        self._pending: dict[str, dict[str, np.ndarray]] = {}
 
     def __contains__(self, key: str) -> bool:
-        return key in self.states
+        return key in self.entries
 
-    def add(self, key: str, states: np.ndarray) -> None:
-        self.states[key] = self._pending[key] = states.astype(np.float16)
+    def get(self, key: str) -> dict[str, np.ndarray]:
+        return self.entries[key]
+
+    def add(self, key: str, states: np.ndarray, **arrays: np.ndarray) -> None:
+        entry = {"states": states.astype(np.float16), **arrays}
+        self.entries[key] = self._pending[key] = entry
         if len(self._pending) >= SHARD:
             self.flush()
 
@@ -59,14 +67,22 @@ class FeatureCache:
         if not self._pending:
             return
         keys = list(self._pending)
-        offsets = np.cumsum([0] + [len(self._pending[k]) for k in keys])
+        offsets = np.cumsum([0] + [len(self._pending[k]["states"]) for k in keys])
         number = len(list(self.folder.glob("shard-*.npz")))
         target = self.folder / f"shard-{number:05d}.npz"
         temporary = target.with_suffix(".tmp.npz")
         np.savez(temporary, keys=np.array(keys), offsets=offsets,
-                 states=np.concatenate([self._pending[k] for k in keys]))
+                 **{name: np.concatenate([self._pending[k][name] for k in keys]) for name in self.FIELDS})
         temporary.replace(target)  # a shard is either whole or absent
         self._pending = {}
+
+
+class CandidateCache(FeatureCache):
+    """Look-ahead states for one base model's weights: key -> rows of (position, candidate id, hidden state after
+    the text's first `position` tokens and that candidate), k rows per position (CandidateStates)."""
+
+    FORMAT = "sia-edge-candidates-v1"
+    FIELDS = ("states", "ids", "positions")
 
 
 def extract(reader, sequences: list[list[int]], cache: FeatureCache,
@@ -81,7 +97,37 @@ def extract(reader, sequences: list[list[int]], cache: FeatureCache,
                 progress(done, len(missing))
     finally:
         cache.flush()
-    return [cache.states[key] for key in keys]
+    return [cache.get(key)["states"] for key in keys]
+
+
+def look_ahead_positions(tokens: list[int], first: int, count: int) -> list[int]:
+    """`count` positions p in first..len(tokens), drawn without replacement and seeded by the text itself (the
+    same text always gets the same positions, so its cache entry is reused)."""
+    choices = np.arange(max(1, first), len(tokens) + 1)
+    if count >= len(choices):
+        return [int(p) for p in choices]
+    seed = int(text_key(tokens)[:8], 16)
+    return sorted(int(p) for p in np.random.default_rng(seed).choice(choices, count, replace=False))
+
+
+def extract_candidates(reader, sequences: list[list[int]], firsts: list[int], count: int, cache: CandidateCache,
+                       progress: Callable[[int, int], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Per sequence: `count` positions from its firsts[i] on, the base model's top-k tokens there and the hidden
+    state after each (CandidateStates.at), from the cache or decoded now (and cached). Each entry holds rows
+    `positions` (R,), `ids` (R,) and `states` (R, d) float16, k consecutive rows per position."""
+    keys = [f"{text_key(tokens)}-{first}-{count}" for tokens, first in zip(sequences, firsts)]
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    try:
+        for done, i in enumerate(missing, 1):
+            where = look_ahead_positions(sequences[i], firsts[i], count)
+            ids, states = reader.at(sequences[i], where)
+            cache.add(keys[i], states.reshape(-1, states.shape[-1]), ids=ids.reshape(-1).astype(np.int32),
+                      positions=np.repeat(np.asarray(where, np.int32), ids.shape[1]))
+            if progress is not None:
+                progress(done, len(missing))
+    finally:
+        cache.flush()
+    return [cache.get(key) for key in keys]
 
 
 def embedding_rows(gguf_path: Path) -> np.ndarray:

@@ -19,7 +19,9 @@ class HiddenFitConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 0.01
     teacher: float = 3.0  # weight of the look-ahead teacher term (1 -> 3: word-order probes 0.76 -> 0.78, 600 tweets)
+    look_ahead: float = 3.0  # weight of the counterfactual term: the k candidates at sampled positions (if any)
     loss: str = "bce"  # bce: targets in [0, 1] (labels); mse: standardised rewards (distillation)
+    pooling: str = "none"  # mean: v also reads the mean of the states over the continuation so far (contract 3)
     seed: int = 0
     threads: int = 2
 
@@ -33,13 +35,61 @@ class Positions:
     candidates: np.ndarray  # (P,) int64
     targets: np.ndarray  # (P,) float32
     weights: np.ndarray  # (P,) float32: 1 / (positions of its text) x the text's weight
+    pooled_before: np.ndarray | None = None  # (P, d) float16: mean of the states from the continuation's start
+    pooled_after: np.ndarray | None = None  # (P, d) float16: the same, the state after token j included
+
+
+def running_means(h: np.ndarray, start: int) -> np.ndarray:
+    """Means of h[start..start + i] for every i: what the `pooled` input holds after each token of a continuation
+    whose first state (the one after its prompt) is h[start]. -> (len(h) - start, d) float32"""
+    sums = np.cumsum(h[start:].astype(np.float32), axis=0)
+    return sums / np.arange(1, len(sums) + 1, dtype=np.float32)[:, None]
+
+
+@dataclass
+class LookAheads:
+    """Counterfactual examples: at sampled positions, the state there and the base model's k most likely next
+    tokens, each with the state it would lead to. The head learns to rank all k as the look-ahead value ranks
+    them, not only the one token the text went on with (which is all `Positions` shows it)."""
+
+    before: np.ndarray  # (C, d) float16
+    candidates: np.ndarray  # (C, k) int64
+    after: np.ndarray  # (C, k, d) float16
+    pooled_before: np.ndarray | None = None  # (C, d): the continuation's mean state before the candidates
+    pooled_after: np.ndarray | None = None  # (C, k, d): ... and with each candidate's state added
+
+
+def look_aheads(states: list[np.ndarray], entries: list[dict[str, np.ndarray]], firsts: list[int] | None = None,
+                pooling: str = "none") -> LookAheads:
+    """states[i]: (n_i, d) hidden states after each token of text i; entries[i]: its features.extract_candidates
+    rows (k per position, at positions from firsts[i] on). The state before a position p's candidates is the one
+    after token p - 1; with mean pooling, the pool runs from the state before the first scored token."""
+    before, candidates, after, pooled_before, pooled_after = [], [], [], [], []
+    for i, (h, entry) in enumerate(zip(states, entries)):
+        where = entry["positions"]
+        k = int(np.sum(where == where[0]))
+        at = where[::k].astype(np.int64)
+        before.append(h[at - 1])
+        candidates.append(entry["ids"].astype(np.int64).reshape(-1, k))
+        ahead = entry["states"].reshape(-1, k, entry["states"].shape[-1])
+        after.append(ahead)
+        if pooling == "mean":
+            start = max(1, firsts[i] if firsts is not None else 1) - 1
+            means = running_means(h, start)[at - 1 - start]  # (P, d): pool up to the state before the candidates
+            count = (at - start).astype(np.float32)[:, None, None]  # states in that pool
+            pooled_before.append(means.astype(np.float16))
+            pooled_after.append(((means[:, None, :] * count + ahead.astype(np.float32)) / (count + 1))
+                                .astype(np.float16))
+    pooled = (np.concatenate(pooled_before), np.concatenate(pooled_after)) if pooling == "mean" else (None, None)
+    return LookAheads(np.concatenate(before), np.concatenate(candidates), np.concatenate(after), *pooled)
 
 
 def positions(states: list[np.ndarray], sequences: list[list[int]], targets: np.ndarray, weights: np.ndarray,
-              first: list[int] | None = None) -> Positions:
+              first: list[int] | None = None, pooling: str = "none") -> Positions:
     """states[i]: (n_i, d) hidden states after each token of sequences[i] (BOS first, if any). Positions j from
-    first[i] (default 1: every token after the first) to the end become examples."""
-    before, after, cands, ys, ws = [], [], [], [], []
+    first[i] (default 1: every token after the first) to the end become examples. With mean pooling, each also
+    gets the mean of the states from the one before first[i] (after the prompt) up to before and after token j."""
+    before, after, cands, ys, ws, pooled_before, pooled_after = [], [], [], [], [], [], []
     for i, (h, tokens) in enumerate(zip(states, sequences)):
         start = max(1, first[i] if first is not None else 1)
         n = len(tokens) - start
@@ -50,12 +100,19 @@ def positions(states: list[np.ndarray], sequences: list[list[int]], targets: np.
         cands.append(np.asarray(tokens[start:], dtype=np.int64))
         ys.append(np.full(n, targets[i], dtype=np.float32))
         ws.append(np.full(n, weights[i] / n, dtype=np.float32))
+        if pooling == "mean":
+            means = running_means(h, start - 1).astype(np.float16)  # (n + 1, d)
+            pooled_before.append(means[:-1])
+            pooled_after.append(means[1:])
+    pooled = (np.concatenate(pooled_before), np.concatenate(pooled_after)) if pooling == "mean" else (None, None)
     return Positions(np.concatenate(before), np.concatenate(after), np.concatenate(cands), np.concatenate(ys),
-                     np.concatenate(ws))
+                     np.concatenate(ws), *pooled)
 
 
-def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progress=None):
-    """Train a CandidateHead on the positions; returns it (eval mode)."""
+def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progress=None,
+        counterfactual: LookAheads | None = None):
+    """Train a CandidateHead on the positions (and, given `counterfactual`, on the look-ahead of every candidate
+    at those positions); returns it (eval mode)."""
     import torch
     from torch.nn import functional as F
 
@@ -65,14 +122,23 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        sample = train.before[np.random.default_rng(config.seed).permutation(len(train.before))[:20000]]
+        sample_rows = np.random.default_rng(config.seed).permutation(len(train.before))[:20000]
+        sample = train.before[sample_rows]
         mean = sample.astype(np.float32).mean(0)
         sd = sample.astype(np.float32).std(0) + 1e-3
         used = np.unique(train.candidates)
         scale = float(np.sqrt((embeddings[used] ** 2).sum(1).mean()))
-        head = CandidateHead(train.before.shape[1], embeddings.shape[1], config.rank, config.width, mean, sd, scale)
+        pooled_stats = None
+        if config.pooling == "mean":
+            pooled_sample = train.pooled_before[sample_rows].astype(np.float32)
+            pooled_stats = (pooled_sample.mean(0), pooled_sample.std(0) + 1e-3)
+        head = CandidateHead(train.before.shape[1], embeddings.shape[1], config.rank, config.width, mean, sd, scale,
+                             pooled_stats)
         optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        steps = config.epochs * int(np.ceil(len(train.before) / config.batch_size))
+        steps_per_epoch = int(np.ceil(len(train.before) / config.batch_size))
+        steps = config.epochs * steps_per_epoch
+        # each step also takes a slice of the counterfactual positions, so each is seen once per epoch
+        cf_size = 0 if counterfactual is None else int(np.ceil(len(counterfactual.before) / steps_per_epoch))
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.learning_rate, total_steps=steps,
                                                        pct_start=0.1)
         rng = np.random.default_rng(config.seed)
@@ -80,22 +146,26 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
         mean_weight = float(train.weights.mean())
         for epoch in range(config.epochs):
             order = rng.permutation(len(train.before))
+            cf_order = rng.permutation(len(counterfactual.before)) if cf_size else None
             total = 0.0
-            for start in range(0, len(order), config.batch_size):
+            for step, start in enumerate(range(0, len(order), config.batch_size)):
                 rows = order[start:start + config.batch_size]
                 before = torch.as_tensor(train.before[rows].astype(np.float32))
                 after = torch.as_tensor(train.after[rows].astype(np.float32))
                 candidate = head.candidate_rows(table[torch.as_tensor(train.candidates[rows])])[:, None, :]
                 y = torch.as_tensor(train.targets[rows])
                 w = torch.as_tensor(train.weights[rows]) / mean_weight
-                q = head.score(before, candidate)[:, 0]
-                v = head.look_ahead(after)
+                q = head.score(before, candidate, _rows(train.pooled_before, rows))[:, 0]
+                v = head.look_ahead(after, _rows(train.pooled_after, rows))
                 if config.loss == "bce":
                     fit_q = F.binary_cross_entropy_with_logits(q, y, reduction="none")
                     fit_v = F.binary_cross_entropy_with_logits(v, y, reduction="none")
                 else:
                     fit_q, fit_v = (q - y) ** 2, (v - y) ** 2
                 loss = (w * (fit_q + fit_v + config.teacher * (q - v.detach()) ** 2)).mean()
+                if cf_size:
+                    picked = cf_order[step * cf_size:(step + 1) * cf_size]
+                    loss = loss + config.look_ahead * _look_ahead_loss(head, table, counterfactual, picked)
                 optimiser.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
@@ -110,13 +180,57 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
         torch.set_num_threads(previous_threads)
 
 
+def _rows(array: np.ndarray | None, rows):
+    """float32 tensor of some rows of an optional float16 array (None stays None: a head without pooling)."""
+    import torch
+
+    return None if array is None else torch.as_tensor(array[rows].astype(np.float32))
+
+
+def _look_ahead_loss(head, table, data: LookAheads, rows: np.ndarray):
+    """Mean squared gap between the head's scores of the k candidates and the look-ahead value of each (the
+    teacher V on the state the candidate leads to, held fixed here)."""
+    import torch
+
+    if len(rows) == 0:
+        return torch.zeros(())
+    before = torch.as_tensor(data.before[rows].astype(np.float32))
+    after = torch.as_tensor(data.after[rows].astype(np.float32))
+    q = head.score(before, head.candidate_rows(table[torch.as_tensor(data.candidates[rows])]),
+                   _rows(data.pooled_before, rows))
+    return ((q - head.look_ahead(after, _rows(data.pooled_after, rows)).detach()) ** 2).mean()
+
+
+def junction_agreement(head, embeddings: np.ndarray, data: LookAheads) -> dict:
+    """How the head ranks a junction's k candidates against the look-ahead value of each (what an exact look-ahead
+    would steer by): the share of candidate pairs ordered alike, and the mean Spearman correlation per junction."""
+    import torch
+
+    with torch.no_grad():
+        every = np.arange(len(data.before))
+        q = head.score(torch.as_tensor(data.before.astype(np.float32)),
+                       head.candidate_rows(torch.as_tensor(embeddings[data.candidates])),
+                       _rows(data.pooled_before, every)).numpy()
+        v = head.look_ahead(torch.as_tensor(data.after.astype(np.float32)), _rows(data.pooled_after, every)).numpy()
+    upper = np.triu_indices(q.shape[1], 1)
+    dq = (q[:, :, None] - q[:, None, :])[:, upper[0], upper[1]]
+    dv = (v[:, :, None] - v[:, None, :])[:, upper[0], upper[1]]
+    ranks = lambda x: np.argsort(np.argsort(x, axis=1), axis=1).astype(np.float64)  # noqa: E731
+    rq, rv = ranks(q), ranks(v)
+    rq -= rq.mean(1, keepdims=True)
+    rv -= rv.mean(1, keepdims=True)
+    spearman = (rq * rv).sum(1) / np.sqrt((rq ** 2).sum(1) * (rv ** 2).sum(1))
+    return {"junctions": len(q), "pairs_agree": float(np.mean(np.sign(dq) == np.sign(dv))),
+            "spearman": float(np.mean(spearman))}
+
+
 def text_scores(head, embeddings: np.ndarray, states: list[np.ndarray], sequences: list[list[int]],
                 fraction: float = 1.0, first: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each text's value at `fraction` of its scored tokens, as a junction would give it: q(state before the last
     token, last token). Also the look-ahead teacher's V(state after it). -> (q, v)"""
     import torch
 
-    befores, lasts, afters = [], [], []
+    befores, lasts, afters, pooled_befores, pooled_afters = [], [], [], [], []
     for i, (h, tokens) in enumerate(zip(states, sequences)):
         start = max(1, first[i] if first is not None else 1)
         n = len(tokens) - start
@@ -124,10 +238,15 @@ def text_scores(head, embeddings: np.ndarray, states: list[np.ndarray], sequence
         befores.append(h[end - 1])
         afters.append(h[end])
         lasts.append(tokens[end])
+        if head.pooled:
+            means = running_means(h[:end + 1], start - 1)
+            pooled_befores.append(means[-2])
+            pooled_afters.append(means[-1])
+    as_tensor = lambda rows: torch.as_tensor(np.stack(rows).astype(np.float32)) if rows else None  # noqa: E731
     with torch.no_grad():
         rows = head.candidate_rows(torch.as_tensor(embeddings[np.array(lasts)]))[:, None, :]
-        q = head.score(torch.as_tensor(np.stack(befores).astype(np.float32)), rows)[:, 0].numpy()
-        v = head.look_ahead(torch.as_tensor(np.stack(afters).astype(np.float32))).numpy()
+        q = head.score(as_tensor(befores), rows, as_tensor(pooled_befores))[:, 0].numpy()
+        v = head.look_ahead(as_tensor(afters), as_tensor(pooled_afters)).numpy()
     return q.astype(np.float64), v.astype(np.float64)
 
 
@@ -151,10 +270,16 @@ def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str]) ->
     d = head.mean.shape[0]
     hidden = torch.randn(3, d) * head.sd + head.mean
     candidates = torch.randint(0, len(embeddings), (3, 10))
+    inputs, names, axes = (hidden, candidates), ["hidden", "candidates"], {"hidden": {0: "batch"},
+                                                                        "candidates": {0: "batch", 1: "k"},
+                                                                        "scores": {0: "batch", 1: "k"}}
+    if head.pooled:  # contract 3's optional input: the mean state over the continuation so far
+        inputs += (torch.randn(3, d) * head.pooled_sd + head.pooled_mean,)
+        names.append("pooled")
+        axes["pooled"] = {0: "batch"}
+        metadata = {**metadata, "pooling": "mean"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(graph, (hidden, candidates), str(out), input_names=["hidden", "candidates"],
-                      output_names=["scores"], dynamic_axes={"hidden": {0: "batch"}, "candidates": {0: "batch", 1: "k"},
-                                                             "scores": {0: "batch", 1: "k"}},
+    torch.onnx.export(graph, inputs, str(out), input_names=names, output_names=["scores"], dynamic_axes=axes,
                       opset_version=17, dynamo=False)
     model = onnx.load(str(out))
     for key, value in metadata.items():
@@ -163,8 +288,10 @@ def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str]) ->
     onnx.save(model, str(out))
     from ..value_model import HiddenValueModel
 
-    got = HiddenValueModel(out)._run(hidden.numpy(), candidates.numpy())  # also checks the contract's metadata
+    # also checks the contract's metadata
+    got = HiddenValueModel(out)._run(hidden.numpy(), candidates.numpy(),
+                                     inputs[2].numpy() if head.pooled else None)
     with torch.no_grad():
-        want = graph(hidden, candidates).numpy()
+        want = graph(*inputs).numpy()
     if not np.allclose(got, want, atol=1e-3):
         raise RuntimeError(f"the exported graph disagrees with torch (max |diff| {np.abs(got - want).max():.2g})")

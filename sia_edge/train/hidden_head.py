@@ -9,6 +9,10 @@
   table, so the ONNX file holds r + 1 numbers per token instead of the d-wide rows;
 - u(x) = tanh(x U1) U2: what the context asks of the next token (after "not", a positive word should score low).
 
+With `pooled` statistics the head also reads the mean of the hidden states over the continuation so far (contract 3's
+optional `pooled` input), and v reads [x | standardised pool]: a last-layer state forgets what appeared 40 tokens
+ago; the mean keeps it (what `clean` needs, docs/distillation.md).
+
 Trained CD-FUDGE style: every prefix of every text is an example (the hidden state before token j, candidate = token
 j, target = the text's label or reward), plus a look-ahead teacher: a linear V on the state *after* token j, trained
 on the same target, whose score q should match (the look-ahead is what the candidate's state will say).
@@ -23,13 +27,19 @@ from torch import nn
 
 class CandidateHead(nn.Module):
     def __init__(self, hidden_size: int, embedding_size: int, rank: int, width: int,
-                 mean: np.ndarray, sd: np.ndarray, embedding_scale: float) -> None:
+                 mean: np.ndarray, sd: np.ndarray, embedding_scale: float,
+                 pooled_stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("sd", torch.as_tensor(sd, dtype=torch.float32))
+        self.pooled = pooled_stats is not None
+        if self.pooled:
+            self.register_buffer("pooled_mean", torch.as_tensor(pooled_stats[0], dtype=torch.float32))
+            self.register_buffer("pooled_sd", torch.as_tensor(pooled_stats[1], dtype=torch.float32))
         self.embedding_scale = float(embedding_scale)  # rows standardised by one scalar, so P starts well-sized
-        self.value = nn.Linear(hidden_size, 1)
-        self.lookahead = nn.Linear(hidden_size, 1)  # the teacher V(h after the candidate); not exported
+        value_size = hidden_size * (2 if self.pooled else 1)
+        self.value = nn.Linear(value_size, 1)
+        self.lookahead = nn.Linear(value_size, 1)  # the teacher V(h after the candidate); not exported
         self.context = nn.Sequential(nn.Linear(hidden_size, width), nn.Tanh(), nn.Linear(width, rank))
         self.project = nn.Linear(embedding_size, rank + 1, bias=False)  # [z_a | b_a]
         nn.init.normal_(self.project.weight, std=0.02)
@@ -38,18 +48,28 @@ class CandidateHead(nn.Module):
     def standardise(self, hidden: torch.Tensor) -> torch.Tensor:
         return (hidden - self.mean) / self.sd
 
+    def value_input(self, x: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
+        """What v (and the teacher) read: the standardised state, and the standardised pool if the head has one."""
+        if not self.pooled:
+            return x
+        if pooled is None:
+            raise ValueError("this head reads the pooled hidden states: pass them")
+        return torch.cat([x, (pooled - self.pooled_mean) / self.pooled_sd], dim=-1)
+
     def candidate_rows(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(..., e) input-embedding rows -> (..., r + 1): what the exported table holds per token."""
         return self.project(embeddings / self.embedding_scale)
 
-    def score(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """hidden (B, d), rows (B, k, r + 1) -> (B, k) scores."""
+    def score(self, hidden: torch.Tensor, rows: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (B, d), rows (B, k, r + 1), pooled (B, d) if the head pools -> (B, k) scores."""
         x = self.standardise(hidden)
         u = self.context(x)
-        return self.value(x) + rows[..., self.rank] + torch.einsum("br,bkr->bk", u, rows[..., :self.rank])
+        return (self.value(self.value_input(x, pooled)) + rows[..., self.rank]
+                + torch.einsum("br,bkr->bk", u, rows[..., :self.rank]))
 
-    def look_ahead(self, hidden_after: torch.Tensor) -> torch.Tensor:
-        return self.lookahead(self.standardise(hidden_after)).squeeze(-1)
+    def look_ahead(self, hidden_after: torch.Tensor, pooled_after: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_after (..., d) -> (...): the teacher's value of the state after a candidate."""
+        return self.lookahead(self.value_input(self.standardise(hidden_after), pooled_after)).squeeze(-1)
 
 
 class ExportedHead(nn.Module):
@@ -60,9 +80,10 @@ class ExportedHead(nn.Module):
         self.head = head
         self.register_buffer("table", torch.as_tensor(table, dtype=torch.float16))
 
-    def forward(self, hidden: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, candidates: torch.Tensor,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
         rows = self.table[candidates].float()
-        return self.head.score(hidden, rows)
+        return self.head.score(hidden, rows, pooled)
 
 
 def candidate_table(head: CandidateHead, embeddings: np.ndarray, chunk: int = 16384) -> np.ndarray:

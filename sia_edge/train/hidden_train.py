@@ -27,6 +27,7 @@ class HiddenTrainingReport(FitReport):
     weights_fingerprint: str = ""
     hidden_size: int = 0
     feature_seconds: float = 0.0
+    junction_agreement: dict | None = None  # held-out junctions: the head's candidate ranking against the look-ahead
 
 
 def stderr_progress(message: str) -> None:
@@ -60,15 +61,37 @@ def open_feature_reader(gguf: Path, threads: int | None = None):
     return base, weights, FeatureCache(cache_dir() / "hidden-features", weights, base.n_embd)
 
 
+def architecture(rank: int, pooling: str) -> str:
+    return f"candidate-head-r{rank}" + ("-mean-pool" if pooling == "mean" else "")
+
+
 def with_bos(base, tokens: list[int]) -> list[int]:
     return ([base.bos_id] if base.add_bos else []) + list(tokens)
 
 
+def read_look_aheads(base, weights: str, sequences: list[list[int]], firsts: list[int], count: int, k: int = 10,
+                     label: str = "look-ahead states") -> list[dict]:
+    """Each text's counterfactual rows (features.extract_candidates): `count` positions x the base model's top-k
+    tokens there, each with the hidden state it leads to; cached per weights, text, first position and count."""
+    from ..base_model import CandidateStates
+    from ..models import cache_dir
+    from .features import CandidateCache, extract_candidates
+
+    cache = CandidateCache(cache_dir() / "candidate-features", weights, base.n_embd, k=k)
+    reader = CandidateStates(base, k, n_ctx=max(len(s) for s in sequences) + k)
+    try:
+        return extract_candidates(reader, sequences, firsts, count, cache, feature_progress(label))
+    finally:
+        reader.close()
+
+
 def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], None] = stderr_progress,
-                             max_texts: int | None = None, rank: int = 15) -> HiddenTrainingReport:
+                             max_texts: int | None = None, rank: int = 15, look_ahead: int = 0,
+                             pooling: str = "none", fit_overrides: dict | None = None) -> HiddenTrainingReport:
     from .data import load_labelled_texts
     from .features import embedding_rows, extract
-    from .hidden_fit import HiddenFitConfig, classification_metrics, export, fit, positions
+    from .hidden_fit import (HiddenFitConfig, classification_metrics, export, fit, junction_agreement, look_aheads,
+                             positions)
     from .trainer import stratified_split
 
     started = time.perf_counter()
@@ -91,23 +114,35 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
         progress("reading the base model's embedding table")
         embeddings = embedding_rows(config.model)
         fit_config = HiddenFitConfig(rank=rank, epochs=config.epochs, learning_rate=config.learning_rate,
-                                     seed=config.seed, threads=config.threads)
+                                     seed=config.seed, threads=config.threads, pooling=pooling,
+                                     **(fit_overrides or {}))
         train = positions([states[i] for i in train_idx], [sequences[i] for i in train_idx],
-                          data.targets[train_idx], data.weights[train_idx])
-        progress(f"fitting on {len(train.candidates)} prefixes of {len(train_idx)} texts")
-        head = fit(train, embeddings, fit_config, progress)
+                          data.targets[train_idx], data.weights[train_idx], pooling=pooling)
+        counterfactual = held_out_junctions = None
+        if look_ahead:
+            entries = dict(zip(order, read_look_aheads(base, weights, [sequences[i] for i in order],
+                                                       [1] * len(order), look_ahead)))
+            counterfactual = look_aheads([states[i] for i in train_idx], [entries[i] for i in train_idx],
+                                         pooling=pooling)
+            held_out_junctions = look_aheads([states[i] for i in holdout_idx], [entries[i] for i in holdout_idx],
+                                             pooling=pooling)
+        progress(f"fitting on {len(train.candidates)} prefixes of {len(train_idx)} texts"
+                 + (f" and the top-k look-ahead at {len(counterfactual.before)} of them" if look_ahead else ""))
+        head = fit(train, embeddings, fit_config, progress, counterfactual)
         metrics = classification_metrics(head, embeddings, [states[i] for i in holdout_idx],
                                          [sequences[i] for i in holdout_idx], data.targets[holdout_idx])
+        junctions = junction_agreement(head, embeddings, held_out_junctions) if look_ahead else None
         objective = config.objective or f"{config.label_column} = {config.positive or 1}"
         metadata = {
-            "contract": "3", "input": "hidden", "architecture": f"candidate-head-r{rank}",
+            "contract": "3", "input": "hidden", "architecture": architecture(rank, pooling),
             "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
             "hidden_size": str(base.n_embd), "objective": objective,
             "description": config.description or f"hidden-state value model ({objective}) for {config.model.name}",
             "base_model": config.model.name,
             "training": json.dumps({"source": "labelled texts", "data": Path(config.data).name,
                                     "n_train": len(train_idx), "n_holdout": len(holdout_idx),
-                                    "holdout_metrics": metrics, "fit": fit_config.__dict__}),
+                                    "holdout_metrics": metrics, "fit": fit_config.__dict__,
+                                    "look_ahead_positions": look_ahead, "holdout_junctions": junctions}),
         }
         export(head, embeddings, Path(config.out), metadata)
     finally:
@@ -115,11 +150,11 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
     positive_share = float(data.targets[holdout_idx].mean())
     return HiddenTrainingReport(
         out=str(config.out), objective=objective, n_train=len(train_idx), n_holdout=len(holdout_idx),
-        vocab_rows=len(embeddings), state_size=0, input="hidden", arch=f"candidate-head-r{rank}",
+        vocab_rows=len(embeddings), state_size=0, input="hidden", arch=architecture(rank, pooling),
         file_bytes=Path(config.out).stat().st_size, seconds=time.perf_counter() - started, graph=head,
         label_type=data.label_type, majority_baseline=max(positive_share, 1 - positive_share),
         prefix_metrics=metrics, weights_fingerprint=weights, hidden_size=base.n_embd,
-        feature_seconds=feature_seconds)
+        feature_seconds=feature_seconds, junction_agreement=junctions)
 
 
 def distill_hidden(config, reward, prompts, used, token_lists, score_from, targets, train_idx, holdout_idx,
@@ -127,9 +162,9 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
     """`vm distill --input hidden`: the distillation's fit stage on the base model's hidden states. `token_lists`
     are the samples' prompt + continuation ids (no BOS), `score_from` where each continuation starts; every prefix
     from the first generated token on regresses onto its sample's standardised reward (squared error)."""
-    from .distill_fit import objective_of
+    from .distill_fit import objective_of, within_prompt_correlation
     from .features import embedding_rows, extract
-    from .hidden_fit import HiddenFitConfig, export, fit, positions, text_scores
+    from .hidden_fit import HiddenFitConfig, export, fit, junction_agreement, look_aheads, positions, text_scores
     from .metrics import PREFIX_FRACTIONS, correlation, r_squared
 
     base, weights, cache = open_feature_reader(config.model)
@@ -140,22 +175,33 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
         states = extract(base.hidden_states(), sequences, cache, feature_progress("hidden states"))
         embeddings = embedding_rows(config.model)
         fit_config = HiddenFitConfig(rank=config.rank, epochs=config.epochs, learning_rate=config.learning_rate,
-                                     seed=config.seed, threads=config.threads, loss="mse")
+                                     seed=config.seed, threads=config.threads, loss="mse", pooling=config.pooling)
         pick = lambda idx, items: [items[i] for i in idx]  # noqa: E731
         train = positions(pick(train_idx, states), pick(train_idx, sequences), targets[train_idx],
-                          np.ones(len(train_idx), np.float32), pick(train_idx, first))
+                          np.ones(len(train_idx), np.float32), pick(train_idx, first), pooling=config.pooling)
+        counterfactual = junctions = None
+        if config.look_ahead:
+            entries = read_look_aheads(base, weights, sequences, first, config.look_ahead)
+            counterfactual = look_aheads(pick(train_idx, states), pick(train_idx, entries), pick(train_idx, first),
+                                         config.pooling)
         progress(f"{len(used)} samples ({len(train_idx)} train / {len(holdout_idx)} held out by prompt); reward "
-                 f"{reward.name!r} mean {mean:.4g}, sd {sd:.4g}; fitting on {len(train.candidates)} prefixes")
-        head = fit(train, embeddings, fit_config, progress)
+                 f"{reward.name!r} mean {mean:.4g}, sd {sd:.4g}; fitting on {len(train.candidates)} prefixes"
+                 + (f" and the top-k look-ahead at {len(counterfactual.before)} of them" if counterfactual else ""))
+        head = fit(train, embeddings, fit_config, progress, counterfactual)
+        if config.look_ahead:
+            junctions = junction_agreement(head, embeddings, look_aheads(
+                pick(holdout_idx, states), pick(holdout_idx, entries), pick(holdout_idx, first), config.pooling))
         metrics = []
         for fraction in PREFIX_FRACTIONS:
             q, _ = text_scores(head, embeddings, pick(holdout_idx, states), pick(holdout_idx, sequences), fraction,
                                pick(holdout_idx, first))
             metrics.append({"fraction": fraction, "r2": r_squared(targets[holdout_idx], q),
                             "correlation": correlation(targets[holdout_idx], q)})
+        # q is the full texts' scores here (the last fraction is 1.0)
+        within = within_prompt_correlation(targets[holdout_idx], q, [used[i][0] for i in holdout_idx])
         objective = objective_of(config, reward)
         metadata = {
-            "contract": "3", "input": "hidden", "architecture": f"candidate-head-r{config.rank}",
+            "contract": "3", "input": "hidden", "architecture": architecture(config.rank, config.pooling),
             "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
             "hidden_size": str(base.n_embd), "objective": objective, "base_model": Path(config.model).name,
             "description": config.description or f"{objective} value model on the hidden state of "
@@ -163,12 +209,15 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
             "reward": reward.name, "reward_mean": repr(mean), "reward_sd": repr(sd),
             "training": json.dumps({"method": "distillation", "reward": reward.name, "n_train": len(train_idx),
                                     "n_holdout": len(holdout_idx), "holdout_metrics": metrics,
-                                    "fit": fit_config.__dict__}, sort_keys=True),
+                                    "within_prompt_correlation": within, "fit": fit_config.__dict__,
+                                    "look_ahead_positions": config.look_ahead, "holdout_junctions": junctions},
+                                   sort_keys=True),
         }
         export(head, embeddings, Path(config.out), metadata)
         n_embd = base.n_embd
     finally:
         base.close()
     facts = dict(objective=objective, n_train=len(train_idx), n_holdout=len(holdout_idx), holdout_metrics=metrics,
+                 within_prompt_correlation=within, junction_agreement=junctions,
                  vocab_rows=len(embeddings), state_size=n_embd, file_bytes=Path(config.out).stat().st_size)
     return facts, head
