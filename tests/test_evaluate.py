@@ -220,3 +220,17 @@ def test_eval_command_rejects_bad_input_before_loading_models(tmp_path):
     prompts.write_text("Hello\n")
     result = runner.invoke(eval_command, ["--prompts", str(prompts), "--arms", "random@0.2"])
     assert isinstance(result.exception, InvalidSettingError)
+
+
+def test_the_goals_print_no_share_of_a_dense_gain_that_is_not_there():
+    """A dense gain within its CI of zero makes the share noise over ~0 (once printed as -7e16): shown as a dash."""
+    from sia_edge.evaluation.report import goal_lines
+
+    half = {"share_of_dense_judge_gain": -7.2e16, "low": -9e15, "high": 1.3e16, "dense_gain": -1e-18,
+            "realised_ratio": 0.194, "dense_gain_established": False, "met": False}
+    line = goal_lines({"sparse_recovers_half_of_dense": half})[0]
+    assert "share –" in line and "e+16" not in line and "7205" not in line and "no gain to share" in line
+    established = goal_lines({"sparse_recovers_half_of_dense": {**half, "share_of_dense_judge_gain": 0.93,
+                                                                "low": 0.73, "high": 1.16, "dense_gain": 0.25,
+                                                                "dense_gain_established": True, "met": True}})[0]
+    assert "share 0.93 [0.73, 1.16]" in established and "**met**" in established

@@ -66,6 +66,9 @@ def main() -> None:
             cells = []
             for sparse, dense in ((ga, gains["dense"][0]), (gb, gains["dense"][1])):
                 shared = sorted(set(sparse) & set(dense))
+                if bootstrap_ci([dense[i] for i in shared])[1] <= 0:  # no dense gain: a share of it is noise / ~0
+                    cells.append("– (dense gain within its CI of 0)")
+                    continue
                 share, low, high = bootstrap_ratio_ci([sparse[i] for i in shared], [dense[i] for i in shared])
                 cells.append(f"{share:.2f} [{min(low, high):.2f}, {max(low, high):.2f}]")
             print(f"| {name} | {cells[0]} | {cells[1]} |")

@@ -79,7 +79,8 @@ def goal_lines(verdict: dict) -> list[str]:
     lines = []
     half = verdict.get("sparse_recovers_half_of_dense")
     if half:
-        share = "–" if half["share_of_dense_judge_gain"] is None else (
+        # a share of a gain that is not there (dense within its CI of zero) is noise divided by ~0: not printed
+        share = "–" if half["share_of_dense_judge_gain"] is None or not half.get("dense_gain_established") else (
             f"{half['share_of_dense_judge_gain']:.2f} [{half['low']:.2f}, {half['high']:.2f}]")
         note = "" if half.get("dense_gain_established") else (
             "; dense itself does not raise the judge score beyond its CI, so there is no gain to share")
