@@ -318,8 +318,8 @@ class HiddenValueModel:
         has_pooled = any(i.name == "pooled" for i in self.session.get_inputs())
         if self.pooling not in POOLINGS or has_pooled != (self.pooling == "mean"):
             raise ValueModelError(f"{self.path}: metadata 'sia_edge.pooling' is {self.pooling!r} but the graph "
-                                  f"{'has' if has_pooled else 'has no'} 'pooled' input (pooling 'mean' needs one, "
-                                  f"'none' or no key none)")
+                                  f"{'has' if has_pooled else 'has no'} 'pooled' input (pooling 'mean' needs one; "
+                                  f"'none', or no key, needs none)")
         if has_pooled and _by_name(self.session.get_inputs(), "pooled").shape[1] != self.hidden_size:
             raise ValueModelError(f"{self.path}: the graph's 'pooled' input must have hidden_size "
                                   f"{self.hidden_size} columns")
