@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 
 from ..errors import PromptError
-from .native import _llama, _quiet_stderr, common_prefix
+from .native import _llama, common_prefix, own_context
 
 # Fewer queued tokens than this are decoded one by one. llama.cpp's single-token path (matrix-vector) is much faster
 # per token than its small-batch path: Gemma 3 270M Q4_K_M, 1 thread, tokens/s of 48-token generations decoded
@@ -49,25 +49,16 @@ class BatchContext:
         if base.vocab_only:
             raise ValueError("a vocab-only model cannot decode")
         llama_cpp = _llama()
-        from llama_cpp import _internals
-
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.base = base
         self.prefill_chunk = prefill_chunk
         # a round's decode holds every slot's token plus one prompt chunk
         self.n_batch = max(64, n_slots) if prefill_chunk is None else n_slots + prefill_chunk
-        # start from the single-sequence context's parameters so both decode alike (flash attention, KV types, ...)
-        params = llama_cpp.llama_context_params.from_buffer_copy(base._llm.context_params)
-        params.n_ctx = n_slots * n_ctx_per_slot
-        params.n_batch = params.n_ubatch = self.n_batch
-        params.n_seq_max = n_slots
-        params.kv_unified = False  # one KV stream per sequence: each slot gets n_ctx_per_slot cells of its own
-        params.n_threads = params.n_threads_batch = base.n_threads
-        params.no_perf = True
-        with _quiet_stderr():
-            self._ctx = _internals.LlamaContext(model=base._llm._model, params=params, verbose=False)
-            self._batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        # kv_unified off: one KV stream per sequence, so each slot gets n_ctx_per_slot cells of its own
+        self._ctx, self._batch = own_context(base, self.n_batch, n_ctx=n_slots * n_ctx_per_slot, n_seq_max=n_slots,
+                                             kv_unified=False, n_threads=base.n_threads,
+                                             n_threads_batch=base.n_threads)
         # llama.cpp may round a slot up; a slot holds what was asked for, as BaseModel.n_ctx does
         self.n_ctx_per_slot = min(int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx)), n_ctx_per_slot)
         self.slots = [SequenceSlot(self, seq_id) for seq_id in range(n_slots)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PromptError
-from .native import _llama, _quiet_stderr
+from .native import _llama, decode_rows, own_context
 
 
 class HiddenStates:
@@ -17,22 +17,13 @@ class HiddenStates:
         import threading
 
         llama_cpp = _llama()
-        from llama_cpp import _internals
-
         self.base = base
-        params = llama_cpp.llama_context_params.from_buffer_copy(base._llm.context_params)
-        params.n_ctx = n_ctx or base.n_ctx
+        n_ctx = n_ctx or base.n_ctx
         # every position of a chunk is an output, with its full-vocabulary logits row (1 MB for Gemma): small chunks
-        params.n_batch = params.n_ubatch = min(64, params.n_ctx)
-        params.n_seq_max = 1
-        params.embeddings = True
-        params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
-        params.no_perf = True
-        with _quiet_stderr():
-            self._ctx = _internals.LlamaContext(model=base._llm._model, params=params, verbose=False)
-            self._batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
-        self.n_batch = params.n_batch
-        self.n_ctx = min(int(llama_cpp.llama_n_ctx(self._ctx.ctx)), params.n_ctx)
+        self.n_batch = min(64, n_ctx)
+        self._ctx, self._batch = own_context(base, self.n_batch, n_ctx=n_ctx, n_seq_max=1, embeddings=True,
+                                             pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE)
+        self.n_ctx = min(int(llama_cpp.llama_n_ctx(self._ctx.ctx)), n_ctx)
         self._lock = threading.Lock()
 
     def of(self, tokens: list[int]) -> np.ndarray:
@@ -72,20 +63,11 @@ class HiddenStates:
 
     def _decode_chunks(self, tokens: list[int], outputs: bool, start: int = 0) -> None:
         """Decode `tokens` at positions start.. in batches; `outputs`: every token is an output, else the last."""
-        llama_cpp = _llama()
-        batch = self._batch.batch
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset:offset + self.n_batch]
-            for i, token in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = start + offset + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = outputs or offset + i == len(tokens) - 1
-            batch.n_tokens = len(chunk)
-            status = llama_cpp.llama_decode(self._ctx.ctx, batch)
-            if status != 0:
-                raise RuntimeError(f"llama_decode failed with status {status} reading hidden states")
+            rows = [(token, start + offset + i, 0, outputs or offset + i == len(tokens) - 1)
+                    for i, token in enumerate(chunk)]
+            decode_rows(self._ctx, self._batch, rows, "reading hidden states")
 
     def close(self) -> None:
         self._batch.close()
@@ -101,20 +83,11 @@ class CandidateStates:
 
     def __init__(self, base, k: int, n_ctx: int = 512) -> None:
         llama_cpp = _llama()
-        from llama_cpp import _internals
-
         self.base, self.k = base, k
-        params = llama_cpp.llama_context_params.from_buffer_copy(base._llm.context_params)
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = n_ctx
-        params.n_seq_max = k + 1
-        params.kv_unified = True  # one stream: a candidate's sequence can attend to the text's cells
-        params.embeddings = False  # on only for the candidates' decode (otherwise every text token is an output)
-        params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
-        params.no_perf = True
-        with _quiet_stderr():
-            self._ctx = _internals.LlamaContext(model=base._llm._model, params=params, verbose=False)
-            self._batch = _internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=1, verbose=False)
+        # kv_unified: one stream, so a candidate's sequence can attend to the text's cells; embeddings on only for
+        # the candidates' decode (otherwise every text token would be an output)
+        self._ctx, self._batch = own_context(base, n_ctx, n_ctx=n_ctx, n_seq_max=k + 1, kv_unified=True,
+                                             embeddings=False, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE)
         self.n_ctx = min(int(llama_cpp.llama_n_ctx(self._ctx.ctx)), n_ctx)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
 
@@ -130,8 +103,9 @@ class CandidateStates:
         llama_cpp = _llama()
         llama_cpp.llama_memory_seq_rm(self._memory, -1, -1, -1)
         llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
-        prefix = tokens[:positions[-1]]
-        self._fill([(t, i, 0, i + 1 in positions) for i, t in enumerate(prefix)])
+        ends = set(positions)  # logits after tokens[:p]: at the prefix's index p - 1
+        decode_rows(self._ctx, self._batch, [(t, i, 0, i + 1 in ends) for i, t in enumerate(tokens[:positions[-1]])],
+                    "reading a text before its candidates")
         ids = np.empty((len(positions), self.k), dtype=np.int64)
         # the logits rows (asked for at batch index p - 1) are valid until the next decode: read them all first
         for row, p in enumerate(positions):
@@ -145,7 +119,8 @@ class CandidateStates:
             for row, p in enumerate(positions):
                 for seq in range(1, self.k + 1):
                     llama_cpp.llama_memory_seq_cp(self._memory, 0, seq, 0, p)
-                self._fill([(int(c), p, j + 1, True) for j, c in enumerate(ids[row])])
+                decode_rows(self._ctx, self._batch, [(int(c), p, j + 1, True) for j, c in enumerate(ids[row])],
+                            "reading candidate states")
                 pointer = llama_cpp.llama_get_embeddings(self._ctx.ctx)
                 states[row] = np.ctypeslib.as_array(pointer, shape=(self.k, self.base.n_embd))
                 for seq in range(1, self.k + 1):
@@ -153,18 +128,6 @@ class CandidateStates:
         finally:
             llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
         return ids, states
-
-    def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
-        """One llama_decode of (token, position, sequence, output) rows."""
-        batch = self._batch.batch
-        for i, (token, pos, seq, output) in enumerate(rows):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-            batch.seq_id[i][0] = seq
-            batch.logits[i] = output
-        batch.n_tokens = len(rows)
-        status = _llama().llama_decode(self._ctx.ctx, batch)
-        if status != 0:
-            raise RuntimeError(f"llama_decode failed with status {status} reading candidate states")
 
     def close(self) -> None:
         self._batch.close()

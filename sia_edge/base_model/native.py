@@ -19,6 +19,38 @@ def _llama():
     return llama_cpp
 
 
+def own_context(base, n_batch: int, **fields):
+    """A llama.cpp context of its own on `base`'s loaded weights, and a batch of `n_batch` tokens. It starts from
+    the single-sequence context's parameters, so both decode alike (flash attention, KV types, threads...); `fields`
+    are the llama_context_params to change (n_ctx, n_seq_max, embeddings, ...). -> (LlamaContext, LlamaBatch)"""
+    llama_cpp = _llama()
+    from llama_cpp import _internals
+
+    params = llama_cpp.llama_context_params.from_buffer_copy(base._llm.context_params)
+    for name, value in fields.items():
+        setattr(params, name, value)
+    params.n_batch = params.n_ubatch = n_batch
+    params.no_perf = True
+    with _quiet_stderr():
+        context = _internals.LlamaContext(model=base._llm._model, params=params, verbose=False)
+        batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+    return context, batch
+
+
+def decode_rows(context, batch, rows, purpose: str) -> None:
+    """One llama_decode of (token, position, sequence, output) rows; `purpose` names the work in an error."""
+    llama_cpp = _llama()
+    fill = batch.batch
+    for i, (token, pos, seq, output) in enumerate(rows):
+        fill.token[i], fill.pos[i], fill.n_seq_id[i] = token, pos, 1
+        fill.seq_id[i][0] = seq
+        fill.logits[i] = output
+    fill.n_tokens = len(rows)
+    status = llama_cpp.llama_decode(context.ctx, fill)
+    if status != 0:
+        raise RuntimeError(f"llama_decode failed with status {status} {purpose}")
+
+
 def check_gguf_file(path: Path) -> None:
     """Fail with a clear message before llama.cpp sees a file it would crash or mumble on."""
     if not path.exists():

@@ -278,10 +278,15 @@ def _hidden_only(options: dict, input_kind: str) -> None:
         raise click.UsageError("--pooling applies to --input hidden only")
 
 
+def describe_junctions(junctions: dict) -> str:
+    """hidden_fit.junction_agreement's figures in words (the training report and `vm info`)."""
+    return (f"{junctions['junctions']}: the head orders {junctions['pairs_agree']:.3f} of candidate pairs as their "
+            f"look-ahead states do (Spearman {junctions['spearman']:.3f})")
+
+
 def _echo_junctions(junctions: dict | None) -> None:
     if junctions:
-        click.echo(f"held-out junctions ({junctions['junctions']}): the head orders {junctions['pairs_agree']:.3f} of "
-                   f"candidate pairs as their look-ahead states do (Spearman {junctions['spearman']:.3f})")
+        click.echo(f"held-out junctions {describe_junctions(junctions)}")
 
 
 @vm.command("info")
@@ -310,10 +315,8 @@ def info_command(value_model: Path, as_json: bool) -> None:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in after.items() if k != "context_tokens")
         unit = "bytes" if facts.get("input") == "bytes" else "tokens"
         click.echo(f"{'held out, after context':22} {shown} ({after['context_tokens']} {unit} of other texts first)")
-    junctions = training.get("holdout_junctions")
-    if junctions:
-        click.echo(f"{'held-out junctions':22} {junctions['junctions']}: candidate pairs ordered as their look-ahead "
-                   f"{junctions['pairs_agree']:.3f}, Spearman {junctions['spearman']:.3f}")
+    if training.get("holdout_junctions"):
+        click.echo(f"{'held-out junctions':22} {describe_junctions(training['holdout_junctions'])}")
 
 
 

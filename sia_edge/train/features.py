@@ -85,19 +85,26 @@ class CandidateCache(FeatureCache):
     FIELDS = ("states", "ids", "positions")
 
 
-def extract(reader, sequences: list[list[int]], cache: FeatureCache,
-            progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
-    """Hidden states (n_i, d) float16 of each sequence, from the cache or decoded now (and cached)."""
-    keys = [text_key(tokens) for tokens in sequences]
+def _fill(cache: FeatureCache, keys: list[str], read: Callable[[int], dict[str, np.ndarray]],
+          progress: Callable[[int, int], None] | None) -> list[dict[str, np.ndarray]]:
+    """Every key's entry, from the cache or `read(i)` now (and cached; flushed even if interrupted)."""
     missing = [i for i, key in enumerate(keys) if key not in cache]
     try:
         for done, i in enumerate(missing, 1):
-            cache.add(keys[i], reader.of(sequences[i]))
+            cache.add(keys[i], **read(i))
             if progress is not None:
                 progress(done, len(missing))
     finally:
         cache.flush()
-    return [cache.get(key)["states"] for key in keys]
+    return [cache.get(key) for key in keys]
+
+
+def extract(reader, sequences: list[list[int]], cache: FeatureCache,
+            progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """Hidden states (n_i, d) float16 of each sequence, from the cache or decoded now (and cached)."""
+    entries = _fill(cache, [text_key(tokens) for tokens in sequences],
+                    lambda i: {"states": reader.of(sequences[i])}, progress)
+    return [entry["states"] for entry in entries]
 
 
 def look_ahead_positions(tokens: list[int], first: int, count: int) -> list[int]:
@@ -115,19 +122,14 @@ def extract_candidates(reader, sequences: list[list[int]], firsts: list[int], co
     """Per sequence: `count` positions from its firsts[i] on, the base model's top-k tokens there and the hidden
     state after each (CandidateStates.at), from the cache or decoded now (and cached). Each entry holds rows
     `positions` (R,), `ids` (R,) and `states` (R, d) float16, k consecutive rows per position."""
+    def read(i: int) -> dict[str, np.ndarray]:
+        where = look_ahead_positions(sequences[i], firsts[i], count)
+        ids, states = reader.at(sequences[i], where)
+        return {"states": states.reshape(-1, states.shape[-1]), "ids": ids.reshape(-1).astype(np.int32),
+                "positions": np.repeat(np.asarray(where, np.int32), ids.shape[1])}
+
     keys = [f"{text_key(tokens)}-{first}-{count}" for tokens, first in zip(sequences, firsts)]
-    missing = [i for i, key in enumerate(keys) if key not in cache]
-    try:
-        for done, i in enumerate(missing, 1):
-            where = look_ahead_positions(sequences[i], firsts[i], count)
-            ids, states = reader.at(sequences[i], where)
-            cache.add(keys[i], states.reshape(-1, states.shape[-1]), ids=ids.reshape(-1).astype(np.int32),
-                      positions=np.repeat(np.asarray(where, np.int32), ids.shape[1]))
-            if progress is not None:
-                progress(done, len(missing))
-    finally:
-        cache.flush()
-    return [cache.get(key) for key in keys]
+    return _fill(cache, keys, read, progress)
 
 
 def embedding_rows(gguf_path: Path) -> np.ndarray:

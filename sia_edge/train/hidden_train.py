@@ -85,13 +85,26 @@ def read_look_aheads(base, weights: str, sequences: list[list[int]], firsts: lis
         reader.close()
 
 
+def look_ahead_sets(base, weights: str, states, sequences, firsts, train_idx, holdout_idx, count: int,
+                    pooling: str):
+    """The counterfactual examples of the training texts and those of the held-out texts (for the junction
+    metric): `states`, `sequences` and `firsts` are indexed by text (a list or a dict). -> (train, held-out)
+    LookAheads"""
+    from .hidden_fit import look_aheads
+
+    ids = list(holdout_idx) + list(train_idx)
+    entries = dict(zip(ids, read_look_aheads(base, weights, [sequences[i] for i in ids], [firsts[i] for i in ids],
+                                             count)))
+    return tuple(look_aheads([states[i] for i in idx], [entries[i] for i in idx], [firsts[i] for i in idx], pooling)
+                 for idx in (train_idx, holdout_idx))
+
+
 def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], None] = stderr_progress,
                              max_texts: int | None = None, rank: int = 15, look_ahead: int = 0,
                              pooling: str = "none", fit_overrides: dict | None = None) -> HiddenTrainingReport:
     from .data import load_labelled_texts
     from .features import embedding_rows, extract
-    from .hidden_fit import (HiddenFitConfig, classification_metrics, export, fit, junction_agreement, look_aheads,
-                             positions)
+    from .hidden_fit import HiddenFitConfig, classification_metrics, export, fit, junction_agreement, positions
     from .trainer import stratified_split
 
     started = time.perf_counter()
@@ -119,13 +132,10 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
         train = positions([states[i] for i in train_idx], [sequences[i] for i in train_idx],
                           data.targets[train_idx], data.weights[train_idx], pooling=pooling)
         counterfactual = held_out_junctions = None
-        if look_ahead:
-            entries = dict(zip(order, read_look_aheads(base, weights, [sequences[i] for i in order],
-                                                       [1] * len(order), look_ahead)))
-            counterfactual = look_aheads([states[i] for i in train_idx], [entries[i] for i in train_idx],
-                                         pooling=pooling)
-            held_out_junctions = look_aheads([states[i] for i in holdout_idx], [entries[i] for i in holdout_idx],
-                                             pooling=pooling)
+        if look_ahead:  # labelled texts: every token after BOS is scored
+            counterfactual, held_out_junctions = look_ahead_sets(base, weights, states, sequences,
+                                                                 {i: 1 for i in order}, train_idx, holdout_idx,
+                                                                 look_ahead, pooling)
         progress(f"fitting on {len(train.candidates)} prefixes of {len(train_idx)} texts"
                  + (f" and the top-k look-ahead at {len(counterfactual.before)} of them" if look_ahead else ""))
         head = fit(train, embeddings, fit_config, progress, counterfactual)
@@ -164,7 +174,7 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
     from the first generated token on regresses onto its sample's standardised reward (squared error)."""
     from .distill_fit import objective_of, within_prompt_correlation
     from .features import embedding_rows, extract
-    from .hidden_fit import HiddenFitConfig, export, fit, junction_agreement, look_aheads, positions, text_scores
+    from .hidden_fit import HiddenFitConfig, export, fit, junction_agreement, positions, text_scores
     from .metrics import PREFIX_FRACTIONS, correlation, r_squared
 
     base, weights, cache = open_feature_reader(config.model)
@@ -179,18 +189,16 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
         pick = lambda idx, items: [items[i] for i in idx]  # noqa: E731
         train = positions(pick(train_idx, states), pick(train_idx, sequences), targets[train_idx],
                           np.ones(len(train_idx), np.float32), pick(train_idx, first), pooling=config.pooling)
-        counterfactual = junctions = None
+        counterfactual = held_out_junctions = junctions = None
         if config.look_ahead:
-            entries = read_look_aheads(base, weights, sequences, first, config.look_ahead)
-            counterfactual = look_aheads(pick(train_idx, states), pick(train_idx, entries), pick(train_idx, first),
-                                         config.pooling)
+            counterfactual, held_out_junctions = look_ahead_sets(base, weights, states, sequences, first, train_idx,
+                                                                 holdout_idx, config.look_ahead, config.pooling)
         progress(f"{len(used)} samples ({len(train_idx)} train / {len(holdout_idx)} held out by prompt); reward "
                  f"{reward.name!r} mean {mean:.4g}, sd {sd:.4g}; fitting on {len(train.candidates)} prefixes"
                  + (f" and the top-k look-ahead at {len(counterfactual.before)} of them" if counterfactual else ""))
         head = fit(train, embeddings, fit_config, progress, counterfactual)
         if config.look_ahead:
-            junctions = junction_agreement(head, embeddings, look_aheads(
-                pick(holdout_idx, states), pick(holdout_idx, entries), pick(holdout_idx, first), config.pooling))
+            junctions = junction_agreement(head, embeddings, held_out_junctions)
         metrics = []
         for fraction in PREFIX_FRACTIONS:
             q, _ = text_scores(head, embeddings, pick(holdout_idx, states), pick(holdout_idx, sequences), fraction,
