@@ -15,7 +15,7 @@ from .signals import step_stats, top_k
 from .settings import GenerationSettings
 from .steering import choose, sampling_probs, steered_scores
 from .text_stream import Utf8Stream
-from .value_model import PrefixState
+from .junctions import HiddenView, Junction, ValueView, value_model_tokens  # value_model_tokens: imported from here too
 
 STOP_REASONS = ("eos", "length", "stop", "context", "cancelled")
 
@@ -54,6 +54,7 @@ class GenerationStats:
     value_model_calls: int = 0
     value_model_seconds: float = 0.0
     base_model_seconds: float = 0.0  # prefill + decode steps inside llama.cpp
+    look_ahead_seconds: float = 0.0  # a look-ahead model's junctions: decoding the candidates (and the text again)
     prefill_seconds: float = 0.0
     gate_seconds: float = 0.0  # top-k + entropy + gate decision
     sample_seconds: float = 0.0
@@ -85,8 +86,9 @@ class GenerationResult:
     settings: dict = field(default_factory=dict)
     pipeline: str = ""
     value_model: str | None = None  # file name of the value model that steered, if one did
-    # a hidden-state value model's score of prompt + token_ids (its last token after the state before it), read
-    # from the decode itself; None for the other kinds (score the text with ValueModel.score_sequences)
+    # a hidden-state value model's score of prompt + token_ids (its last token after the state before it, or for a
+    # look-ahead model the state after it), read from the generation's own states; None for the other kinds (score
+    # the text with ValueModel.score_sequences)
     value: float | None = None
 
     def as_dict(self) -> dict:
@@ -125,6 +127,8 @@ class Base(Protocol):
     def prefill(self, tokens: list[int], reuse: bool = False, hidden: bool = False) -> int: ...
 
     def hidden(self) -> np.ndarray: ...
+
+    def look_ahead(self, k: int): ...  # base_model.LookAhead, for a look-ahead value model
 
     def step(self, token: int) -> None: ...
 
@@ -191,8 +195,11 @@ class Decoding:
         # only a steered generation reads hidden states, so an unsteered one decodes the same whatever value model
         # is loaded (calibration, distillation sampling, the none arm); its final value is then scored separately
         reads_hidden = steering and getattr(self.value_model, "reads_hidden", False)
+        # a look-ahead model reads its states from a context of its own; this one only for the pool it keeps
+        looks_ahead = reads_hidden and self.value_model.looks_ahead
+        own_states = reads_hidden and (not looks_ahead or self.value_model.pools)
         self._last = None  # (hidden state before the last kept token, the pool there, that token)
-        stats.cached_tokens = self.base.prefill(self.prompt_tokens, reuse=self.reuse, hidden=reads_hidden)
+        stats.cached_tokens = self.base.prefill(self.prompt_tokens, reuse=self.reuse, hidden=own_states)
         while not self.base.prefilled and not self.cancel():  # a slot reading its prompt between others' steps
             yield PREFILLING
         stats.prefill_seconds = time.perf_counter() - start
@@ -200,7 +207,7 @@ class Decoding:
         gate.reset(self.seed)
         self._view = None
         if steering:
-            self._view = (HiddenView(self.value_model, self.base) if reads_hidden
+            self._view = (HiddenView(self.value_model, self.base, s.top_k) if reads_hidden
                           else ValueView(self.value_model, self.prompt_tokens, self.base.bos_id))
         utf8, stops = Utf8Stream(), StopMatcher(s.stop)
         scratch = np.empty(self.base.n_vocab, dtype=bool)  # the top-k pre-filter's mask, reused every step
@@ -218,7 +225,8 @@ class Decoding:
                 else:
                     generated.append(event.token_id)
                     if reads_hidden:  # before the next decode
-                        self._last = (np.array(self.base.hidden()), self._view.pooled(), event.token_id)
+                        self._last = ((None, self._view.pool_state()) if looks_ahead
+                                      else (np.array(self.base.hidden()), self._view.pooled())) + (event.token_id,)
                     event.text, hit = stops.push(utf8.push(self.base.token_bytes(event.token_id)))
                     stop_reason = "stop" if hit else self._advance(index, event.token_id)
                 event.seconds = time.perf_counter() - t0
@@ -232,14 +240,20 @@ class Decoding:
         stats.base_model_seconds = self.base.decode_seconds - base_before
         steered_by = self.value_model.path.name if self._view is not None else None
         self.result = GenerationResult(text, stop_reason, stats, generated, s.as_ran(steered_by), s.describe(),
-                                       steered_by, self._final_value())
+                                       steered_by, self._final_value(generated))
         if stops.tail:  # text held back for a possible stop string that never completed
             yield TokenEvent(len(generated), -1, stops.tail, 0.0, False)
 
-    def _final_value(self) -> float | None:
+    def _final_value(self, generated: list[int]) -> float | None:
+        """The value of the final text, as `vm score` defines it, from the generation's own states."""
         if self._last is None:
             return None
         hidden, pooled, token = self._last
+        if hidden is None:  # looking ahead: the state after the last kept token, and the pool as it was before it
+            start = time.perf_counter()
+            states, pooled = self._view.inputs(np.array([token]), self.prompt_tokens + generated[:-1], pooled)
+            self.stats.look_ahead_seconds += time.perf_counter() - start
+            return float(self.value_model.score_hidden(states, [np.array([token])], pooled)[0][0])
         return float(self.value_model.score_hidden(hidden[None, :], [np.array([token])],
                                                    None if pooled is None else pooled[None, :])[0][0])
 
@@ -259,7 +273,8 @@ class Decoding:
         t1 = time.perf_counter()
         rewards = None
         if junction and self._view is not None:
-            request = Junction(self._view, step.candidate_ids, self._view.hidden(), self._view.pooled())
+            request = Junction(self._view, step.candidate_ids, *self._view.inputs(step.candidate_ids))
+            stats.look_ahead_seconds += time.perf_counter() - t1
             rewards = yield request
             stats.value_model_calls += request.calls
             stats.value_model_seconds += request.seconds
@@ -307,121 +322,6 @@ class Decoding:
             return "context"
         self.base.step(token)
         return "length"
-
-
-class HiddenView:
-    """What a hidden-state value model (contract 3) sees of a generation: the base model's hidden state after the
-    text so far, and for a pooling model the mean of the states since the prompt (the state after the prompt and
-    after each generated token: a running sum, one vector add per step). Nothing else to fold or carry."""
-
-    def __init__(self, value_model, base) -> None:
-        self.value_model = value_model
-        self.base = base
-        self._pools = getattr(value_model, "pools", False)
-        self._sum: np.ndarray | None = None  # float64, sized by the first state
-        self._count = 0
-
-    def hidden(self) -> np.ndarray:
-        return np.array(self.base.hidden(), dtype=np.float32)  # a copy: the view dies with the next decode
-
-    def observe(self) -> None:
-        """Count the state of this step (called once per step, before its junction)."""
-        if self._pools:
-            state = self.base.hidden()
-            self._sum = state.astype(np.float64) if self._sum is None else self._sum + state
-            self._count += 1
-
-    def pooled(self) -> np.ndarray | None:
-        return None if self._sum is None else (self._sum / self._count).astype(np.float32)
-
-    def append(self, token: int) -> None:
-        pass
-
-
-class ValueView:
-    """The text the value model sees for one generation, folded into its state lazily: only at junctions.
-
-    What it sees is `value_model_tokens(...)`: the prompt without its leading BOS, then every generated token. A
-    junction's scoring call also returns the state after each candidate; the token then chosen brings its state.
-    """
-
-    def __init__(self, value_model, prompt_tokens: list[int], bos_id: int) -> None:
-        self.value_model = value_model
-        self.prefix = value_model.empty_prefix()
-        self.unscored = value_model_tokens(prompt_tokens, (), bos_id)
-        self._after: tuple[np.ndarray, np.ndarray] | None = None  # (candidate ids, state after each)
-
-    def hidden(self) -> None:
-        return None  # this kind of value model reads the text, not the base model's state
-
-    def observe(self) -> None:
-        pass
-
-    def pooled(self) -> None:
-        return None
-
-    def scored(self, candidate_ids: np.ndarray, states: np.ndarray) -> None:
-        """A junction was scored: the next token appended is one of these candidates, with these states."""
-        self._after = (candidate_ids, states)
-
-    def append(self, token: int) -> None:
-        after, self._after = self._after, None
-        if after is not None:
-            row = np.flatnonzero(after[0] == token)
-            if row.size:  # chosen at a junction: its state already holds every token so far
-                self.prefix = PrefixState(after[1][row[0]], self.prefix.n_tokens + len(self.unscored) + 1)
-                self.unscored = []
-                return
-        self.unscored.append(token)
-
-
-@dataclass
-class Junction:
-    """A step waiting for the value model's scores of its k candidates. Whoever scores it (alone, or merged with
-    other requests' junctions by `score_junctions`) fills in the value-model calls and seconds charged to it."""
-
-    view: ValueView | HiddenView
-    candidate_ids: np.ndarray
-    hidden: np.ndarray | None = None  # the base model's hidden state here, for a hidden-state value model
-    pooled: np.ndarray | None = None  # and the mean state over the continuation, for one that pools
-    calls: int = 0  # value-model calls this junction needed on its own: one, two with a long fold first
-    seconds: float = 0.0  # its share of the value-model time
-
-    def score_alone(self) -> np.ndarray:
-        return score_junctions([self])[0]
-
-
-def score_junctions(junctions: list[Junction]) -> list[np.ndarray]:
-    """Score junctions that share one value model in one batched call whatever their number (two if some have a
-    long stretch of new text to fold first). -> each junction's rewards (k,)"""
-    vm = junctions[0].view.value_model
-    seconds_before = vm.seconds
-    if getattr(vm, "reads_hidden", False):  # stateless: one call, nothing to carry
-        pooled = np.stack([j.pooled for j in junctions]) if getattr(vm, "pools", False) else None
-        rewards = vm.score_hidden(np.stack([j.hidden for j in junctions]), [j.candidate_ids for j in junctions],
-                                  pooled)
-        for junction in junctions:
-            junction.calls, junction.seconds = 1, (vm.seconds - seconds_before) / len(junctions)
-        return rewards
-    views = [j.view for j in junctions]
-    rewards, states, folded = vm.score_junctions([v.prefix for v in views], [v.unscored for v in views],
-                                                 [j.candidate_ids for j in junctions])
-    share = (vm.seconds - seconds_before) / len(junctions)
-    for junction, after, fold in zip(junctions, states, folded):
-        junction.view.scored(junction.candidate_ids, after)  # a long fold is inside these states too
-        junction.calls, junction.seconds = 1 + fold, share
-    return rewards
-
-
-def value_model_tokens(prompt_tokens, continuation, bos_id: int) -> list[int]:
-    """What a value model sees of a text (models/README.md): the prompt without the BOS the tokenizer put first,
-    then the continuation. The one definition used by the loop, Best-of-N, evaluation and distillation.
-
-    Only a leading BOS goes: for chat models the BOS id can be a turn marker that appears again later. A byte-level
-    value model turns these ids into their bytes itself, so special tokens contribute nothing there.
-    """
-    prompt = list(prompt_tokens)
-    return (prompt[1:] if prompt and prompt[0] == bos_id else prompt) + list(continuation)
 
 
 def log_partition(logits: np.ndarray) -> float:

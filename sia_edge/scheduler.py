@@ -26,7 +26,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .decoder import PREFILLING, Decoding, GenerationResult, GenerationStats, Junction, TokenEvent, score_junctions
+from .decoder import PREFILLING, Decoding, GenerationResult, GenerationStats, TokenEvent
+from .junctions import Junction, score_junctions
 from .base_model.batch_context import DEFAULT_PREFILL_CHUNK
 from .errors import QueueTimeoutError
 

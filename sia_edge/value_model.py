@@ -271,6 +271,7 @@ _HIDDEN_INPUTS = {"hidden": "tensor(float)", "candidates": "tensor(int64)"}
 _POOLED_INPUT = {"pooled": "tensor(float)"}  # optional: with metadata pooling = mean
 _HIDDEN_OUTPUTS = {"scores": "tensor(float)"}
 POOLINGS = ("none", "mean")
+SCORINGS = ("candidate", "look-ahead")  # metadata `scoring`: what a row's `hidden` is (models/README.md)
 
 
 class HiddenValueModel:
@@ -281,6 +282,9 @@ class HiddenValueModel:
                  pooled     float32 [batch, d]  only with metadata pooling = mean: the mean of the hidden states
                                                 over the continuation so far (after the prompt, after each token)
         output   scores     float32 [batch, k]  value of the text with candidate j appended (a logit)
+
+    With metadata scoring = look-ahead, each row's `hidden` (and `pooled`) is the state *after* the text with its
+    candidate appended, read by decoding that candidate (base_model.LookAhead): one row per candidate, k = 1.
 
     Stateless, so a junction is one call whatever the length of the text, and junctions of several generations
     stack into one call. It serves only the base model whose weights it was trained on: its metadata names their
@@ -323,6 +327,10 @@ class HiddenValueModel:
         if has_pooled and _by_name(self.session.get_inputs(), "pooled").shape[1] != self.hidden_size:
             raise ValueModelError(f"{self.path}: the graph's 'pooled' input must have hidden_size "
                                   f"{self.hidden_size} columns")
+        self.scoring = self.metadata.get("scoring", "candidate")
+        if self.scoring not in SCORINGS:
+            raise ValueModelError(f"{self.path}: metadata 'sia_edge.scoring' must be one of {', '.join(SCORINGS)}, "
+                                  f"got {self.scoring!r}")
         self.calls = 0
         self.seconds = 0.0
         self._texts = None  # the bound base model's HiddenStates, for scoring whole texts
@@ -335,6 +343,11 @@ class HiddenValueModel:
     def pools(self) -> bool:
         """Whether its junctions also need the mean hidden state over the continuation (the `pooled` input)."""
         return self.pooling == "mean"
+
+    @property
+    def looks_ahead(self) -> bool:
+        """Whether it scores the state after each candidate (the runtime decodes the k candidates at a junction)."""
+        return self.scoring == "look-ahead"
 
     def bind(self, weights_fingerprint: str, base_name: str, hidden_size: int, n_vocab: int, texts=None) -> None:
         """Attach to a base model: refuse one with other weights or another hidden size, then probe the graph on
@@ -380,7 +393,7 @@ class HiddenValueModel:
     def score_sequences(self, sequences: list[list[int]], prompt_lengths: list[int] | None = None) -> np.ndarray:
         """The value of whole texts (value_model_tokens: no BOS), defined as at a junction: the score of the last
         token as a candidate after the hidden state of the text before it (BOS first, as the base model reads
-        it). A pooling model also reads the mean state from the one after the prompt (its first prompt_lengths[i]
+        it); for a look-ahead model, after the hidden state of the whole text. A pooling model also reads the mean state from the one after the prompt (its first prompt_lengths[i]
         tokens; default none: from the state after BOS) up to that one.  # (n,) float64"""
         if self._texts is None:
             raise ValueModelError(f"hidden-state value model {self.path.name} is not bound to a base model; scoring "
@@ -391,7 +404,7 @@ class HiddenValueModel:
         for i, tokens in enumerate(sequences):
             if not tokens:
                 raise ValueModelError("cannot score an empty text")
-            context = bos + list(tokens[:-1])
+            context = bos + list(tokens if self.looks_ahead else tokens[:-1])
             last.append(np.array([tokens[-1]], dtype=np.int64))
             if not context:
                 rows.append(np.zeros(self.hidden_size, np.float32))

@@ -139,3 +139,42 @@ def test_a_seed_replays_on_a_fresh_engine_and_after_other_prompts(gemma_path):
     finally:
         busy.close()
     assert first == again == third
+
+
+def test_a_generations_look_ahead_equals_a_separate_context_fed_each_candidate(base):
+    """LookAhead (a look-ahead value model's junctions): the state after the text so far plus each candidate, as a
+    separate context reads it; then the text grows and shrinks (the mirror keeps its common prefix) and the
+    numbers stay those of a fresh read."""
+    from sia_edge.base_model import LookAhead
+
+    tokens = base.tokenize(PROMPT)
+    reader, look_ahead = base.hidden_states(), LookAhead(base, k=4, n_ctx=64)
+    try:
+        def check(text: list[int]) -> np.ndarray:
+            candidates = first_candidates(base, text)
+            states = look_ahead.states(text, candidates)
+            assert states.shape == (4, base.n_embd)
+            for j, candidate in enumerate(candidates):
+                assert _relative(states[j], reader.of(text + [int(candidate)])[-1]) < 0.1  # batched kernels
+            # four candidates, four states: none saw another one's cell
+            assert min(_relative(states[0], states[j]) for j in range(1, 4)) > 0.1
+            return states
+
+        first = check(tokens[:4])
+        check(tokens)  # grown: only the new tokens are decoded
+        held = look_ahead.decoded_tokens
+        check(tokens[:6])  # shrunk: the mirror cuts back to the common prefix
+        assert look_ahead.decoded_tokens == held + 4  # nothing re-read but the 4 candidates
+        again = look_ahead.states(tokens[:4], first_candidates(base, tokens[:4]))  # back to the first text
+        np.testing.assert_array_equal(again, first)
+        assert look_ahead._stop.stops > 0  # each decode stopped before the output layer (this llama.cpp's names)
+        with pytest.raises(ValueError, match="at most 4 candidates"):
+            look_ahead.states(tokens, np.arange(5))
+    finally:
+        look_ahead.close()
+
+
+def first_candidates(base, text: list[int]) -> np.ndarray:
+    """The base model's 4 most likely next tokens after `text`."""
+    base.prefill(text)
+    return np.argsort(-base.logits())[:4]

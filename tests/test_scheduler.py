@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from sia_edge.decoder import Junction, ValueView, score_junctions
+from sia_edge.junctions import Junction, ValueView, score_junctions
 from sia_edge.errors import InvalidSettingError, QueueTimeoutError
 
 PROMPTS = ["The movie was", "My flight to Chicago was", "The new phone arrived and", "Yesterday at the park"]

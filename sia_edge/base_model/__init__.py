@@ -8,14 +8,16 @@ last-layer hidden state (after the final norm, the vector the output layer reads
 switched on only for the decodes whose hidden state is read: with it on, llama.cpp makes every token of a batch an
 output, so a prompt decoded with it on would also project every prompt token onto the whole vocabulary.
 `CandidateStates` (training only) decodes a text's top-k next tokens as k sequences sharing its KV cells, to read the
-state each candidate would lead to.
+state each candidate would lead to; `LookAhead` does the same at a generation's junctions, for a look-ahead value
+model, in a context of its own that mirrors the generation's text.
 """
 
 from .batch_context import BATCH_FROM, DEFAULT_PREFILL_CHUNK, BatchContext, SequenceSlot
 from .hidden import CandidateStates, HiddenStates
+from .look_ahead import LookAhead
 from .model import DEFAULT_CONTEXT, BaseModel
 from .native import GGUF_MAGIC, check_gguf_file, common_prefix, gpu_offload_supported, tokenizer_fingerprint
 
 __all__ = ["BATCH_FROM", "DEFAULT_CONTEXT", "DEFAULT_PREFILL_CHUNK", "GGUF_MAGIC", "BaseModel", "BatchContext",
-           "CandidateStates", "HiddenStates", "SequenceSlot", "check_gguf_file", "common_prefix",
+           "CandidateStates", "HiddenStates", "LookAhead", "SequenceSlot", "check_gguf_file", "common_prefix",
            "gpu_offload_supported", "tokenizer_fingerprint"]

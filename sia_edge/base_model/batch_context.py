@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 
 from ..errors import PromptError
+from .look_ahead import reuse_look_ahead
 from .native import _llama, common_prefix, own_context
 
 # Fewer queued tokens than this are decoded one by one. llama.cpp's single-token path (matrix-vector) is much faster
@@ -144,6 +145,9 @@ class BatchContext:
                 slot._hidden[:] = np.ctypeslib.as_array(pointer, shape=(self.base.n_embd,))
 
     def close(self) -> None:
+        for slot in self.slots:
+            if slot._look_ahead is not None:
+                slot._look_ahead.close()
         self._batch.close()
         self._ctx.close()
 
@@ -184,6 +188,7 @@ class SequenceSlot:
         self._pending_since = 0
         self.decode_seconds = 0.0
         self.decoded_tokens = 0  # tokens fed to llama.cpp (what prefix reuse saves shows here)
+        self._look_ahead = None
 
     @property
     def n_ctx(self) -> int:
@@ -248,6 +253,11 @@ class SequenceSlot:
         if not self.reads_hidden or not self.prefilled:
             raise RuntimeError("hidden state read before flush(), or this slot was not prefilled with hidden=True")
         return self._hidden
+
+    def look_ahead(self, k: int):
+        """The exact look-ahead of this slot's generation (a context of its own, as BaseModel.look_ahead)."""
+        self._look_ahead = reuse_look_ahead(self._look_ahead, self.context.base, k, self.n_ctx)
+        return self._look_ahead
 
     def save(self) -> "SavedSequence":
         """A host-RAM copy of this slot's tokens and their KV cells (llama.cpp's sequence state), to `restore`

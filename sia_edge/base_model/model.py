@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ModelFileError, PromptError
+from .look_ahead import reuse_look_ahead
 from .native import _llama, _quiet_stderr, check_gguf_file, common_prefix, tokenizer_fingerprint
 
 if TYPE_CHECKING:
     from .hidden import HiddenStates
+    from .look_ahead import LookAhead
 
 DEFAULT_CONTEXT = 2048
 
@@ -73,6 +75,7 @@ class BaseModel:
         self.n_embd = int(llama_cpp.llama_model_n_embd(self._llm._model.model))
         self._embeddings = False  # whether llama.cpp also returns hidden states (switched per decode)
         self._hidden_reader: "HiddenStates | None" = None
+        self._look_ahead: "LookAhead | None" = None
 
     # --- metadata ------------------------------------------------------------------------------------------
 
@@ -211,6 +214,12 @@ class BaseModel:
             self._hidden_reader = HiddenStates(self)
         return self._hidden_reader
 
+    def look_ahead(self, k: int) -> "LookAhead":
+        """The exact look-ahead of this model's generation (a context of its own mirroring the text, made on first
+        use and kept, so the next generation reuses what it holds)."""
+        self._look_ahead = reuse_look_ahead(self._look_ahead, self, k, self.n_ctx)
+        return self._look_ahead
+
     def _set_embeddings(self, on: bool) -> None:
         if on != self._embeddings:
             _llama().llama_set_embeddings(self._llm._ctx.ctx, on)
@@ -256,4 +265,6 @@ class BaseModel:
         self._vocab = None
         if self._hidden_reader is not None:
             self._hidden_reader.close()
+        if self._look_ahead is not None:
+            self._look_ahead.close()
         self._llm.close()

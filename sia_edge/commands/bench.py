@@ -176,6 +176,19 @@ def value_model_costs(engine, lengths=(32, 128, 512, 1024), new_tokens: int = 8)
     vm = engine.value_model
     rng = np.random.default_rng(0)
     out = []
+    if getattr(vm, "looks_ahead", False):  # a junction decodes its 10 candidates after the text (mirrored before)
+        look_ahead, candidates = engine.base.look_ahead(10), np.arange(100, 110)
+        for length in lengths:
+            prefix_tokens = rng.integers(3, 20000, size=length).tolist()
+            look_ahead.states(prefix_tokens, candidates)  # the mirror catches up between junctions, in batches
+
+            def junction():
+                states = look_ahead.states(prefix_tokens, candidates)
+                vm.score_hidden(states, [np.array([c]) for c in candidates], states if vm.pools else None)
+
+            out.append({"prefix_tokens": length, "carried_state_ms": _median_ms(lambda _: junction(), [None] * 10),
+                        "from_scratch_ms": float("nan")})
+        return out
     if vm.reads_hidden:  # stateless: the junction call reads one hidden state whatever the prefix length
         hidden = rng.normal(size=(1, vm.hidden_size)).astype(np.float32)
         pooled = hidden if vm.pools else None  # a pooling model's second input: same shape, same cost

@@ -18,7 +18,7 @@ from .data import LABEL_TYPES
 _DEFAULTS = {name: default(FitConfig, name) for name in ("dim", "hidden", "ema_decay", "holdout", "min_count",
                                                          "batch_size", "learning_rate", "token_dropout",
                                                          "context_prob", "context_tokens", "recurrent_size", "rank",
-                                                         "look_ahead", "pooling")}
+                                                         "look_ahead", "pooling", "scoring")}
 
 
 def _fit_options(func):
@@ -48,6 +48,12 @@ def _fit_options(func):
                      help="--input hidden: mean also gives the head the mean of the base model's hidden states over "
                           "the continuation so far, so it remembers what appeared many tokens ago (objectives "
                           "such as 'clean'); none reads the state after the text only."),
+        click.option("--scoring", type=click.Choice(["candidate", "look-ahead"]), default=_DEFAULTS["scoring"],
+                     show_default=True,
+                     help="--input hidden: candidate scores the k candidates from the state before them (one small "
+                          "call per junction); look-ahead exports a value of the state after each candidate, which "
+                          "the runtime reads by decoding the k candidates at a junction (exact, ~k tokens of base "
+                          "model work per junction)."),
         click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
                      help="Tokens seen fewer times in training share the unknown-token embedding."),
         click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
@@ -148,7 +154,8 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
         from .hidden_train import train_hidden_value_model
 
         report = train_hidden_value_model(config, max_texts=config.max_texts, rank=config.rank,
-                                          look_ahead=config.look_ahead, pooling=config.pooling)
+                                          look_ahead=config.look_ahead, pooling=config.pooling,
+                                          scoring=config.scoring)
         if as_json:
             click.echo(json.dumps(report.as_dict(), indent=2))
             return
@@ -276,6 +283,8 @@ def _hidden_only(options: dict, input_kind: str) -> None:
         raise click.UsageError("--look-ahead applies to --input hidden only")
     if options["pooling"] != "none":
         raise click.UsageError("--pooling applies to --input hidden only")
+    if options["scoring"] != "candidate":
+        raise click.UsageError("--scoring applies to --input hidden only")
 
 
 def describe_junctions(junctions: dict) -> str:

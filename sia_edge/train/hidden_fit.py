@@ -259,14 +259,19 @@ def classification_metrics(head, embeddings, states, sequences, targets) -> list
     return rows
 
 
-def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str]) -> None:
-    """Write the ONNX file (contract 3) and check onnxruntime's scores against torch's."""
+def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str], scoring: str = "candidate") -> None:
+    """Write the ONNX file (contract 3) and check onnxruntime's scores against torch's. scoring look-ahead: the
+    graph is the head's look-ahead V alone, to read the state after each candidate (no candidate table)."""
     import onnx
     import torch
 
-    from .hidden_head import ExportedHead, candidate_table
+    from .hidden_head import ExportedHead, ExportedLookAhead, candidate_table
 
-    graph = ExportedHead(head, candidate_table(head, embeddings)).eval()
+    if scoring == "look-ahead":
+        graph = ExportedLookAhead(head).eval()
+        metadata = {**metadata, "scoring": "look-ahead"}
+    else:
+        graph = ExportedHead(head, candidate_table(head, embeddings)).eval()
     d = head.mean.shape[0]
     hidden = torch.randn(3, d) * head.sd + head.mean
     candidates = torch.randint(0, len(embeddings), (3, 10))

@@ -86,6 +86,20 @@ class ExportedHead(nn.Module):
         return self.head.score(hidden, rows, pooled)
 
 
+class ExportedLookAhead(nn.Module):
+    """What a look-ahead model's ONNX file holds (scoring = look-ahead): the teacher V alone. Each row's `hidden` is
+    already the state after its candidate, so the candidate ids only give the output its shape."""
+
+    def __init__(self, head: CandidateHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor, candidates: torch.Tensor,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        value = self.head.look_ahead(hidden, pooled)
+        return value.unsqueeze(1).expand(-1, candidates.shape[1])
+
+
 def candidate_table(head: CandidateHead, embeddings: np.ndarray, chunk: int = 16384) -> np.ndarray:
     """Every token's (r + 1) row, computed in chunks (Gemma's embedding table is 262,144 x 640)."""
     out = np.empty((len(embeddings), head.rank + 1), dtype=np.float16)

@@ -61,8 +61,9 @@ def open_feature_reader(gguf: Path, threads: int | None = None):
     return base, weights, FeatureCache(cache_dir() / "hidden-features", weights, base.n_embd)
 
 
-def architecture(rank: int, pooling: str) -> str:
-    return f"candidate-head-r{rank}" + ("-mean-pool" if pooling == "mean" else "")
+def architecture(rank: int, pooling: str, scoring: str = "candidate") -> str:
+    kind = "look-ahead-linear" if scoring == "look-ahead" else f"candidate-head-r{rank}"
+    return kind + ("-mean-pool" if pooling == "mean" else "")
 
 
 def with_bos(base, tokens: list[int]) -> list[int]:
@@ -101,7 +102,8 @@ def look_ahead_sets(base, weights: str, states, sequences, firsts, train_idx, ho
 
 def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], None] = stderr_progress,
                              max_texts: int | None = None, rank: int = 15, look_ahead: int = 0,
-                             pooling: str = "none", fit_overrides: dict | None = None) -> HiddenTrainingReport:
+                             pooling: str = "none", fit_overrides: dict | None = None,
+                             scoring: str = "candidate") -> HiddenTrainingReport:
     from .data import load_labelled_texts
     from .features import embedding_rows, extract
     from .hidden_fit import HiddenFitConfig, classification_metrics, export, fit, junction_agreement, positions
@@ -141,10 +143,13 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
         head = fit(train, embeddings, fit_config, progress, counterfactual)
         metrics = classification_metrics(head, embeddings, [states[i] for i in holdout_idx],
                                          [sequences[i] for i in holdout_idx], data.targets[holdout_idx])
+        if scoring == "look-ahead":  # what ships is the look-ahead V: its figures are the model's
+            metrics = [{"fraction": m["fraction"], "accuracy": m["lookahead_accuracy"], "auc": m["lookahead_auc"]}
+                       for m in metrics]
         junctions = junction_agreement(head, embeddings, held_out_junctions) if look_ahead else None
         objective = config.objective or f"{config.label_column} = {config.positive or 1}"
         metadata = {
-            "contract": "3", "input": "hidden", "architecture": architecture(rank, pooling),
+            "contract": "3", "input": "hidden", "architecture": architecture(rank, pooling, scoring),
             "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
             "hidden_size": str(base.n_embd), "objective": objective,
             "description": config.description or f"hidden-state value model ({objective}) for {config.model.name}",
@@ -154,13 +159,13 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
                                     "holdout_metrics": metrics, "fit": fit_config.__dict__,
                                     "look_ahead_positions": look_ahead, "holdout_junctions": junctions}),
         }
-        export(head, embeddings, Path(config.out), metadata)
+        export(head, embeddings, Path(config.out), metadata, scoring)
     finally:
         base.close()
     positive_share = float(data.targets[holdout_idx].mean())
     return HiddenTrainingReport(
         out=str(config.out), objective=objective, n_train=len(train_idx), n_holdout=len(holdout_idx),
-        vocab_rows=len(embeddings), state_size=0, input="hidden", arch=architecture(rank, pooling),
+        vocab_rows=len(embeddings), state_size=0, input="hidden", arch=architecture(rank, pooling, scoring),
         file_bytes=Path(config.out).stat().st_size, seconds=time.perf_counter() - started, graph=head,
         label_type=data.label_type, majority_baseline=max(positive_share, 1 - positive_share),
         prefix_metrics=metrics, weights_fingerprint=weights, hidden_size=base.n_embd,
@@ -201,15 +206,17 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
             junctions = junction_agreement(head, embeddings, held_out_junctions)
         metrics = []
         for fraction in PREFIX_FRACTIONS:
-            q, _ = text_scores(head, embeddings, pick(holdout_idx, states), pick(holdout_idx, sequences), fraction,
+            q, v = text_scores(head, embeddings, pick(holdout_idx, states), pick(holdout_idx, sequences), fraction,
                                pick(holdout_idx, first))
+            q = v if config.scoring == "look-ahead" else q  # the look-ahead V is what ships
             metrics.append({"fraction": fraction, "r2": r_squared(targets[holdout_idx], q),
                             "correlation": correlation(targets[holdout_idx], q)})
         # q is the full texts' scores here (the last fraction is 1.0)
         within = within_prompt_correlation(targets[holdout_idx], q, [used[i][0] for i in holdout_idx])
         objective = objective_of(config, reward)
         metadata = {
-            "contract": "3", "input": "hidden", "architecture": architecture(config.rank, config.pooling),
+            "contract": "3", "input": "hidden",
+            "architecture": architecture(config.rank, config.pooling, config.scoring),
             "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
             "hidden_size": str(base.n_embd), "objective": objective, "base_model": Path(config.model).name,
             "description": config.description or f"{objective} value model on the hidden state of "
@@ -221,7 +228,7 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
                                     "look_ahead_positions": config.look_ahead, "holdout_junctions": junctions},
                                    sort_keys=True),
         }
-        export(head, embeddings, Path(config.out), metadata)
+        export(head, embeddings, Path(config.out), metadata, config.scoring)
         n_embd = base.n_embd
     finally:
         base.close()
