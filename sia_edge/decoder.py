@@ -128,7 +128,7 @@ class Base(Protocol):
 
     def hidden(self) -> np.ndarray: ...
 
-    def look_ahead(self, k: int): ...  # base_model.LookAhead, for a look-ahead value model
+    def look_ahead(self, k: int, layer: int | None = None): ...  # base_model.LookAhead, for a look-ahead value model
 
     def step(self, token: int) -> None: ...
 

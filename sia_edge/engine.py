@@ -121,7 +121,7 @@ class Engine:
             model = open_value_model(choice.path, threads=self.value_threads)
             if model.reads_hidden:
                 model.bind(self.weights or weights_fingerprint(self.base.path), self.base.name, self.base.n_embd,
-                           self.base.n_vocab, texts=self.base.hidden_states)
+                           self.base.n_vocab, texts=self.base.hidden_states, n_layer=self.base.n_layer)
             else:
                 model.bind(self.fingerprint, self.base.name, self.base.token_bytes, self.base.n_vocab)
             self._loaded[key] = model

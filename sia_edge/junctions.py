@@ -50,7 +50,7 @@ class HiddenView:
         -> (hidden, pooled or None)"""
         if not self.looks_ahead:
             return self.hidden(), self.pooled()
-        reader = self.base.look_ahead(max(self.k, len(candidate_ids)))
+        reader = self.base.look_ahead(max(self.k, len(candidate_ids)), self.value_model.layer)
         states = reader.states(self.base.tokens if tokens is None else tokens, candidate_ids)
         if not self._pools:
             return states, None

@@ -331,9 +331,19 @@ class HiddenValueModel:
         if self.scoring not in SCORINGS:
             raise ValueModelError(f"{self.path}: metadata 'sia_edge.scoring' must be one of {', '.join(SCORINGS)}, "
                                   f"got {self.scoring!r}")
+        self.layer = self._read_layer()
         self.calls = 0
         self.seconds = 0.0
         self._texts = None  # the bound base model's HiddenStates, for scoring whole texts
+
+    def _read_layer(self) -> int | None:
+        """Metadata `layer`: the block whose output a look-ahead model reads (none: the final normed state)."""
+        layer = self.metadata.get("layer")
+        if layer is not None and (not layer.isdigit() or self.scoring != "look-ahead" or self.pooling != "none"):
+            raise ValueModelError(f"{self.path}: metadata 'sia_edge.layer' must be an integer >= 0, with scoring "
+                                  f"look-ahead and no pooling (a generation's own state is the final one); got "
+                                  f"{layer!r}, scoring {self.scoring}, pooling {self.pooling}")
+        return None if layer is None else int(layer)
 
     @property
     def description(self) -> str:
@@ -349,10 +359,13 @@ class HiddenValueModel:
         """Whether it scores the state after each candidate (the runtime decodes the k candidates at a junction)."""
         return self.scoring == "look-ahead"
 
-    def bind(self, weights_fingerprint: str, base_name: str, hidden_size: int, n_vocab: int, texts=None) -> None:
-        """Attach to a base model: refuse one with other weights or another hidden size, then probe the graph on
-        this vocabulary's largest id. `texts` (BaseModel.hidden_states, called on first use) lets `score_sequences` read
-        whole texts."""
+    def bind(self, weights_fingerprint: str, base_name: str, hidden_size: int, n_vocab: int, texts=None,
+             n_layer: int | None = None) -> None:
+        """Attach to a base model: refuse other weights, another hidden size or too few blocks for `layer`, then
+        probe the graph on this vocabulary's largest id. `texts(layer)` (BaseModel.hidden_states) reads whole texts."""
+        if self.layer is not None and n_layer is not None and self.layer > n_layer:
+            raise TokenizerMismatchError(f"value model {self.path.name} reads layer {self.layer} but {base_name} "
+                                         f"has {n_layer} (layer {n_layer} is its final state)")
         if weights_fingerprint != self.weights:
             raise TokenizerMismatchError(
                 f"value model {self.path.name} reads the hidden states of base model weights "
@@ -392,13 +405,13 @@ class HiddenValueModel:
 
     def score_sequences(self, sequences: list[list[int]], prompt_lengths: list[int] | None = None) -> np.ndarray:
         """The value of whole texts (value_model_tokens: no BOS), defined as at a junction: the score of the last
-        token as a candidate after the hidden state of the text before it (BOS first, as the base model reads
-        it); for a look-ahead model, after the hidden state of the whole text. A pooling model also reads the mean state from the one after the prompt (its first prompt_lengths[i]
-        tokens; default none: from the state after BOS) up to that one.  # (n,) float64"""
+        token as a candidate after the hidden state of the text before it (BOS first, as the base model reads it);
+        for a look-ahead model, after the state of the whole text (at its layer). A pooling model also reads the mean
+        state from the one after the prompt (its first prompt_lengths[i] tokens; default: after BOS). -> (n,) float64"""
         if self._texts is None:
             raise ValueModelError(f"hidden-state value model {self.path.name} is not bound to a base model; scoring "
                                   f"text needs the base model's hidden states")
-        reader = self._texts()
+        reader = self._texts(self.layer)
         bos = [reader.base.bos_id] if reader.base.add_bos else []
         rows, pooled, last = [], [], []
         for i, tokens in enumerate(sequences):
@@ -447,8 +460,7 @@ def _metadata(session) -> dict[str, str]:
 
 
 def pad_sequences(sequences) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token sequences (or byte strings) for the contract's `tokens` and `mask` inputs.
-    -> (B, L) int64, (B, L) float32"""
+    """Right-pad token sequences (or byte strings) for the contract's `tokens` and `mask` inputs. -> (B, L) x 2"""
     width = max(1, max(len(s) for s in sequences))
     ids = np.zeros((len(sequences), width), dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.float32)

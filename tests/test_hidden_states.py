@@ -167,7 +167,7 @@ def test_a_generations_look_ahead_equals_a_separate_context_fed_each_candidate(b
         assert look_ahead.decoded_tokens == held + 4  # nothing re-read but the 4 candidates
         again = look_ahead.states(tokens[:4], first_candidates(base, tokens[:4]))  # back to the first text
         np.testing.assert_array_equal(again, first)
-        assert look_ahead._stop.stops > 0  # each decode stopped before the output layer (this llama.cpp's names)
+        assert look_ahead._tap.stops > 0  # each decode stopped before the output layer (this llama.cpp's names)
         with pytest.raises(ValueError, match="at most 4 candidates"):
             look_ahead.states(tokens, np.arange(5))
     finally:
@@ -178,3 +178,48 @@ def first_candidates(base, text: list[int]) -> np.ndarray:
     """The base model's 4 most likely next tokens after `text`."""
     base.prefill(text)
     return np.argsort(-base.logits())[:4]
+
+
+def test_a_middle_layer_is_read_where_llama_cpp_computes_it(base):
+    """LayerStates (base_model.layers): the final state it copies from llama.cpp's graph is exactly the one
+    `embeddings` returns; a middle layer reads the same alone or with others, holds every position (causal: a
+    text's row i is the last row of its first i + 1 tokens), and is not the final state."""
+    from sia_edge.base_model import LayerStates
+
+    tokens = base.tokenize(PROMPT)
+    middle = base.n_layer // 2
+    both = LayerStates(base, [middle, base.n_layer], n_ctx=64)
+    alone = base.hidden_states(middle)
+    try:
+        states = both.all(tokens)
+        np.testing.assert_array_equal(states[base.n_layer], base.hidden_states().of(tokens))
+        assert states[middle].shape == (len(tokens), base.n_embd) and np.isfinite(states[middle]).all()
+        np.testing.assert_array_equal(alone.of(tokens), states[middle])
+        assert _relative(alone.after(tokens[:5]), states[middle][4]) < 0.1  # other batch shapes round differently
+        assert _relative(states[middle][-1], states[base.n_layer][-1]) > 0.5
+        assert both._tap.stops == 1  # one decode, ended at the final norm: the output layer never ran
+        with pytest.raises(ValueError, match="outside 0"):
+            LayerStates(base, [base.n_layer + 1])
+    finally:
+        both.close()
+
+
+def test_a_look_ahead_at_a_middle_layer_equals_a_separate_context_fed_each_candidate(base):
+    """A look-ahead value model that reads block L: the state after the text plus each candidate at L, as a
+    separate context reads it, while the mirror grows and shrinks; every decode ended at L."""
+    from sia_edge.base_model import LookAhead
+
+    tokens = base.tokenize(PROMPT)
+    layer = base.n_layer // 2
+    reader, look_ahead = base.hidden_states(layer), LookAhead(base, k=4, n_ctx=64, layer=layer)
+    try:
+        for text in (tokens[:4], tokens, tokens[:6]):
+            candidates = first_candidates(base, text)
+            states = look_ahead.states(text, candidates)
+            assert states.shape == (4, base.n_embd)
+            for j, candidate in enumerate(candidates):
+                assert _relative(states[j], reader.of(text + [int(candidate)])[-1]) < 0.1
+            assert min(_relative(states[0], states[j]) for j in range(1, 4)) > 0.01
+        assert look_ahead._tap.stops >= 4  # the mirror's decodes and the candidates', each stopped at L
+    finally:
+        look_ahead.close()

@@ -29,6 +29,28 @@ def test_scoring_metadata_is_read_and_an_unknown_one_refused(tmp_path):
         open_value_model(tmp_path / "bad.onnx")
 
 
+def test_layer_metadata_is_read_and_refused_where_it_cannot_apply(tmp_path):
+    """`sia_edge.layer`: which block's output a look-ahead model reads; a candidate-scoring or pooling model reads
+    the generation's own (final) state, so a layer there is refused, as is a layer the base model does not have."""
+    from sia_edge.errors import TokenizerMismatchError
+    from sia_edge.value_model import open_value_model
+
+    write_tiny_hidden_model(tmp_path / "l6.onnx", metadata={"scoring": "look-ahead", "layer": "6"})
+    model = open_value_model(tmp_path / "l6.onnx")
+    assert model.layer == 6 and model.looks_ahead
+    assert open_value_model(tmp_path / "l6.onnx").layer == 6
+    with pytest.raises(TokenizerMismatchError, match="reads layer 6 but tiny.gguf has 4"):
+        model.bind("ab" * 32, "tiny.gguf", 8, 32, n_layer=4)
+    model.bind("ab" * 32, "tiny.gguf", 8, 32, n_layer=6)  # layer n_layer is the final state: allowed
+    write_tiny_hidden_model(tmp_path / "plain.onnx", metadata={"scoring": "look-ahead"})
+    assert open_value_model(tmp_path / "plain.onnx").layer is None  # no key: the final state
+    for bad in ({"layer": "6"}, {"scoring": "look-ahead", "layer": "six"},
+                {"scoring": "look-ahead", "pooling": "mean", "layer": "6"}):
+        write_tiny_hidden_model(tmp_path / "bad.onnx", metadata=bad, pooled="pooling" in bad)
+        with pytest.raises(ValueModelError, match="'sia_edge.layer' must be an integer >= 0, with scoring look-ahead"):
+            open_value_model(tmp_path / "bad.onnx")
+
+
 def test_merged_look_ahead_junctions_get_each_candidates_own_score(tmp_path):
     """Two generations' junctions (3 and 2 candidates) in one call: candidate j of junction i is scored from its own
     state row, and the scores come back split per junction."""
@@ -53,7 +75,8 @@ def test_merged_look_ahead_junctions_get_each_candidates_own_score(tmp_path):
 
 @pytest.fixture(scope="module")
 def look_ahead_models(tmp_path_factory, gemma_path):
-    """Two look-ahead models trained on 80 short reviews: plain, and pooling the mean state over the continuation."""
+    """Look-ahead models trained on 80 short reviews: plain, pooling the mean state over the continuation, and
+    reading the output of block 6 instead of the final state."""
     from sia_edge.cli import main
 
     folder = tmp_path_factory.mktemp("look-ahead")
@@ -61,7 +84,7 @@ def look_ahead_models(tmp_path_factory, gemma_path):
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SIA_EDGE_CACHE_DIR", str(folder / "cache"))
-        for name, extra in (("plain", []), ("pooled", ["--pooling", "mean"])):
+        for name, extra in (("plain", []), ("pooled", ["--pooling", "mean"]), ("layer", ["--layer", "6"])):
             path = folder / f"{name}.onnx"
             result = CliRunner().invoke(main, ["vm", "train", "--input", "hidden", "--model", str(gemma_path),
                                                "--data", data, "--epochs", "6", "--rank", "4", "--holdout", "0.25",
@@ -82,10 +105,13 @@ def test_vm_train_scoring_look_ahead_exports_the_value_of_a_state(look_ahead_mod
     assert model.looks_ahead and model.metadata["scoring"] == "look-ahead" and not model.pools
     assert path.stat().st_size < 100_000  # a linear value of the state: no candidate table
     assert look_ahead_models["pooled"][1]["arch"] == "look-ahead-linear-mean-pool"
+    layered = open_value_model(look_ahead_models["layer"][0])
+    assert layered.layer == 6 and layered.metadata["layer"] == "6"
+    assert look_ahead_models["layer"][1]["prefix_metrics"][-1]["accuracy"] >= 0.7
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["plain", "pooled"])
+@pytest.mark.parametrize("name", ["plain", "pooled", "layer"])
 def test_a_look_ahead_models_junctions_equal_vm_score_of_prefix_plus_candidate(look_ahead_models, gemma_path, name):
     """One definition of a text's value: a junction's score for candidate j is `vm score` of the prompt + text so
     far + j (the state after j, and for the pooled model the mean from the state after the prompt), on the single
@@ -127,3 +153,18 @@ def test_scoring_is_refused_for_a_value_model_that_reads_tokens(tmp_path):
     result = CliRunner().invoke(main, ["vm", "train", "--data", str(_small_labelled_csv(tmp_path / "r.csv")),
                                        "--scoring", "look-ahead", "--out", str(tmp_path / "x.onnx")])
     assert result.exit_code == 2 and "--scoring applies to --input hidden only" in result.output
+
+
+@pytest.mark.slow
+def test_layer_is_refused_where_it_cannot_apply(tmp_path, gemma_path):
+    from sia_edge.cli import main
+
+    data = str(_small_labelled_csv(tmp_path / "r.csv"))
+    common = ["vm", "train", "--data", data, "--input", "hidden", "--model", str(gemma_path),
+              "--out", str(tmp_path / "x.onnx"), "--layer", "6"]
+    result = CliRunner().invoke(main, common)  # --scoring candidate: a junction reads the generation's own state
+    assert result.exit_code == 2 and "--layer applies to --input hidden --scoring look-ahead" in result.output
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIA_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+        result = CliRunner().invoke(main, [*common[:-1], "99", "--scoring", "look-ahead"])
+    assert result.exit_code == 2 and "--layer 99" in result.output and "has 18 blocks" in result.output

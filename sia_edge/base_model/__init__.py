@@ -9,15 +9,17 @@ switched on only for the decodes whose hidden state is read: with it on, llama.c
 output, so a prompt decoded with it on would also project every prompt token onto the whole vocabulary.
 `CandidateStates` (training only) decodes a text's top-k next tokens as k sequences sharing its KV cells, to read the
 state each candidate would lead to; `LookAhead` does the same at a generation's junctions, for a look-ahead value
-model, in a context of its own that mirrors the generation's text.
+model, in a context of its own that mirrors the generation's text. `LayerStates` and the look-ahead can also read a
+middle layer's output (`layers`: copied from llama.cpp's graph as it is computed, the decode ended there).
 """
 
 from .batch_context import BATCH_FROM, DEFAULT_PREFILL_CHUNK, BatchContext, SequenceSlot
 from .hidden import CandidateStates, HiddenStates
+from .layers import LayerStates
 from .look_ahead import LookAhead
 from .model import DEFAULT_CONTEXT, BaseModel
 from .native import GGUF_MAGIC, check_gguf_file, common_prefix, gpu_offload_supported, tokenizer_fingerprint
 
 __all__ = ["BATCH_FROM", "DEFAULT_CONTEXT", "DEFAULT_PREFILL_CHUNK", "GGUF_MAGIC", "BaseModel", "BatchContext",
-           "CandidateStates", "HiddenStates", "LookAhead", "SequenceSlot", "check_gguf_file", "common_prefix",
-           "gpu_offload_supported", "tokenizer_fingerprint"]
+           "CandidateStates", "HiddenStates", "LayerStates", "LookAhead", "SequenceSlot", "check_gguf_file",
+           "common_prefix", "gpu_offload_supported", "tokenizer_fingerprint"]

@@ -254,9 +254,9 @@ class SequenceSlot:
             raise RuntimeError("hidden state read before flush(), or this slot was not prefilled with hidden=True")
         return self._hidden
 
-    def look_ahead(self, k: int):
+    def look_ahead(self, k: int, layer: int | None = None):
         """The exact look-ahead of this slot's generation (a context of its own, as BaseModel.look_ahead)."""
-        self._look_ahead = reuse_look_ahead(self._look_ahead, self.context.base, k, self.n_ctx)
+        self._look_ahead = reuse_look_ahead(self._look_ahead, self.context.base, k, self.n_ctx, layer)
         return self._look_ahead
 
     def save(self) -> "SavedSequence":

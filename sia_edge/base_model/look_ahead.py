@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 
 from ..errors import PromptError
+from .layers import TensorTap, layer_tensor
 from .native import _llama, common_prefix, decode_rows, own_context
 
 
@@ -21,18 +20,21 @@ class LookAhead:
     them again. The generation's own context is untouched, so an unsteered or token-model generation decodes
     exactly as before; the price is decoding the text a second time here, in batches, at junctions only.
 
-    Only hidden states are read here, never logits: llama.cpp's graph-evaluation callback stops each decode once the
-    hidden states are computed, before the output layer (for Gemma, 262k rows per candidate: half the decode).
+    Only hidden states are read here, never logits: llama.cpp's graph-evaluation callback copies the state of the
+    layer read (the final normed state, or a block's output: base_model.layers) and ends each decode there, before
+    the output layer (for Gemma, 262k rows per candidate: half the decode) and, for a middle layer, before the
+    blocks above it, in the mirror's decodes too (their KV cells above that layer are never needed).
     """
 
-    def __init__(self, base, k: int, n_ctx: int) -> None:
+    def __init__(self, base, k: int, n_ctx: int, layer: int | None = None) -> None:
         llama_cpp = _llama()
         self.base, self.k = base, k
+        self.layer = base.n_layer if layer is None else layer
         self.n_batch = max(64, k)
-        self._stop = stop_after_hidden_states()  # kept here: llama.cpp holds only a pointer to it
+        self._name = layer_tensor(self.layer, base.n_layer)
+        self._tap = TensorTap([self._name], base.n_embd)  # kept here: llama.cpp holds only a pointer to it
         self._ctx, self._batch = own_context(base, self.n_batch, n_ctx=n_ctx, n_seq_max=k + 1, kv_unified=True,
-                                             embeddings=False, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE,
-                                             cb_eval=self._stop, cb_eval_user_data=None)
+                                             embeddings=False, cb_eval=self._tap.callback, cb_eval_user_data=None)
         self.n_ctx = min(int(llama_cpp.llama_n_ctx(self._ctx.ctx)), n_ctx)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._held: list[int] = []  # the text sequence 0's cells hold
@@ -54,14 +56,11 @@ class LookAhead:
         n = len(tokens)
         for seq in range(1, len(candidates) + 1):
             llama_cpp.llama_memory_seq_cp(self._memory, 0, seq, 0, n)
-        llama_cpp.llama_set_embeddings(self._ctx.ctx, True)
-        try:
+        try:  # every candidate an output: the last block and the final norm keep only output rows
             decode_rows(self._ctx, self._batch, [(int(c), n, j + 1, True) for j, c in enumerate(candidates)],
                         "reading the candidates' states")
-            pointer = llama_cpp.llama_get_embeddings(self._ctx.ctx)
-            out = np.ctypeslib.as_array(pointer, shape=(len(candidates), self.base.n_embd)).copy()
+            out = self._tap.take()[self._name]
         finally:
-            llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
             for seq in range(1, len(candidates) + 1):
                 llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
         self.decode_seconds += time.perf_counter() - start
@@ -81,6 +80,7 @@ class LookAhead:
             chunk = rest[offset:offset + self.n_batch]
             decode_rows(self._ctx, self._batch, [(t, keep + offset + i, 0, False) for i, t in enumerate(chunk)],
                         "mirroring the text for the look-ahead")
+            self._tap.take()  # the text's own states are not wanted
             self._held.extend(chunk)
         self.decoded_tokens += len(rest)
 
@@ -89,33 +89,10 @@ class LookAhead:
         self._ctx.close()
 
 
-HIDDEN_STATES_TENSOR = b"result_embd_pooled"  # llama.cpp's name for the per-token embeddings (pooling NONE)
-
-
-def stop_after_hidden_states():
-    """A graph-evaluation callback for llama.cpp's scheduler: asked about each node, it wants only the hidden-state
-    tensor; told that it is computed, it returns False, which ends the graph's computation there (the logits that
-    follow are left unwritten: nothing may read them)."""
-    from llama_cpp import _ggml
-
-    name_of = _ggml.libggml.ggml_get_name
-    name_of.restype, name_of.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-
-    @_llama().ggml_backend_sched_eval_callback
-    def callback(tensor, ask, _user_data):
-        if ask:
-            return name_of(tensor) == HIDDEN_STATES_TENSOR
-        callback.stops += 1  # how many decodes ended early (a test checks that this llama.cpp names it so)
-        return False
-
-    callback.stops = 0
-    return callback
-
-
-def reuse_look_ahead(current: LookAhead | None, base, k: int, n_ctx: int) -> LookAhead:
-    """`current` if it reads k candidates or more, else a new one (the old one closed)."""
-    if current is not None and current.k >= k:
+def reuse_look_ahead(current: LookAhead | None, base, k: int, n_ctx: int, layer: int | None = None) -> LookAhead:
+    """`current` if it reads k candidates or more at this layer, else a new one (the old one closed)."""
+    if current is not None and current.k >= k and current.layer == (base.n_layer if layer is None else layer):
         return current
     if current is not None:
         current.close()
-    return LookAhead(base, k, n_ctx)
+    return LookAhead(base, k, n_ctx, layer)

@@ -15,6 +15,7 @@ from .native import _llama, _quiet_stderr, check_gguf_file, common_prefix, token
 
 if TYPE_CHECKING:
     from .hidden import HiddenStates
+    from .layers import LayerStates
     from .look_ahead import LookAhead
 
 DEFAULT_CONTEXT = 2048
@@ -73,8 +74,10 @@ class BaseModel:
         self.decoded_tokens = 0  # tokens actually fed to llama.cpp (what KV-cache reuse saves shows here)
         self.n_threads = threads
         self.n_embd = int(llama_cpp.llama_model_n_embd(self._llm._model.model))
+        self.n_layer = int(llama_cpp.llama_model_n_layer(self._llm._model.model))  # transformer blocks
         self._embeddings = False  # whether llama.cpp also returns hidden states (switched per decode)
         self._hidden_reader: "HiddenStates | None" = None
+        self._layer_readers: dict[int, "LayerStates"] = {}
         self._look_ahead: "LookAhead | None" = None
 
     # --- metadata ------------------------------------------------------------------------------------------
@@ -206,18 +209,25 @@ class BaseModel:
             raise RuntimeError("llama.cpp returned no hidden state for the last position")
         return np.ctypeslib.as_array(pointer, shape=(self.n_embd,))
 
-    def hidden_states(self) -> "HiddenStates":
-        """This model's reader of whole texts' hidden states (its own llama.cpp context, made on first use)."""
+    def hidden_states(self, layer: int | None = None) -> "HiddenStates | LayerStates":
+        """This model's reader of whole texts' hidden states (its own llama.cpp context, made on first use): the
+        final state, or with `layer` the state after that block (base_model.layers; n_layer is the final one)."""
+        if layer is not None and layer != self.n_layer:
+            if layer not in self._layer_readers:
+                from .layers import LayerStates
+
+                self._layer_readers[layer] = LayerStates(self, [layer])
+            return self._layer_readers[layer]
         if self._hidden_reader is None:
             from .hidden import HiddenStates
 
             self._hidden_reader = HiddenStates(self)
         return self._hidden_reader
 
-    def look_ahead(self, k: int) -> "LookAhead":
+    def look_ahead(self, k: int, layer: int | None = None) -> "LookAhead":
         """The exact look-ahead of this model's generation (a context of its own mirroring the text, made on first
-        use and kept, so the next generation reuses what it holds)."""
-        self._look_ahead = reuse_look_ahead(self._look_ahead, self, k, self.n_ctx)
+        use and kept, so the next generation reuses what it holds), reading the final state or `layer`'s."""
+        self._look_ahead = reuse_look_ahead(self._look_ahead, self, k, self.n_ctx, layer)
         return self._look_ahead
 
     def _set_embeddings(self, on: bool) -> None:
@@ -265,6 +275,8 @@ class BaseModel:
         self._vocab = None
         if self._hidden_reader is not None:
             self._hidden_reader.close()
+        for reader in self._layer_readers.values():
+            reader.close()
         if self._look_ahead is not None:
             self._look_ahead.close()
         self._llm.close()

@@ -177,7 +177,7 @@ def value_model_costs(engine, lengths=(32, 128, 512, 1024), new_tokens: int = 8)
     rng = np.random.default_rng(0)
     out = []
     if getattr(vm, "looks_ahead", False):  # a junction decodes its 10 candidates after the text (mirrored before)
-        look_ahead, candidates = engine.base.look_ahead(10), np.arange(100, 110)
+        look_ahead, candidates = engine.base.look_ahead(10, vm.layer), np.arange(100, 110)
         for length in lengths:
             prefix_tokens = rng.integers(3, 20000, size=length).tolist()
             look_ahead.states(prefix_tokens, candidates)  # the mirror catches up between junctions, in batches

@@ -18,7 +18,7 @@ from .data import LABEL_TYPES
 _DEFAULTS = {name: default(FitConfig, name) for name in ("dim", "hidden", "ema_decay", "holdout", "min_count",
                                                          "batch_size", "learning_rate", "token_dropout",
                                                          "context_prob", "context_tokens", "recurrent_size", "rank",
-                                                         "look_ahead", "pooling", "scoring")}
+                                                         "look_ahead", "pooling", "scoring", "layer")}
 
 
 def _fit_options(func):
@@ -54,6 +54,10 @@ def _fit_options(func):
                           "call per junction); look-ahead exports a value of the state after each candidate, which "
                           "the runtime reads by decoding the k candidates at a junction (exact, ~k tokens of base "
                           "model work per junction)."),
+        click.option("--layer", type=click.IntRange(min=0), default=_DEFAULTS["layer"],
+                     help="--scoring look-ahead: read the output of this transformer block (0-based) instead of the "
+                          "final state; a junction's look-ahead then stops there, so a middle layer costs less "
+                          "(tools/layer_probe.py compares layers) [default: the final state]."),
         click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
                      help="Tokens seen fewer times in training share the unknown-token embedding."),
         click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
@@ -277,6 +281,10 @@ def distill_command(model: Path | None, input_kind: str, as_json: bool, **option
 
 def _hidden_only(options: dict, input_kind: str) -> None:
     """Refuse the options that only a hidden-state value model reads, for another kind."""
+    if options["layer"] is not None and (input_kind != "hidden" or options["scoring"] != "look-ahead"
+                                         or options["pooling"] != "none" or options["look_ahead"]):
+        raise click.UsageError("--layer applies to --input hidden --scoring look-ahead (without --pooling or "
+                               "--look-ahead) only")
     if input_kind == "hidden":
         return
     if options["look_ahead"]:

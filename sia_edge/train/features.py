@@ -25,15 +25,20 @@ def text_key(tokens: list[int]) -> str:
 
 
 class FeatureCache:
-    """Hidden states of token sequences for one base model's weights: key -> (n, d) float16."""
+    """Hidden states of token sequences for one base model's weights: key -> (n, d) float16, or float32 where the
+    states outgrow float16 (a middle layer's residual stream: Gemma's reaches ~1e5 after BOS; float16 ends at
+    65504)."""
 
     FORMAT = "sia-edge-hidden-v1"
-    FIELDS = ("states",)  # arrays per entry, all with the same first dimension; the first one is float16 states
+    FIELDS = ("states",)  # arrays per entry, all with the same first dimension; the first one is the states
 
-    def __init__(self, root: Path, weights: str, hidden_size: int, **header_extra) -> None:
+    def __init__(self, root: Path, weights: str, hidden_size: int, dtype: str = "float16", **header_extra) -> None:
         self.folder = Path(root) / weights[:32]
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.dtype = np.dtype(dtype)
         header = {"weights_fingerprint": weights, "hidden_size": hidden_size, "format": self.FORMAT, **header_extra}
+        if dtype != "float16":  # (older caches have no key: float16)
+            header["dtype"] = dtype
         path = self.folder / "header.json"
         if path.exists():
             found = json.loads(path.read_text())
@@ -58,7 +63,7 @@ class FeatureCache:
         return self.entries[key]
 
     def add(self, key: str, states: np.ndarray, **arrays: np.ndarray) -> None:
-        entry = {"states": states.astype(np.float16), **arrays}
+        entry = {"states": states.astype(self.dtype), **arrays}
         self.entries[key] = self._pending[key] = entry
         if len(self._pending) >= SHARD:
             self.flush()

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import TrainingDataError
 from .config import FitReport, TrainingConfig
 
 
@@ -50,20 +51,34 @@ def feature_progress(label: str) -> Callable[[int, int], None]:
     return report
 
 
-def open_feature_reader(gguf: Path, threads: int | None = None):
-    """The base model (for tokens and hidden states), its weights fingerprint and its feature cache."""
+def open_feature_reader(gguf: Path, threads: int | None = None, layer: int | None = None):
+    """The base model (for tokens and hidden states), its weights fingerprint, the reader of the states at `layer`
+    (None: the final state) and their feature cache. -> (base, weights, reader, cache)"""
     from ..base_model import BaseModel
     from ..models import cache_dir, weights_fingerprint
     from .features import FeatureCache
 
     base = BaseModel(gguf, n_ctx=2048, n_threads=threads)
     weights = weights_fingerprint(gguf)
-    return base, weights, FeatureCache(cache_dir() / "hidden-features", weights, base.n_embd)
+    if layer is None or layer == base.n_layer:
+        return base, weights, base.hidden_states(), FeatureCache(cache_dir() / "hidden-features", weights, base.n_embd)
+    if layer > base.n_layer:
+        base.close()
+        raise TrainingDataError(f"--layer {layer}: {gguf.name} has {base.n_layer} blocks (0..{base.n_layer - 1}; "
+                                f"{base.n_layer} is its final state)")
+    cache = FeatureCache(cache_dir() / "hidden-features" / f"layer-{layer}", weights, base.n_embd, dtype="float32",
+                         layer=layer)
+    return base, weights, base.hidden_states(layer), cache
 
 
 def architecture(rank: int, pooling: str, scoring: str = "candidate") -> str:
     kind = "look-ahead-linear" if scoring == "look-ahead" else f"candidate-head-r{rank}"
     return kind + ("-mean-pool" if pooling == "mean" else "")
+
+
+def layer_metadata(layer: int | None) -> dict[str, str]:
+    """Metadata `layer` (models/README.md), only for a model that reads a block's output, not the final state."""
+    return {} if layer is None else {"layer": str(layer)}
 
 
 def with_bos(base, tokens: list[int]) -> list[int]:
@@ -117,13 +132,13 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
         # seeded random subsets: max_texts training texts, and a fifth as many held-out texts
         train_idx = np.sort(np.random.default_rng(config.seed).permutation(train_idx)[:max_texts])
         holdout_idx = np.sort(np.random.default_rng(config.seed + 1).permutation(holdout_idx)[:max(1, max_texts // 5)])
-    base, weights, cache = open_feature_reader(config.model)
+    base, weights, reader, cache = open_feature_reader(config.model, layer=config.layer)
     try:
         sequences = {i: with_bos(base, base.tokenize(data.texts[i], add_bos=False)[:config.max_tokens])
                      for i in np.concatenate([train_idx, holdout_idx])}
         order = list(holdout_idx) + list(train_idx)
         feature_start = time.perf_counter()
-        states = dict(zip(order, extract(base.hidden_states(), [sequences[i] for i in order], cache,
+        states = dict(zip(order, extract(reader, [sequences[i] for i in order], cache,
                                          feature_progress("hidden states"))))
         feature_seconds = time.perf_counter() - feature_start
         progress("reading the base model's embedding table")
@@ -151,7 +166,7 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
         metadata = {
             "contract": "3", "input": "hidden", "architecture": architecture(rank, pooling, scoring),
             "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
-            "hidden_size": str(base.n_embd), "objective": objective,
+            "hidden_size": str(base.n_embd), "objective": objective, **layer_metadata(config.layer),
             "description": config.description or f"hidden-state value model ({objective}) for {config.model.name}",
             "base_model": config.model.name,
             "training": json.dumps({"source": "labelled texts", "data": Path(config.data).name,
@@ -182,12 +197,12 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
     from .hidden_fit import HiddenFitConfig, export, fit, junction_agreement, positions, text_scores
     from .metrics import PREFIX_FRACTIONS, correlation, r_squared
 
-    base, weights, cache = open_feature_reader(config.model)
+    base, weights, reader, cache = open_feature_reader(config.model, layer=config.layer)
     try:
         sequences = [with_bos(base, tokens) for tokens in token_lists]
         shift = len(sequences[0]) - len(token_lists[0])  # 1 with a BOS
         first = [int(start) + shift for start in score_from]
-        states = extract(base.hidden_states(), sequences, cache, feature_progress("hidden states"))
+        states = extract(reader, sequences, cache, feature_progress("hidden states"))
         embeddings = embedding_rows(config.model)
         fit_config = HiddenFitConfig(rank=config.rank, epochs=config.epochs, learning_rate=config.learning_rate,
                                      seed=config.seed, threads=config.threads, loss="mse", pooling=config.pooling)
@@ -219,6 +234,7 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
             "architecture": architecture(config.rank, config.pooling, config.scoring),
             "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
             "hidden_size": str(base.n_embd), "objective": objective, "base_model": Path(config.model).name,
+            **layer_metadata(config.layer),
             "description": config.description or f"{objective} value model on the hidden state of "
                                                   f"{Path(config.model).name}, distilled from reward {reward.name}",
             "reward": reward.name, "reward_mean": repr(mean), "reward_sd": repr(sd),
