@@ -39,7 +39,7 @@ def read_states(reader, sequences: list[list[int]], path: Path) -> dict[int, lis
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in reader.layers}
     start = time.perf_counter()
     for i, tokens in enumerate(sequences, 1):
-        for layer, states in reader.of(tokens).items():
+        for layer, states in reader.all(tokens).items():
             out[layer].append(states)  # float32: Gemma's residual stream overflows float16
         if i % 200 == 0 or i == len(sequences):
             print(f"  {path.stem}: {i}/{len(sequences)} texts, {time.perf_counter() - start:.0f} s", file=sys.stderr)
