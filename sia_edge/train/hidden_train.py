@@ -60,14 +60,15 @@ def open_feature_reader(gguf: Path, threads: int | None = None, layer: int | Non
 
     base = BaseModel(gguf, n_ctx=2048, n_threads=threads)
     weights = weights_fingerprint(gguf)
-    if layer is None or layer == base.n_layer:
-        return base, weights, base.hidden_states(), FeatureCache(cache_dir() / "hidden-features", weights, base.n_embd)
-    if layer > base.n_layer:
+    if layer is not None and layer > base.n_layer:
         base.close()
         raise TrainingDataError(f"--layer {layer}: {gguf.name} has {base.n_layer} blocks (0..{base.n_layer - 1}; "
                                 f"{base.n_layer} is its final state)")
-    cache = FeatureCache(cache_dir() / "hidden-features" / f"layer-{layer}", weights, base.n_embd, dtype="float32",
-                         layer=layer)
+    if layer is None or layer == base.n_layer:
+        cache = FeatureCache(cache_dir() / "hidden-features", weights, base.n_embd)
+    else:
+        cache = FeatureCache(cache_dir() / "hidden-features" / f"layer-{layer}", weights, base.n_embd,
+                             dtype="float32", layer=layer)
     return base, weights, base.hidden_states(layer), cache
 
 
