@@ -113,6 +113,40 @@ def test_look_ahead_states_equal_a_separate_context_fed_each_candidate(base):
         look_ahead.close()
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_look_ahead_models_seed_replays_after_other_prompts(gemma_path, parallel):
+    """A look-ahead model's mirror (a context of its own, kept between generations) keeps a prefix only when the
+    generation's own context does: the same prompt and seed steered by it give the same tokens on a fresh engine
+    and after prompts that share a prefix, on the single path and in a batch slot (without prefix reuse, which
+    promises no exact replay: docs/chat-and-serve.md)."""
+    from pathlib import Path
+
+    import sia_edge
+    from sia_edge.engine import Engine
+
+    model = Path(sia_edge.__file__).parent / "models" / "gemma3-270m-lookahead-l8-sentiment.onnx"
+    prompt = "The weather today was"
+
+    def run(engine: Engine) -> list:
+        stream = engine.stream(prompt, max_tokens=16, seed=123, gate="dense")
+        return [(event.token_id, event.rewards) for event in stream]  # the junction scores too, bit for bit
+
+    fresh = Engine(model=gemma_path, value_model=model, parallel=parallel, prefix_reuse=False)
+    try:
+        first = run(fresh)
+    finally:
+        fresh.close()
+    busy = Engine(model=gemma_path, value_model=model, parallel=parallel, prefix_reuse=False)
+    try:
+        busy.generate("The weather today was awful and", max_tokens=6, seed=5, gate="dense")  # shares a prefix
+        again = run(busy)
+        busy.generate("Something unrelated", max_tokens=6, seed=6, gate="dense")
+        third = run(busy)
+    finally:
+        busy.close()
+    assert first == again == third
+
+
 def test_reading_hidden_states_is_refused_when_they_are_off(base):
     base.prefill(base.tokenize(PROMPT))
     with pytest.raises(RuntimeError, match="hidden states are off"):
@@ -165,8 +199,9 @@ def test_a_generations_look_ahead_equals_a_separate_context_fed_each_candidate(b
         held = look_ahead.decoded_tokens
         check(tokens[:6])  # shrunk: the mirror cuts back to the common prefix
         assert look_ahead.decoded_tokens == held + 4  # nothing re-read but the 4 candidates
-        again = look_ahead.states(tokens[:4], first_candidates(base, tokens[:4]))  # back to the first text
-        np.testing.assert_array_equal(again, first)
+        look_ahead.forget()  # a new generation without prefix reuse: the same decode as the first, bit for bit
+        np.testing.assert_array_equal(look_ahead.states(tokens[:4], first_candidates(base, tokens[:4])), first)
+        assert look_ahead._held == tokens[:4]
         assert look_ahead._tap.stops > 0  # each decode stopped before the output layer (this llama.cpp's names)
         with pytest.raises(ValueError, match="at most 4 candidates"):
             look_ahead.states(tokens, np.arange(5))
@@ -206,20 +241,26 @@ def test_a_middle_layer_is_read_where_llama_cpp_computes_it(base):
 
 def test_a_look_ahead_at_a_middle_layer_equals_a_separate_context_fed_each_candidate(base):
     """A look-ahead value model that reads block L: the state after the text plus each candidate at L, as a
-    separate context reads it, while the mirror grows and shrinks; every decode ended at L."""
+    separate context reads it, while the mirror grows and shrinks; the text's new tokens share the candidates'
+    decode (one decode per junction) unless they outgrow the batch (then the oldest are mirrored first); every
+    decode ended at L."""
     from sia_edge.base_model import LookAhead
 
     tokens = base.tokenize(PROMPT)
+    long_text = base.tokenize(" ".join([PROMPT] * 12))[:90]  # 90 new tokens: more than a 64-token batch
     layer = base.n_layer // 2
-    reader, look_ahead = base.hidden_states(layer), LookAhead(base, k=4, n_ctx=64, layer=layer)
+    reader, look_ahead = base.hidden_states(layer), LookAhead(base, k=4, n_ctx=128, layer=layer)
     try:
-        for text in (tokens[:4], tokens, tokens[:6]):
+        for text in (tokens[:4], tokens, tokens[:6], long_text):
             candidates = first_candidates(base, text)
             states = look_ahead.states(text, candidates)
             assert states.shape == (4, base.n_embd)
             for j, candidate in enumerate(candidates):
                 assert _relative(states[j], reader.of(text + [int(candidate)])[-1]) < 0.1
             assert min(_relative(states[0], states[j]) for j in range(1, 4)) > 0.01
-        assert look_ahead._tap.stops >= 4  # the mirror's decodes and the candidates', each stopped at L
+        # one decode per junction (the text's new tokens with the candidates), and one to mirror the long text's
+        # oldest tokens: each stopped at L
+        assert look_ahead._tap.stops == 5
+        assert look_ahead._held == long_text
     finally:
         look_ahead.close()

@@ -8,6 +8,11 @@ sample cache and scored (R²) on the held-out prompts' (the distillation's own s
 Reads the hidden states from the feature cache `vm distill --input hidden` filled (it decodes nothing); samples
 whose states are not cached are skipped and counted. This is the check behind contract 3's `pooled` input
 (docs/distillation.md).
+
+--layer L reads the states of block L from the feature cache `vm distill --scoring look-ahead --layer L` filled
+(the default: the final state's), to see whether a middle layer carries the reward better:
+
+    PYTHONPATH=. python tools/pooling_ridge.py build/clean-hidden.samples.jsonl --layer 8
 """
 
 from __future__ import annotations
@@ -46,25 +51,38 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=0.1, help="the distillation's --holdout")
     parser.add_argument("--seed", type=int, default=0, help="the distillation's --seed")
     parser.add_argument("--bos", type=int, default=2, help="the base model's BOS id (Gemma: 2)")
+    parser.add_argument("--layer", type=int, help="read the feature cache of `vm distill --layer L` (block L's "
+                        "states) instead of the final state's")
     args = parser.parse_args()
     lines = [json.loads(line) for line in open(args.samples, encoding="utf-8")]
     header, samples = lines[0], [s for s in lines[1:] if s.get("rewards", {}).get(args.reward) is not None]
+    held_prompts = set(split_prompts(max(s["prompt_index"] for s in samples) + 1, args.holdout, args.seed).tolist())
+    rows, rewards, held, missing = cached_summaries(samples, header, args.bos, args.reward, held_prompts, args.layer)
+    report(rows, rewards, held, missing, args.reward)
+
+
+def cached_summaries(samples, header, bos, reward, held_prompts, layer):
     weights = header["model_weights_sha256"]
     root = cache_dir() / "hidden-features"
+    # as hidden_train.open_feature_reader keeps a block's states: a folder of their own, float32
+    if layer is not None:
+        root = root / f"layer-{layer}"
     hidden_size = json.loads((root / weights[:32] / "header.json").read_text())["hidden_size"]
-    cache = FeatureCache(root, weights, hidden_size)
-    held_prompts = set(split_prompts(max(s["prompt_index"] for s in samples) + 1, args.holdout, args.seed).tolist())
+    cache = FeatureCache(root, weights, hidden_size, **({} if layer is None else {"dtype": "float32", "layer": layer}))
     rows, rewards, held, missing = [], [], [], 0
     for sample in samples:
-        key = text_key([args.bos] + sample["prompt_tokens"] + sample["token_ids"])
+        key = text_key([bos] + sample["prompt_tokens"] + sample["token_ids"])
         if key not in cache:
             missing += 1
             continue
         rows.append(summaries(cache.get(key)["states"].astype(np.float32), len(sample["prompt_tokens"])))
-        rewards.append(sample["rewards"][args.reward])
+        rewards.append(sample["rewards"][reward])
         held.append(sample["prompt_index"] in held_prompts)
-    rewards, held = np.array(rewards), np.array(held)
-    _, mean, sd = standardise(rewards[~held], args.reward)
+    return rows, np.array(rewards), np.array(held), missing
+
+
+def report(rows, rewards, held, missing, reward) -> None:
+    _, mean, sd = standardise(rewards[~held], reward)
     z = (rewards - mean) / sd
     print(f"{len(rows)} samples ({held.sum()} held out), {missing} without cached states")
     print("| summary | R², penalty 300 | 1000 | 3000 |\n|---|---|---|---|")

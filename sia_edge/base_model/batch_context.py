@@ -222,6 +222,8 @@ class SequenceSlot:
             raise PromptError(f"the prompt is {len(tokens)} tokens but a batch slot holds {self.n_ctx}")
         keep = max(0, min(common_prefix(self._tokens, tokens), len(tokens) - MIN_TAIL)) if reuse else 0
         self._truncate(keep)
+        if self._look_ahead is not None and not reuse:
+            self._look_ahead.forget()  # as BaseModel.prefill: exact replay
         self.reads_hidden = hidden
         if self.context.prefill_chunk is not None:
             self._pending = list(tokens[keep:])

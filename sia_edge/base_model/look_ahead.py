@@ -14,11 +14,12 @@ class LookAhead:
     (contract 3, `sia_edge.scoring = look-ahead`): the value of a candidate is then read from the state the text
     would really be in, not guessed from the candidate's embedding row.
 
-    A llama.cpp context of its own that mirrors one generation's text as sequence 0. At a junction it first decodes
-    the tokens the text gained since the last junction (no outputs), then the k candidates together, each as
-    sequence j = 1..k borrowing the text's cells (`llama_memory_seq_cp` only tags cells, one KV stream), and drops
-    them again. The generation's own context is untouched, so an unsteered or token-model generation decodes
-    exactly as before; the price is decoding the text a second time here, in batches, at junctions only.
+    A llama.cpp context of its own that mirrors one generation's text as sequence 0. At a junction one decode feeds
+    the tokens the text gained since the last junction (no outputs, each in every sequence) and the k candidates,
+    each as sequence j = 1..k borrowing the text's cells (`llama_memory_seq_cp` only tags cells, one KV stream); the
+    candidates' sequences are dropped again after it. The generation's own context is untouched, so an unsteered or
+    token-model generation decodes exactly as before; the price is decoding the text a second time here, at
+    junctions only.
 
     Only hidden states are read here, never logits: llama.cpp's graph-evaluation callback copies the state of the
     layer read (the final normed state, or a block's output: base_model.layers) and ends each decode there, before
@@ -33,8 +34,9 @@ class LookAhead:
         self.n_batch = max(64, k)
         self._name = layer_tensor(self.layer, base.n_layer)
         self._tap = TensorTap([self._name], base.n_embd)  # kept here: llama.cpp holds only a pointer to it
-        self._ctx, self._batch = own_context(base, self.n_batch, n_ctx=n_ctx, n_seq_max=k + 1, kv_unified=True,
-                                             embeddings=False, cb_eval=self._tap.callback, cb_eval_user_data=None)
+        self._ctx, self._batch = own_context(base, self.n_batch, k + 1, n_ctx=n_ctx, n_seq_max=k + 1,
+                                             kv_unified=True, embeddings=False, cb_eval=self._tap.callback,
+                                             cb_eval_user_data=None)
         self.n_ctx = min(int(llama_cpp.llama_n_ctx(self._ctx.ctx)), n_ctx)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._held: list[int] = []  # the text sequence 0's cells hold
@@ -52,29 +54,51 @@ class LookAhead:
             raise PromptError(f"{len(tokens)} tokens and a candidate do not fit a look-ahead context of {self.n_ctx}")
         llama_cpp = _llama()
         start = time.perf_counter()
-        self._sync(tokens)
-        n = len(tokens)
-        for seq in range(1, len(candidates) + 1):
-            llama_cpp.llama_memory_seq_cp(self._memory, 0, seq, 0, n)
+        n, count = len(tokens), len(candidates)
+        # The text's newest tokens share the candidates' decode (each in every sequence: one weight pass instead of
+        # two); older new tokens that do not fit beside them are mirrored first.
+        tail = max(self._trim(tokens), n - (self.n_batch - count))
+        self._mirror(tokens[:tail])
+        sequences = tuple(range(count + 1))
+        for seq in sequences[1:]:
+            llama_cpp.llama_memory_seq_cp(self._memory, 0, seq, 0, tail)
         try:  # every candidate an output: the last block and the final norm keep only output rows
-            decode_rows(self._ctx, self._batch, [(int(c), n, j + 1, True) for j, c in enumerate(candidates)],
+            shared = [(t, tail + i, sequences, False) for i, t in enumerate(tokens[tail:])]
+            decode_rows(self._ctx, self._batch, shared + [(int(c), n, j + 1, True) for j, c in enumerate(candidates)],
                         "reading the candidates' states")
-            out = self._tap.take()[self._name]
+            rows = self._tap.take()[self._name]
+            out = rows[len(rows) - count:]  # a middle block keeps every row: the candidates come last
+            self._held = list(tokens)
+        except BaseException:
+            llama_cpp.llama_memory_seq_rm(self._memory, 0, tail, -1)  # the shared tokens may be half-written
+            del self._held[tail:]
+            raise
         finally:
-            for seq in range(1, len(candidates) + 1):
+            for seq in sequences[1:]:
                 llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
         self.decode_seconds += time.perf_counter() - start
-        self.decoded_tokens += len(candidates)
+        self.decoded_tokens += n - tail + count
         return out
 
-    def _sync(self, tokens: list[int]) -> None:
-        """Make sequence 0 hold exactly `tokens`: keep the common prefix, decode the rest without outputs."""
+    def forget(self) -> None:
+        """Hold nothing: a new generation that does not reuse its context's prefix starts its mirror afresh too, so
+        its first junction decodes the same batch as on a fresh engine (exact seeded replay)."""
+        _llama().llama_memory_seq_rm(self._memory, -1, -1, -1)
+        self._held.clear()
+
+    def _trim(self, tokens: list[int]) -> int:
+        """Drop what sequence 0 holds beyond its common prefix with `tokens`; -> how many tokens it still holds."""
         llama_cpp = _llama()
         keep = common_prefix(self._held, tokens)
         if keep < len(self._held) and not llama_cpp.llama_memory_seq_rm(self._memory, 0, keep, -1):
             llama_cpp.llama_memory_seq_rm(self._memory, -1, -1, -1)  # a cache that cannot cut: start afresh
             keep = 0
         del self._held[keep:]
+        return keep
+
+    def _mirror(self, tokens: list[int]) -> None:
+        """Extend sequence 0 (a prefix of `tokens` after _trim) to hold `tokens`, decoded without outputs."""
+        keep = len(self._held)
         rest = tokens[keep:]
         for offset in range(0, len(rest), self.n_batch):
             chunk = rest[offset:offset + self.n_batch]

@@ -171,6 +171,8 @@ class BaseModel:
             )
         keep = min(common_prefix(self.tokens, tokens), len(tokens) - 1) if reuse else 0
         self.rollback(keep)  # always decode at least the last token so its logits are fresh
+        if self._look_ahead is not None and not reuse:
+            self._look_ahead.forget()
         if hidden:
             self._set_embeddings(False)
             if len(tokens) - 1 > keep:

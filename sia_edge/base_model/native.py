@@ -19,10 +19,11 @@ def _llama():
     return llama_cpp
 
 
-def own_context(base, n_batch: int, **fields):
-    """A llama.cpp context of its own on `base`'s loaded weights, and a batch of `n_batch` tokens. It starts from
-    the single-sequence context's parameters, so both decode alike (flash attention, KV types, threads...); `fields`
-    are the llama_context_params to change (n_ctx, n_seq_max, embeddings, ...). -> (LlamaContext, LlamaBatch)"""
+def own_context(base, n_batch: int, seqs_per_token: int = 1, **fields):
+    """A llama.cpp context of its own on `base`'s loaded weights, and a batch of `n_batch` tokens, each of which
+    may belong to up to `seqs_per_token` sequences. It starts from the single-sequence context's parameters, so
+    both decode alike (flash attention, KV types, threads...); `fields` are the llama_context_params to change
+    (n_ctx, n_seq_max, embeddings, ...). -> (LlamaContext, LlamaBatch)"""
     llama_cpp = _llama()
     from llama_cpp import _internals
 
@@ -33,17 +34,20 @@ def own_context(base, n_batch: int, **fields):
     params.no_perf = True
     with _quiet_stderr():
         context = _internals.LlamaContext(model=base._llm._model, params=params, verbose=False)
-        batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=seqs_per_token, verbose=False)
     return context, batch
 
 
 def decode_rows(context, batch, rows, purpose: str) -> None:
-    """One llama_decode of (token, position, sequence, output) rows; `purpose` names the work in an error."""
+    """One llama_decode of (token, position, sequence, output) rows; `purpose` names the work in an error. A row's
+    sequence is an id, or a tuple of ids for a token several sequences share (the batch must allow that many)."""
     llama_cpp = _llama()
     fill = batch.batch
     for i, (token, pos, seq, output) in enumerate(rows):
-        fill.token[i], fill.pos[i], fill.n_seq_id[i] = token, pos, 1
-        fill.seq_id[i][0] = seq
+        seqs = seq if isinstance(seq, tuple) else (seq,)
+        fill.token[i], fill.pos[i], fill.n_seq_id[i] = token, pos, len(seqs)
+        for j, s in enumerate(seqs):
+            fill.seq_id[i][j] = s
         fill.logits[i] = output
     fill.n_tokens = len(rows)
     status = llama_cpp.llama_decode(context.ctx, fill)
