@@ -1,6 +1,7 @@
 """Is a hidden-state probe's held-out accuracy limited by its training tweets? Refits tools/layer_probe.py's probe on
 the first 3,800 and on all of its training tweets, each scored on the first 760 and on all of its held-out tweets
 (the subsets are prefixes of the same seeded permutations, so the 3,800 / 760 rows reproduce layer_probe's table).
+A last row fits one probe on all the layers' states side by side (does a second layer add what one lacks?).
 
     PYTHONPATH=. python tools/layer_probe.py --layers 10,18 --max-texts 8000 --l2 1e-3   # reads the states once
     PYTHONPATH=. python tools/probe_data_size.py --layers 10,18 --max-texts 8000
@@ -29,6 +30,20 @@ def load(path: Path, count: int) -> dict[int, list[np.ndarray]]:
     return {layer: [a[offsets[i]:offsets[i + 1]] for i in range(count)] for layer, a in arrays.items()}
 
 
+def held_cells(probe, held_states, held_idx, small_held, targets, bos: int) -> list[str]:
+    """Accuracy at 50% and 100% of each held-out tweet, on the smaller held-out set and on all of it."""
+    from sia_edge.train.metrics import accuracy, prefix_length
+
+    cells = []
+    for held_mask in (small_held, np.ones(len(held_idx), bool)):
+        states = [h for h, m in zip(held_states, held_mask) if m]
+        for fraction in (0.5, 1.0):
+            at = [max(1, prefix_length(len(h) - bos, fraction)) + bos - 1 for h in states]
+            logits = score(probe, np.stack([h[e] for h, e in zip(states, at)]))
+            cells.append(f"{accuracy(targets[held_idx[held_mask]], logits):.3f}")
+    return cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="10,18", help="the layers layer_probe read (its cache's name)")
@@ -38,7 +53,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from sia_edge.train.data import load_labelled_texts
-    from sia_edge.train.metrics import accuracy, prefix_length
     from sia_edge.train.trainer import stratified_split
 
     texts = load_labelled_texts(TOKEN_BUILD / "tweets-sentiment.csv", "text", "sentiment", positive="positive",
@@ -59,14 +73,14 @@ def main() -> None:
         for mask in (small_train, np.ones(len(train_idx), bool)):
             probe = fit_probe([h for h, m in zip(train[layer], mask) if m], texts.targets[train_idx[mask]],
                               texts.weights[train_idx[mask]], 1e-3, 2)
-            cells = []
-            for held_mask in (small_held, np.ones(len(held_idx), bool)):
-                states = [h for h, m in zip(held[layer], held_mask) if m]
-                for fraction in (0.5, 1.0):
-                    at = [max(1, prefix_length(len(h) - bos, fraction)) + bos - 1 for h in states]
-                    logits = score(probe, np.stack([h[e] for h, e in zip(states, at)]))
-                    cells.append(f"{accuracy(texts.targets[held_idx[held_mask]], logits):.3f}")
+            cells = held_cells(probe, held[layer], held_idx, small_held, texts.targets, bos)
             print(f"| {layer} | {mask.sum():,} | " + " | ".join(cells) + " |", flush=True)
+    if len(train) > 1:  # every layer's state side by side, all the training tweets
+        train_rows = [np.concatenate(rows, 1) for rows in zip(*(train[layer] for layer in sorted(train)))]
+        held_rows = [np.concatenate(rows, 1) for rows in zip(*(held[layer] for layer in sorted(held)))]
+        probe = fit_probe(train_rows, texts.targets[train_idx], texts.weights[train_idx], 1e-3, 2)
+        cells = held_cells(probe, held_rows, held_idx, small_held, texts.targets, bos)
+        print(f"| {'+'.join(map(str, sorted(train)))} | {len(train_idx):,} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
