@@ -30,13 +30,25 @@ from build_value_models import BUILD as TOKEN_BUILD, extract_tweets  # noqa: E40
 CACHE = REPO / "build" / "layer_probe"
 
 
+def load_states(path: Path, count: int) -> dict[int, list[np.ndarray]]:
+    """The cache read_states wrote: layer -> per text (n_i, d) float32, for its first `count` texts."""
+    with np.load(path) as data:  # each data[name] reads the whole array again: read each once
+        offsets = data["offsets"]
+        arrays = {int(name[1:]): data[name] for name in data.files if name.startswith("L")}
+    return {layer: [a[offsets[i]:offsets[i + 1]] for i in range(count)] for layer, a in arrays.items()}
+
+
+def end_positions(lengths: list[int], n_bos: int, fraction: float) -> list[int]:
+    """Row of the state after `fraction` of each text's tokens (lengths count the BOS rows too)."""
+    from sia_edge.train.metrics import prefix_length
+
+    return [max(1, prefix_length(n - n_bos, fraction)) + n_bos - 1 for n in lengths]
+
+
 def read_states(reader, sequences: list[list[int]], path: Path) -> dict[int, list[np.ndarray]]:
     """layer -> per sequence (n_i, d) float32, cached in one npz per (layers, texts)."""
     if path.exists():
-        with np.load(path) as data:  # each data[name] reads the whole array again: read each once
-            offsets = data["offsets"]
-            arrays = {int(name[1:]): data[name] for name in data.files if name.startswith("L")}
-        return {layer: [a[offsets[i]:offsets[i + 1]] for i in range(len(sequences))] for layer, a in arrays.items()}
+        return load_states(path, len(sequences))
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in reader.layers}
     start = time.perf_counter()
     for i, tokens in enumerate(sequences, 1):
@@ -94,7 +106,7 @@ def main() -> None:
     from sia_edge.base_model import BaseModel, LayerStates
     from sia_edge.models import default_base_model
     from sia_edge.train.data import load_labelled_texts
-    from sia_edge.train.metrics import accuracy, prefix_length
+    from sia_edge.train.metrics import accuracy
     from sia_edge.train.trainer import stratified_split
 
     data_path = TOKEN_BUILD / "tweets-sentiment.csv"
@@ -124,8 +136,7 @@ def main() -> None:
     weights = texts.weights[train_idx]
 
     # the state after 50% / 100% of each held-out tweet's tokens (BOS first)
-    ends = {fraction: [max(1, prefix_length(len(t) - len(bos), fraction)) + len(bos) - 1 for t in held_seqs]
-            for fraction in (0.5, 1.0)}
+    ends = {fraction: end_positions([len(t) for t in held_seqs], len(bos), fraction) for fraction in (0.5, 1.0)}
     rows = []
     for layer in reader.layers:
         for l2 in (float(x) for x in args.l2.split(",")):

@@ -71,8 +71,7 @@ class LookAhead:
             self._held = list(tokens)
         except BaseException:
             llama_cpp.llama_memory_seq_rm(self._memory, 0, tail, -1)  # the shared tokens may be half-written
-            del self._held[tail:]
-            raise
+            raise  # (self._held still holds tokens[:tail]: it is set only after a whole decode)
         finally:
             for seq in sequences[1:]:
                 llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
