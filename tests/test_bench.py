@@ -81,3 +81,26 @@ def test_batch_sizes_option_parses_and_refuses_nonsense():
     for bad in ("0,4", "two", "4,-1"):
         with pytest.raises(click.BadParameter):
             parse_batch_sizes(bad)
+
+
+def test_bench_times_a_look_ahead_junction_mirrored_and_after_new_tokens(gemma_path):
+    """A look-ahead model's junction is timed twice per prefix length: with the text already mirrored (the k
+    candidates alone) and after the text grew by a few tokens (those share the candidates' decode)."""
+    from sia_edge.commands.bench import format_table, value_model_costs
+    from sia_edge.engine import Engine
+
+    engine = Engine(model=gemma_path, value_model=shipped_value_model_dir() / "gemma3-270m-lookahead-l8-sentiment.onnx")
+    try:
+        before = engine.base.look_ahead(10, engine.value_model.layer).decoded_tokens
+        rows = value_model_costs(engine, lengths=(32,), new_tokens=5)
+        reader = engine.base.look_ahead(10, engine.value_model.layer)
+    finally:
+        engine.close()
+    assert [r["prefix_tokens"] for r in rows] == [32] and rows[0]["new_tokens"] == 5
+    assert rows[0]["carried_state_ms"] > 0 and rows[0]["after_new_tokens_ms"] > 0
+    # a first junction reads the 32 tokens and 10 candidates; 30 timed with the text mirrored (the candidates alone);
+    # 20 times back to the prefix (10 candidates) and then the timed one (5 new tokens and 10 candidates)
+    assert reader.decoded_tokens - before == (32 + 10) + 30 * 10 + 20 * (10 + 5 + 10)
+    table = format_table({"model": "gemma", "value_model": "l8", "max_tokens": 8, "repetitions": 1, "threads": 2,
+                          "arms": [], "gate_ms": {}, "value_model_ms": rows})
+    assert "| 32 |" in table and "after 5 new tokens, ms" in table

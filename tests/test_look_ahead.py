@@ -75,8 +75,8 @@ def test_merged_look_ahead_junctions_get_each_candidates_own_score(tmp_path):
 
 @pytest.fixture(scope="module")
 def look_ahead_models(tmp_path_factory, gemma_path):
-    """Look-ahead models trained on 80 short reviews: plain, pooling the mean state over the continuation, and
-    reading the output of block 6 instead of the final state."""
+    """Look-ahead models trained on 80 short reviews: plain, pooling the mean state over the continuation, the same
+    with a non-linear value term (--value-width), and reading the output of block 6 instead of the final state."""
     from sia_edge.cli import main
 
     folder = tmp_path_factory.mktemp("look-ahead")
@@ -84,7 +84,8 @@ def look_ahead_models(tmp_path_factory, gemma_path):
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SIA_EDGE_CACHE_DIR", str(folder / "cache"))
-        for name, extra in (("plain", []), ("pooled", ["--pooling", "mean"]), ("layer", ["--layer", "6"])):
+        for name, extra in (("plain", []), ("pooled", ["--pooling", "mean"]), ("layer", ["--layer", "6"]),
+                            ("mlp", ["--pooling", "mean", "--value-width", "8"])):
             path = folder / f"{name}.onnx"
             result = CliRunner().invoke(main, ["vm", "train", "--input", "hidden", "--model", str(gemma_path),
                                                "--data", data, "--epochs", "6", "--rank", "4", "--holdout", "0.25",
@@ -105,13 +106,18 @@ def test_vm_train_scoring_look_ahead_exports_the_value_of_a_state(look_ahead_mod
     assert model.looks_ahead and model.metadata["scoring"] == "look-ahead" and not model.pools
     assert path.stat().st_size < 100_000  # a linear value of the state: no candidate table
     assert look_ahead_models["pooled"][1]["arch"] == "look-ahead-linear-mean-pool"
+    mlp_path, mlp_report = look_ahead_models["mlp"]
+    assert mlp_report["arch"] == "look-ahead-mlp8-mean-pool"
+    mlp = open_value_model(mlp_path)
+    assert mlp.pools and mlp.metadata["architecture"] == "look-ahead-mlp8-mean-pool"
+    assert json.loads(mlp.metadata["training"])["fit"]["value_width"] == 8
     layered = open_value_model(look_ahead_models["layer"][0])
     assert layered.layer == 6 and layered.metadata["layer"] == "6"
     assert look_ahead_models["layer"][1]["prefix_metrics"][-1]["accuracy"] >= 0.7
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["plain", "pooled", "layer"])
+@pytest.mark.parametrize("name", ["plain", "pooled", "layer", "mlp"])
 def test_a_look_ahead_models_junctions_equal_vm_score_of_prefix_plus_candidate(look_ahead_models, gemma_path, name):
     """One definition of a text's value: a junction's score for candidate j is `vm score` of the prompt + text so
     far + j (the state after j, and for the pooled model the mean from the state after the prompt), on the single
@@ -150,9 +156,11 @@ def test_a_look_ahead_models_junctions_equal_vm_score_of_prefix_plus_candidate(l
 def test_scoring_is_refused_for_a_value_model_that_reads_tokens(tmp_path):
     from sia_edge.cli import main
 
-    result = CliRunner().invoke(main, ["vm", "train", "--data", str(_small_labelled_csv(tmp_path / "r.csv")),
-                                       "--scoring", "look-ahead", "--out", str(tmp_path / "x.onnx")])
-    assert result.exit_code == 2 and "--scoring applies to --input hidden only" in result.output
+    data = str(_small_labelled_csv(tmp_path / "r.csv"))
+    for option, value in (("--scoring", "look-ahead"), ("--value-width", "8")):
+        result = CliRunner().invoke(main, ["vm", "train", "--data", data, option, value,
+                                           "--out", str(tmp_path / "x.onnx")])
+        assert result.exit_code == 2 and f"{option} applies to --input hidden only" in result.output
 
 
 @pytest.mark.slow

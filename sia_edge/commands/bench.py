@@ -176,18 +176,26 @@ def value_model_costs(engine, lengths=(32, 128, 512, 1024), new_tokens: int = 8)
     vm = engine.value_model
     rng = np.random.default_rng(0)
     out = []
-    if getattr(vm, "looks_ahead", False):  # a junction decodes its 10 candidates after the text (mirrored before)
+    if getattr(vm, "looks_ahead", False):  # a junction decodes its 10 candidates after the text
         look_ahead, candidates = engine.base.look_ahead(10, vm.layer), np.arange(100, 110)
         for length in lengths:
             prefix_tokens = rng.integers(3, 20000, size=length).tolist()
-            look_ahead.states(prefix_tokens, candidates)  # the mirror catches up between junctions, in batches
+            grown = prefix_tokens + rng.integers(3, 20000, size=new_tokens).tolist()
 
-            def junction():
-                states = look_ahead.states(prefix_tokens, candidates)
+            def junction(tokens):
+                states = look_ahead.states(tokens, candidates)
                 vm.score_hidden(states, [np.array([c]) for c in candidates], states if vm.pools else None)
 
-            out.append({"prefix_tokens": length, "carried_state_ms": _median_ms(lambda _: junction(), [None] * 10),
-                        "from_scratch_ms": float("nan")})
+            look_ahead.states(prefix_tokens, candidates)  # mirrored: the candidates alone
+            mirrored = _median_ms(lambda _: junction(prefix_tokens), [None] * 10)
+            after_new = []  # the usual case: the text grew since the last junction, and those tokens share its decode
+            for _ in range(20):
+                look_ahead.states(prefix_tokens, candidates)  # back to the prefix (untimed)
+                start = time.perf_counter()
+                junction(grown)
+                after_new.append(time.perf_counter() - start)
+            out.append({"prefix_tokens": length, "carried_state_ms": mirrored, "from_scratch_ms": float("nan"),
+                        "after_new_tokens_ms": 1e3 * statistics.median(after_new), "new_tokens": new_tokens})
         return out
     if vm.reads_hidden:  # stateless: the junction call reads one hidden state whatever the prefix length
         hidden = rng.normal(size=(1, vm.hidden_size)).astype(np.float32)
@@ -264,11 +272,17 @@ def format_table(report: dict) -> str:
                      f"{f('bookkeeping_ms_per_token', '{:.3f}')} |")
     lines += ["", "| per-step gate over the vocabulary | ms (median) |", "|---|---|"]
     lines += [f"| {name} | {ms:.3f} |" for name, ms in report["gate_ms"].items()]
-    if report.get("value_model_ms"):
+    rows = report.get("value_model_ms")
+    if rows and "after_new_tokens_ms" in rows[0]:  # a look-ahead model: its junction decodes, nothing to re-score
+        lines += ["", f"| prefix tokens | look-ahead junction, text mirrored, ms | after {rows[0]['new_tokens']} new "
+                      f"tokens, ms |", "|---|---|---|"]
+        lines += [f"| {r['prefix_tokens']} | {r['carried_state_ms']:.3f} | {r['after_new_tokens_ms']:.3f} |"
+                  for r in rows]
+    elif rows:
         lines += ["", "| prefix tokens | junction with carried state, ms | re-scoring from scratch, ms |",
                   "|---|---|---|"]
         lines += [f"| {r['prefix_tokens']} | {r['carried_state_ms']:.3f} | {r['from_scratch_ms']:.3f} |"
-                  for r in report["value_model_ms"]]
+                  for r in rows]
     if report.get("batched"):
         lines += ["", f"| many requests ({report['batched'][0]['requests']}, SIA r=0.2) | tok/s (median) | "
                       f"x sequential |", "|---|---|---|"]

@@ -18,7 +18,8 @@ from .data import LABEL_TYPES
 _DEFAULTS = {name: default(FitConfig, name) for name in ("dim", "hidden", "ema_decay", "holdout", "min_count",
                                                          "batch_size", "learning_rate", "token_dropout",
                                                          "context_prob", "context_tokens", "recurrent_size", "rank",
-                                                         "look_ahead", "pooling", "scoring", "layer")}
+                                                         "look_ahead", "pooling", "scoring", "layer",
+                                                         "value_width")}
 
 
 def _fit_options(func):
@@ -58,6 +59,10 @@ def _fit_options(func):
                      help="--scoring look-ahead: read the output of this transformer block (0-based) instead of the "
                           "final state; a junction's look-ahead then stops there, so a middle layer costs less "
                           "(tools/layer_probe.py compares layers) [default: the final state]."),
+        click.option("--value-width", type=click.IntRange(min=0), default=_DEFAULTS["value_width"],
+                     show_default=True,
+                     help="--input hidden: hidden units of the head's value term (one GELU layer); 0 keeps it linear. "
+                          "A non-linear value fits rewards such as 'clean' better (docs/distillation.md)."),
         click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
                      help="Tokens seen fewer times in training share the unknown-token embedding."),
         click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
@@ -293,6 +298,8 @@ def _hidden_only(options: dict, input_kind: str) -> None:
         raise click.UsageError("--pooling applies to --input hidden only")
     if options["scoring"] != "candidate":
         raise click.UsageError("--scoring applies to --input hidden only")
+    if options["value_width"]:
+        raise click.UsageError("--value-width applies to --input hidden only")
 
 
 def describe_junctions(junctions: dict) -> str:

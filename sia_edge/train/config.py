@@ -48,6 +48,7 @@ class FitConfig:
     pooling: str = "none"  # input hidden: mean = also read the mean hidden state over the continuation so far
     scoring: str = "candidate"  # input hidden: look-ahead = export the value of the state after each candidate
     layer: int | None = None  # scoring look-ahead: the block whose output it reads (None: the final state)
+    value_width: int = 0  # input hidden: hidden units of the head's value term (0: linear)
     threads: int = 1  # torch threads (reproducible for a given count)
     # bce: binary cross-entropy per prefix (labels in [0, 1]); prefix: squared error per prefix (regression onto an
     # unbounded target, e.g. a standardised reward); mean: squared error of the mean over prefixes (paper, Eq. 6).

@@ -22,6 +22,7 @@ class HiddenFitConfig:
     look_ahead: float = 3.0  # weight of the counterfactual term: the k candidates at sampled positions (if any)
     loss: str = "bce"  # bce: targets in [0, 1] (labels); mse: standardised rewards (distillation)
     pooling: str = "none"  # mean: v also reads the mean of the states over the continuation so far (contract 3)
+    value_width: int = 0  # v and the teacher: linear (0), or one hidden layer this wide
     seed: int = 0
     threads: int = 2
 
@@ -133,7 +134,7 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
             pooled_sample = train.pooled_before[sample_rows].astype(np.float32)
             pooled_stats = (pooled_sample.mean(0), pooled_sample.std(0) + 1e-3)
         head = CandidateHead(train.before.shape[1], embeddings.shape[1], config.rank, config.width, mean, sd, scale,
-                             pooled_stats)
+                             pooled_stats, config.value_width)
         optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         steps_per_epoch = int(np.ceil(len(train.before) / config.batch_size))
         steps = config.epochs * steps_per_epoch

@@ -3,7 +3,9 @@
     q(h, a) = v(x) + b_a + u(x) . z_a        x = (h - mean) / sd  (statistics of the training split)
 
 - v(x) = w . x + c: the value of the text so far, linear in the standardised state (a linear probe reads sentiment,
-  negation included, from it: ../shared notes, arXiv 2310.15154); it moves all k candidates alike;
+  negation included, from it: ../shared notes, arXiv 2310.15154); it moves all k candidates alike. With a
+  `value_width` it is a small MLP instead (one hidden layer, GELU, dropout in training): `clean`'s reward is a
+  non-linear function of which words the pooled mean remembers;
 - z_a = P e_a and b_a = p . e_a: the candidate through the base model's own input-embedding row e_a, projected to r
   numbers, so tokens never seen in training still get a representation; exported as one (n_vocab, r + 1) float16
   table, so the ONNX file holds r + 1 numbers per token instead of the d-wide rows;
@@ -28,7 +30,7 @@ from torch import nn
 class CandidateHead(nn.Module):
     def __init__(self, hidden_size: int, embedding_size: int, rank: int, width: int,
                  mean: np.ndarray, sd: np.ndarray, embedding_scale: float,
-                 pooled_stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 pooled_stats: tuple[np.ndarray, np.ndarray] | None = None, value_width: int = 0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("sd", torch.as_tensor(sd, dtype=torch.float32))
@@ -38,8 +40,8 @@ class CandidateHead(nn.Module):
             self.register_buffer("pooled_sd", torch.as_tensor(pooled_stats[1], dtype=torch.float32))
         self.embedding_scale = float(embedding_scale)  # rows standardised by one scalar, so P starts well-sized
         value_size = hidden_size * (2 if self.pooled else 1)
-        self.value = nn.Linear(value_size, 1)
-        self.lookahead = nn.Linear(value_size, 1)  # the teacher V(h after the candidate); not exported
+        self.value = value_term(value_size, value_width)
+        self.lookahead = value_term(value_size, value_width)  # the teacher V(h after the candidate)
         self.context = nn.Sequential(nn.Linear(hidden_size, width), nn.Tanh(), nn.Linear(width, rank))
         self.project = nn.Linear(embedding_size, rank + 1, bias=False)  # [z_a | b_a]
         nn.init.normal_(self.project.weight, std=0.02)
@@ -70,6 +72,13 @@ class CandidateHead(nn.Module):
     def look_ahead(self, hidden_after: torch.Tensor, pooled_after: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_after (..., d) -> (...): the teacher's value of the state after a candidate."""
         return self.lookahead(self.value_input(self.standardise(hidden_after), pooled_after)).squeeze(-1)
+
+
+def value_term(size: int, width: int) -> nn.Module:
+    """v (and the teacher V): linear, or with `width` hidden units one GELU layer (dropout 0.2 while training)."""
+    if not width:
+        return nn.Linear(size, 1)
+    return nn.Sequential(nn.Dropout(0.2), nn.Linear(size, width), nn.GELU(), nn.Dropout(0.2), nn.Linear(width, 1))
 
 
 class ExportedHead(nn.Module):

@@ -72,8 +72,10 @@ def open_feature_reader(gguf: Path, threads: int | None = None, layer: int | Non
     return base, weights, base.hidden_states(layer), cache
 
 
-def architecture(rank: int, pooling: str, scoring: str = "candidate") -> str:
-    kind = "look-ahead-linear" if scoring == "look-ahead" else f"candidate-head-r{rank}"
+def architecture(rank: int, pooling: str, scoring: str = "candidate", value_width: int = 0) -> str:
+    value = f"mlp{value_width}" if value_width else "linear"
+    kind = f"look-ahead-{value}" if scoring == "look-ahead" else f"candidate-head-r{rank}" + (
+        f"-{value}" if value_width else "")
     return kind + ("-mean-pool" if pooling == "mean" else "")
 
 
@@ -146,7 +148,7 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
         embeddings = embedding_rows(config.model)
         fit_config = HiddenFitConfig(rank=rank, epochs=config.epochs, learning_rate=config.learning_rate,
                                      seed=config.seed, threads=config.threads, pooling=pooling,
-                                     **(fit_overrides or {}))
+                                     **{"value_width": config.value_width, **(fit_overrides or {})})
         train = positions([states[i] for i in train_idx], [sequences[i] for i in train_idx],
                           data.targets[train_idx], data.weights[train_idx], pooling=pooling)
         counterfactual = held_out_junctions = None
@@ -164,8 +166,9 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
                        for m in metrics]
         junctions = junction_agreement(head, embeddings, held_out_junctions) if look_ahead else None
         objective = config.objective or f"{config.label_column} = {config.positive or 1}"
+        arch = architecture(rank, pooling, scoring, fit_config.value_width)
         metadata = {
-            "contract": "3", "input": "hidden", "architecture": architecture(rank, pooling, scoring),
+            "contract": "3", "input": "hidden", "architecture": arch,
             "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
             "hidden_size": str(base.n_embd), "objective": objective, **layer_metadata(config.layer),
             "description": config.description or f"hidden-state value model ({objective}) for {config.model.name}",
@@ -181,7 +184,7 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
     positive_share = float(data.targets[holdout_idx].mean())
     return HiddenTrainingReport(
         out=str(config.out), objective=objective, n_train=len(train_idx), n_holdout=len(holdout_idx),
-        vocab_rows=len(embeddings), state_size=0, input="hidden", arch=architecture(rank, pooling, scoring),
+        vocab_rows=len(embeddings), state_size=0, input="hidden", arch=arch,
         file_bytes=Path(config.out).stat().st_size, seconds=time.perf_counter() - started, graph=head,
         label_type=data.label_type, majority_baseline=max(positive_share, 1 - positive_share),
         prefix_metrics=metrics, weights_fingerprint=weights, hidden_size=base.n_embd,
@@ -206,7 +209,8 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
         states = extract(reader, sequences, cache, feature_progress("hidden states"))
         embeddings = embedding_rows(config.model)
         fit_config = HiddenFitConfig(rank=config.rank, epochs=config.epochs, learning_rate=config.learning_rate,
-                                     seed=config.seed, threads=config.threads, loss="mse", pooling=config.pooling)
+                                     seed=config.seed, threads=config.threads, loss="mse", pooling=config.pooling,
+                                     value_width=config.value_width)
         pick = lambda idx, items: [items[i] for i in idx]  # noqa: E731
         train = positions(pick(train_idx, states), pick(train_idx, sequences), targets[train_idx],
                           np.ones(len(train_idx), np.float32), pick(train_idx, first), pooling=config.pooling)
@@ -232,7 +236,7 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
         objective = objective_of(config, reward)
         metadata = {
             "contract": "3", "input": "hidden",
-            "architecture": architecture(config.rank, config.pooling, config.scoring),
+            "architecture": architecture(config.rank, config.pooling, config.scoring, config.value_width),
             "weights_fingerprint": weights, "tokenizer_fingerprint": base.fingerprint,
             "hidden_size": str(base.n_embd), "objective": objective, "base_model": Path(config.model).name,
             **layer_metadata(config.layer),
