@@ -22,9 +22,9 @@ import json
 
 import numpy as np
 
-from sia_edge.models import cache_dir
 from sia_edge.train.distill import split_prompts, standardise
-from sia_edge.train.features import FeatureCache, text_key
+from sia_edge.train.features import text_key
+from sia_edge.train.hidden_train import feature_cache, feature_cache_folder
 from sia_edge.train.metrics import r_squared
 
 
@@ -63,12 +63,8 @@ def main() -> None:
 
 def cached_summaries(samples, header, bos, reward, held_prompts, layer):
     weights = header["model_weights_sha256"]
-    root = cache_dir() / "hidden-features"
-    # as hidden_train.open_feature_reader keeps a block's states: a folder of their own, float32
-    if layer is not None:
-        root = root / f"layer-{layer}"
-    hidden_size = json.loads((root / weights[:32] / "header.json").read_text())["hidden_size"]
-    cache = FeatureCache(root, weights, hidden_size, **({} if layer is None else {"dtype": "float32", "layer": layer}))
+    header_path = feature_cache_folder(layer) / weights[:32] / "header.json"
+    cache = feature_cache(weights, json.loads(header_path.read_text())["hidden_size"], layer)
     rows, rewards, held, missing = [], [], [], 0
     for sample in samples:
         key = text_key([bos] + sample["prompt_tokens"] + sample["token_ids"])

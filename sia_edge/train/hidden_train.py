@@ -55,8 +55,7 @@ def open_feature_reader(gguf: Path, threads: int | None = None, layer: int | Non
     """The base model (for tokens and hidden states), its weights fingerprint, the reader of the states at `layer`
     (None: the final state) and their feature cache. -> (base, weights, reader, cache)"""
     from ..base_model import BaseModel
-    from ..models import cache_dir, weights_fingerprint
-    from .features import FeatureCache
+    from ..models import weights_fingerprint
 
     base = BaseModel(gguf, n_ctx=2048, n_threads=threads)
     weights = weights_fingerprint(gguf)
@@ -64,18 +63,33 @@ def open_feature_reader(gguf: Path, threads: int | None = None, layer: int | Non
         base.close()
         raise TrainingDataError(f"--layer {layer}: {gguf.name} has {base.n_layer} blocks (0..{base.n_layer - 1}; "
                                 f"{base.n_layer} is its final state)")
-    if layer is None or layer == base.n_layer:
-        cache = FeatureCache(cache_dir() / "hidden-features", weights, base.n_embd)
-    else:
-        cache = FeatureCache(cache_dir() / "hidden-features" / f"layer-{layer}", weights, base.n_embd,
-                             dtype="float32", layer=layer)
+    cache = feature_cache(weights, base.n_embd, None if layer == base.n_layer else layer)
     return base, weights, base.hidden_states(layer), cache
 
 
+def feature_cache_folder(layer: int | None = None) -> Path:
+    """Where hidden states are cached: the final state's, or block `layer`'s in a folder of its own."""
+    from ..models import cache_dir
+
+    root = cache_dir() / "hidden-features"
+    return root if layer is None else root / f"layer-{layer}"
+
+
+def feature_cache(weights: str, hidden_size: int, layer: int | None = None):
+    """The feature cache of one base model's final states (layer None) or of block `layer`'s, kept as float32 (a
+    middle layer's residual stream overflows float16). -> features.FeatureCache"""
+    from .features import FeatureCache
+
+    extra = {} if layer is None else {"dtype": "float32", "layer": layer}
+    return FeatureCache(feature_cache_folder(layer), weights, hidden_size, **extra)
+
+
 def architecture(rank: int, pooling: str, scoring: str = "candidate", value_width: int = 0) -> str:
-    value = f"mlp{value_width}" if value_width else "linear"
-    kind = f"look-ahead-{value}" if scoring == "look-ahead" else f"candidate-head-r{rank}" + (
-        f"-{value}" if value_width else "")
+    mlp = f"mlp{value_width}" if value_width else ""
+    if scoring == "look-ahead":
+        kind = f"look-ahead-{mlp or 'linear'}"
+    else:
+        kind = f"candidate-head-r{rank}" + (f"-{mlp}" if mlp else "")
     return kind + ("-mean-pool" if pooling == "mean" else "")
 
 
@@ -120,7 +134,7 @@ def look_ahead_sets(base, weights: str, states, sequences, firsts, train_idx, ho
 
 def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], None] = stderr_progress,
                              max_texts: int | None = None, rank: int = 15, look_ahead: int = 0,
-                             pooling: str = "none", fit_overrides: dict | None = None,
+                             pooling: str = "none",
                              scoring: str = "candidate") -> HiddenTrainingReport:
     from .data import load_labelled_texts
     from .features import embedding_rows, extract
@@ -148,7 +162,7 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
         embeddings = embedding_rows(config.model)
         fit_config = HiddenFitConfig(rank=rank, epochs=config.epochs, learning_rate=config.learning_rate,
                                      seed=config.seed, threads=config.threads, pooling=pooling,
-                                     **{"value_width": config.value_width, **(fit_overrides or {})})
+                                     value_width=config.value_width)
         train = positions([states[i] for i in train_idx], [sequences[i] for i in train_idx],
                           data.targets[train_idx], data.weights[train_idx], pooling=pooling)
         counterfactual = held_out_junctions = None
