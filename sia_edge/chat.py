@@ -306,8 +306,13 @@ class ChatSession:
             return f"not changed: {exc}"
         return f"objective: {args[0]} ({self.engine.value_model.path.name}; {reason})"
 
+    def _describe(self) -> str:
+        """The steering chain as the next reply runs it: the objective's weight scale applies to a default w."""
+        model = self.engine.value_model
+        return self.settings.with_(weight_scale=model.weight_scale if model else 1.0).describe()
+
     def stats_text(self) -> str:
-        lines = [f"format: {self.format.name} | steering: {self.settings.describe()}",
+        lines = [f"format: {self.format.name} | steering: {self._describe()}",
                  f"context: {len(self._tokens)} of {self.base.n_ctx} tokens, {len(self.messages) // 2} turns"]
         if self.last is None:
             return "\n".join(lines + ["no reply yet"])
@@ -333,4 +338,4 @@ class ChatSession:
             self.settings = self.engine.settings(self.settings.with_gate(name, value))
         except SiaError as exc:
             return f"not changed: {exc}"
-        return f"gate: {self.settings.describe()}"
+        return f"gate: {self._describe()}"

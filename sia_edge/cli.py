@@ -150,6 +150,8 @@ def info(model, value_model, n_ctx, threads, gpu_layers, as_json):
         "value_model_description": engine.value_model.description if engine.value_model else None,
         "value_model_input": engine.value_model.input if engine.value_model else None,
         "value_model_reason": engine.value_model_reason,
+        # what the gates' default w is multiplied by with this value model (metadata sia_edge.weight_scale)
+        "value_model_weight_scale": engine.value_model.weight_scale if engine.value_model else None,
         "gpu_offload_supported": offload,  # a Metal or CUDA build of llama.cpp (README)
         "gpu_layers": gpu_layers if offload else 0,  # what is offloaded: nothing on a CPU-only build
     }

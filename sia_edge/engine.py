@@ -154,9 +154,8 @@ class Engine:
         _check_queue_timeout(queue_timeout)
         if top_log_probs < 0:
             raise InvalidSettingError(f"top_log_probs must be >= 0, got {top_log_probs}")
-        chosen = self.settings(settings, **overrides)
         scorer = self.value_model_for(value_model)
-        self._check_steerable(chosen, scorer)
+        chosen = self._for_value_model(self.settings(settings, **overrides), scorer)
         tokens = self._prompt_tokens(prompt, chosen)
         seed = chosen.seed if chosen.seed is not None else secrets.randbits(32)
         if self._scheduler is not None:
@@ -189,9 +188,8 @@ class Engine:
         if batch_size < 1:
             raise InvalidSettingError(f"batch_size must be >= 1, got {batch_size}")
         _check_queue_timeout(queue_timeout)
-        chosen = self.settings(settings, **overrides)
         scorer = self.value_model_for(value_model)
-        self._check_steerable(chosen, scorer)
+        chosen = self._for_value_model(self.settings(settings, **overrides), scorer)
         if seeds is None:
             seeds = [secrets.randbits(32) for _ in prompts]
         if len(seeds) != len(prompts):
@@ -249,12 +247,17 @@ class Engine:
                                       f"got {settings.top_k}")
         return tokens
 
-    def _check_steerable(self, settings: GenerationSettings, scorer) -> None:
-        if settings.steers and scorer is None:
+    def _for_value_model(self, settings: GenerationSettings, scorer) -> GenerationSettings:
+        """The settings as they steer with this value model: its weight scale multiplies the gate's default w (an
+        explicit weight is used as given). ValueModelError if they steer and there is no value model."""
+        if scorer is not None:
+            return settings.with_(weight_scale=scorer.weight_scale)
+        if settings.steers:
             raise ValueModelError(
                 f"gate {settings.gate!r} needs a value model and none ships for {self.base.name}; "
                 f"pass --value-model (train one with `sia-edge vm train`) or use --gate none"
             )
+        return settings
 
     def close(self) -> None:
         """Free the models. Generations under way stop at their next step and raise RuntimeError('the engine was

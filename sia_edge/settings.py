@@ -33,6 +33,7 @@ class GenerationSettings:
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None  # None: a fresh one is drawn and reported
     calibrated_tau: float | None = None  # tau the Engine looked up for `ratio`; not for users to set
+    weight_scale: float = 1.0  # the value model's sia_edge.weight_scale, set by the Engine: scales the default w
 
     def __post_init__(self) -> None:
         if self.gate not in GATES:
@@ -46,6 +47,8 @@ class GenerationSettings:
             raise InvalidSettingError(TAU_AND_RATIO)
         _check(isinstance(self.top_k, int) and self.top_k >= 1, "top_k must be >= 1", self.top_k)
         _check(self.weight is None or math.isfinite(self.weight), "weight must be a finite number", self.weight)
+        _check(math.isfinite(self.weight_scale) and self.weight_scale > 0, "weight_scale must be > 0",
+               self.weight_scale)
         _check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0",
                self.temperature)
         _check(self.signal in SIGNALS, f"signal must be one of {', '.join(SIGNALS)}", self.signal)
@@ -66,8 +69,8 @@ class GenerationSettings:
 
     @property
     def w(self) -> float:
-        """The weight steering uses: the one given, else this gate's default."""
-        return self.weight if self.weight is not None else GATES[self.gate].weight
+        """The weight steering uses: the one given, else this gate's default times the value model's weight scale."""
+        return self.weight if self.weight is not None else GATES[self.gate].weight * self.weight_scale
 
     @property
     def needs_calibration(self) -> bool:
@@ -151,7 +154,8 @@ class GenerationSettings:
     def from_ran(cls, ran: dict) -> "GenerationSettings":
         """Settings that run as the ones `as_ran` reported. With a ratio, tau was looked up (calibrated_tau), so
         it is dropped: tau and ratio together are refused."""
-        given = {f.name: ran[f.name] for f in fields(cls)}
+        given = {f.name: ran[f.name] for f in fields(cls) if f.name != "weight_scale"}
+        given["weight_scale"] = ran.get("weight_scale", 1.0)  # absent from results reported before it existed
         given["stop"] = tuple(given["stop"])
         if given["ratio"] is not None:
             given["tau"] = None

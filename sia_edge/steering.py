@@ -7,13 +7,34 @@ Equivalently pi(c_i) ∝ p_base(c_i)^(1/T) * exp(w * r_i / T).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from .errors import ValueModelError
 
 
 # How the k candidates' rewards are normalised per junction, before w: the raw value-model scores (the paper),
 # centred on their mean (a shift changes nothing after softmax, so this only changes what is reported), or
 # z-scored, so that w means the same thing whether the candidates' rewards spread over 4 logits or 0.5.
 REWARD_NORMS = ("none", "center", "zscore")
+
+
+def weight_scale(text: str | None, source) -> float:
+    """A value model's metadata `sia_edge.weight_scale` (1 when absent): what the gates' default w is multiplied by
+    when the user gives none. The defaults were chosen with a sentiment model whose k candidate scores spread by
+    ~0.27 at a junction; a model whose scores spread 3x less pushes 3x less at the same w, so it says so here
+    (tools/weight_scale.py measures it). An explicit w is used as given."""
+    if text is None:
+        return 1.0
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueModelError(f"{source}: metadata 'sia_edge.weight_scale' must be a number > 0, got {text!r}; "
+                              f"remove the key or stamp a measured one with tools/weight_scale.py")
+    return scale
 
 
 def normalised_rewards(rewards: np.ndarray, norm: str) -> np.ndarray:

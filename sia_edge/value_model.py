@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import TokenizerMismatchError, ValueModelError
+from .steering import weight_scale
 
 CONTRACT_VERSION = "2"  # what `sia-edge vm train` writes for tokens and bytes
 CONTRACT_VERSIONS = ("1", "2")  # what ValueModel reads: 1 = token ids only; 2 adds `sia_edge.input`
@@ -66,16 +67,12 @@ class ValueModel:
         self._check_signature()
         contract = self.metadata.get("contract")
         if contract not in CONTRACT_VERSIONS:
-            raise ValueModelError(
-                f"{self.path}: metadata 'sia_edge.contract' is {contract!r}, expected one of "
-                f"{', '.join(map(repr, CONTRACT_VERSIONS))}; rebuild it with `sia-edge vm train`"
-            )
+            raise ValueModelError(f"{self.path}: metadata 'sia_edge.contract' is {contract!r}, expected one of "
+                                  f"{', '.join(map(repr, CONTRACT_VERSIONS))}; rebuild it with `sia-edge vm train`")
         self.input = self.metadata.get("input", "tokens")
         if self.input not in INPUT_KINDS or (contract == "1" and self.input != "tokens"):
-            raise ValueModelError(
-                f"{self.path}: metadata 'sia_edge.input' is {self.input!r}; contract {contract} allows "
-                f"{'tokens' if contract == '1' else 'tokens or bytes'}"
-            )
+            raise ValueModelError(f"{self.path}: metadata 'sia_edge.input' is {self.input!r}; contract {contract} "
+                                  f"allows {'tokens' if contract == '1' else 'tokens or bytes'}")
         self.fingerprint = self.metadata.get("tokenizer_fingerprint", "")
         if self.input == "tokens" and not self.fingerprint:
             raise ValueModelError(f"{self.path}: metadata 'sia_edge.tokenizer_fingerprint' is missing "
@@ -84,6 +81,7 @@ class ValueModel:
             raise ValueModelError(f"{self.path}: metadata says it reads bytes but also names a tokenizer "
                                   f"fingerprint; a byte-level model must not carry one")
         self.state_size = int(_by_name(self.session.get_inputs(), "state").shape[1])
+        self.weight_scale = weight_scale(self.metadata.get("weight_scale"), self.path)  # of the gates' default w
         self.calls = 0
         self.seconds = 0.0
         self._token_bytes: Callable[[int], bytes] | None = None
@@ -332,6 +330,7 @@ class HiddenValueModel:
             raise ValueModelError(f"{self.path}: metadata 'sia_edge.scoring' must be one of {', '.join(SCORINGS)}, "
                                   f"got {self.scoring!r}")
         self.layer = self._read_layer()
+        self.weight_scale = weight_scale(self.metadata.get("weight_scale"), self.path)  # of the gates' default w
         self.calls = 0
         self.seconds = 0.0
         self._texts = None  # the bound base model's HiddenStates, for scoring whole texts

@@ -204,3 +204,20 @@ def test_an_entropy_gate_tau_out_of_the_signals_reach_is_refused():
         else:
             with pytest.raises(InvalidSettingError, match="would never steer"):
                 settings.check_threshold()
+
+
+def test_a_value_models_weight_scale_multiplies_only_the_default_weight():
+    """The Engine sets weight_scale from the value model: each gate's default w is multiplied by it, a given
+    weight is used as given, it is reported as it ran and read back (results from before it existed read as 1)."""
+    scaled = GenerationSettings(gate="dense").with_(weight_scale=2.9)
+    assert scaled.w == GATES["dense"].weight * 2.9 and "value(w=2.9)" in scaled.describe()
+    assert scaled.updated(gate="random").w == GATES["random"].weight * 2.9
+    assert scaled.updated(weight=1.0).w == 1.0
+    ran = scaled.as_ran()
+    assert (ran["weight"], ran["weight_scale"]) == (2.9, 2.9)
+    assert GenerationSettings.from_ran(ran).w == 2.9
+    del ran["weight_scale"]
+    assert GenerationSettings.from_ran(ran).weight_scale == 1.0
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(InvalidSettingError, match="weight_scale must be > 0"):
+            GenerationSettings(weight_scale=bad)

@@ -151,3 +151,17 @@ def test_centring_changes_no_probability_and_zscore_makes_w_scale_free():
     assert "norm=zscore" in GenerationSettings(reward_norm="zscore").describe()
     with pytest.raises(InvalidSettingError, match="reward_norm"):
         GenerationSettings(reward_norm="minmax")
+
+
+def test_a_value_models_weight_scale_is_read_from_its_metadata_or_refused():
+    """Metadata sia_edge.weight_scale: absent means 1; a positive number is taken; anything else is refused in one
+    line that names the file and the key, never silently read as 1."""
+    from sia_edge.errors import ValueModelError
+    from sia_edge.steering import weight_scale
+
+    assert weight_scale(None, "m.onnx") == 1.0
+    assert weight_scale("2.9", "m.onnx") == 2.9
+    assert weight_scale("0.5", "m.onnx") == 0.5
+    for bad in ("0", "-1", "nan", "inf", "", "three"):
+        with pytest.raises(ValueModelError, match=r"m\.onnx: metadata 'sia_edge\.weight_scale' must be a number > 0"):
+            weight_scale(bad, "m.onnx")

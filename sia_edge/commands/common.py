@@ -108,7 +108,8 @@ def gate_parameter_option(name: str, **extra):
 
 weight_option = click.option(
     "-w", "--weight", type=float, default=None,
-    help=f"Reward weight w in s = logit + w * value [default: the gate's own: {default_weights_text()}].")
+    help=f"Reward weight w in s = logit + w * value [default: the gate's own ({default_weights_text()}) times the "
+         f"value model's weight scale: 1 unless its metadata sets sia_edge.weight_scale; `sia-edge info` shows it].")
 
 
 def generation_options(func):

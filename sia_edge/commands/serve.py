@@ -322,14 +322,16 @@ def list_models(server: Server) -> dict:
          "sia": {"file": str(s.engine.base.path), "n_ctx": s.engine.base.n_ctx,
                  "value_model": str(s.engine.value_model.path) if s.engine.value_model else None,
                  "objectives": OBJECTIVES, "chat_template": s.engine.base.chat_template is not None,
-                 "gates": list(GATES), "defaults": model_defaults(s.defaults)}}
+                 "gates": list(GATES), "defaults": model_defaults(s.defaults, s.engine.value_model)}}
         for name, s in server.models.items()]}
 
 
-def model_defaults(settings: GenerationSettings) -> dict:
-    """What a request gets for the fields it leaves out (the chat page shows them in its controls)."""
+def model_defaults(settings: GenerationSettings, value_model=None) -> dict:
+    """What a request gets for the fields it leaves out (the chat page shows them in its controls); the weight is
+    the one the default value model steers with (its weight scale applied)."""
+    scale = value_model.weight_scale if value_model is not None else 1.0
     return {"gate": settings.gate, "tau": settings.tau, "ratio": settings.ratio, "signal": settings.signal,
-            "weight": settings.w,
+            "weight": settings.with_(weight_scale=scale).w,
             "temperature": settings.temperature, "top_k": settings.top_k, "max_tokens": settings.max_tokens}
 
 

@@ -166,8 +166,8 @@ def run_config(config: EvalConfig, engine, calibration: dict | None) -> dict:
         "format": FORMAT, "prompt_file": config.prompt_file, "n_prompts": len(config.prompts),
         "prompts_sha256": hashlib.sha256("\n".join(config.prompts).encode()).hexdigest(),
         "seeds": config.seeds, "max_tokens": config.max_tokens, "judge": config.judge, "top_k": config.top_k,
-        "weight": config.weight if config.weight is not None else {
-            name: spec.weight for name, spec in GATES.items() if spec.steers},  # the defaults this run used
+        "weight": config.weight if config.weight is not None else {  # the defaults this run used
+            name: spec.weight * engine.value_model.weight_scale for name, spec in GATES.items() if spec.steers},
         "temperature": config.temperature, "entropy_over": config.signal,
         "model": engine.base.name, "model_fingerprint": engine.fingerprint,
         "value_model": engine.value_model.path.name, "value_model_sha256": _sha256(engine.value_model.path),

@@ -171,3 +171,24 @@ def export_trained(net, row_of_token, arch: str, out: Path, metadata: dict[str, 
         graph = IncrementalValueGraph(net, table)
         export_value_model(graph, net.state_size, out, metadata)
     return graph
+
+
+def stamp_metadata(source: Path, out: Path, changes: dict[str, str | None]) -> None:
+    """Copy the ONNX file `source` to `out` (atomically; the same path rewrites it) with its sia_edge.* metadata
+    changed: a key set to None is removed. The graph is untouched (tools/weight_scale.py stamps a measured scale)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    kept = {entry.key: entry.value for entry in model.metadata_props}
+    for key, value in changes.items():
+        kept.pop(f"sia_edge.{key}", None)
+        if value is not None:
+            kept[f"sia_edge.{key}"] = value
+    del model.metadata_props[:]
+    for key, value in kept.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    onnx.save(model, str(partial))
+    os.replace(partial, out)
