@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -15,16 +16,15 @@ def _lines(name: str) -> list[str]:
 
 
 def test_provocative_prompt_splits_are_disjoint_and_large_enough():
-    splits = {name: _lines(name) for name in ("train", "calibration", "dev")}
+    splits = {name: _lines(name) for name in ("train", "train-extra", "calibration", "dev")}
     assert len(splits["train"]) >= 200 and len(splits["calibration"]) >= 30 and len(splits["dev"]) >= 100
-    assert sum(map(len, splits.values())) >= 330
+    assert len(splits["train-extra"]) >= 190 and sum(map(len, splits.values())) >= 520
     for name, lines in splits.items():
         assert all(line.strip() == line and line for line in lines), f"{name}: blank or padded line"
         assert len(set(lines)) == len(lines), f"{name} repeats a prompt"
     normalised = {name: {" ".join(line.lower().split()) for line in lines} for name, lines in splits.items()}
-    assert not normalised["train"] & normalised["calibration"]
-    assert not normalised["train"] & normalised["dev"]
-    assert not normalised["calibration"] & normalised["dev"]
+    for a, b in itertools.combinations(splits, 2):
+        assert not normalised[a] & normalised[b], f"{a} and {b} share a prompt"
 
 
 # --- distillation on real Gemma samples ------------------------------------------------------------------------
@@ -427,3 +427,24 @@ def test_cli_distills_a_byte_level_model_that_reads_the_token_bytes(distilled, g
     text_bytes = [list((r["prompt"] + r["continuation"]).encode("utf-8")) for r in records]
     np.testing.assert_allclose(model.score_sequences(ids), as_bytes.score_sequences(text_bytes), atol=1e-5)
     assert np.ptp(model.score_sequences(ids)) > 0
+
+
+@pytest.mark.slow  # samples from the real GGUF and trains a value model
+def test_holdout_among_keeps_the_held_out_prompts_when_prompts_are_appended(distilled, gemma_path, tmp_path):
+    """--holdout-among 3 with a fourth prompt appended: only the new prompt is sampled, the held-out prompt is the
+    one the three-prompt run held out, and the new prompt's samples train (the stored standardisation says so)."""
+    from sia_edge.train.distill import distill_value_model, split_prompts
+    from sia_edge.value_model import ValueModel
+
+    _copy_cache(distilled, tmp_path)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join([*TINY_PROMPTS, "The weather this weekend will be"]) + "\n", encoding="utf-8")
+    report = distill_value_model(_config(tmp_path, gemma_path, holdout_among=3), progress=lambda _: None,
+                                 progress_bar=False, reward=LetterShare())
+    assert report.sampled_now == 2 and report.samples == 8
+    assert (report.n_holdout_prompts, report.n_holdout, report.n_train) == (1, 2, 6)
+    held = set(split_prompts(3, 0.34, 3).tolist())
+    samples = _records(tmp_path / "vm.samples.jsonl")[1:]
+    train_rewards = [r["rewards"]["tests:letter-e|full"] for r in samples if r["prompt_index"] not in held]
+    assert len(train_rewards) == 6
+    assert float(ValueModel(tmp_path / "vm.onnx").metadata["reward_mean"]) == pytest.approx(np.mean(train_rewards))

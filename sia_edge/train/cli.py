@@ -240,6 +240,9 @@ def train_command(model: Path | None, input_kind: str, as_json: bool, **options)
               help="Seed for sampling (one derived seed per prompt and sample), the split and training.")
 @click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Share of the prompts (with all their samples) held out for the reported fit.")
+@click.option("--holdout-among", type=click.IntRange(min=2), default=None,
+              help="Draw the held-out prompts from the first N prompts of the file only [default: all], so prompts "
+                   "appended to it later only add training data and fits before and after hold out the same ones.")
 @click.option("--epochs", type=click.IntRange(min=1), default=default(DistillConfig, "epochs"), show_default=True,
               help="Passes over the training samples (a distillation set is small: more passes than vm train).")
 @click.option("--llama-threads", type=click.IntRange(min=1), default=None,

@@ -92,6 +92,7 @@ class DistillConfig(FitConfig):
     ray_actors: int = 2
     epochs: int = DISTILL_EPOCHS
     loss: str = "prefix"
+    holdout_among: int | None = None  # hold out prompts among the first N only (None: all), so appended ones train
 
     @property
     def cache_path(self) -> Path:

@@ -374,7 +374,8 @@ def distill_value_model(config: DistillConfig, progress: Callable[[str], None] =
     if not used:
         raise TrainingDataError("every sample ended at once (no generated tokens); nothing to learn")
     rewards = np.array([cache.samples[k]["rewards"][reward_key(config)] for k in used], dtype=np.float64)
-    held_prompts = set(split_prompts(len(prompts), config.holdout, config.seed).tolist())
+    among = min(len(prompts), config.holdout_among or len(prompts))  # prompts appended later keep the split
+    held_prompts = set(split_prompts(among, config.holdout, config.seed).tolist())
     holdout_idx = np.array([i for i, (p, _) in enumerate(used) if p in held_prompts], dtype=np.int64)
     train_idx = np.array([i for i, (p, _) in enumerate(used) if p not in held_prompts], dtype=np.int64)
     if len(train_idx) == 0 or len(holdout_idx) == 0:
