@@ -23,7 +23,7 @@ REWARD_NORMS = ("none", "center", "zscore")
 def weight_scale(text: str | None, source) -> float:
     """A value model's metadata `sia_edge.weight_scale` (1 when absent): what the gates' default w is multiplied by
     when the user gives none. The defaults were chosen with a sentiment model whose k candidate scores spread by
-    ~0.27 at a junction; a model whose scores spread 3x less pushes 3x less at the same w, so it says so here
+    ~0.25 at a junction; a model whose scores spread 3x less pushes 3x less at the same w, so it says so here
     (tools/weight_scale.py measures it). An explicit w is used as given."""
     if text is None:
         return 1.0
