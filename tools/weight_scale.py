@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="GGUF base model [default: the built-in one]")
     parser.add_argument("-n", "--max-tokens", type=int, default=32, help="tokens per text")
     parser.add_argument("--write", type=Path, default=None,
-                        help="write a copy of the value model with the measured sia_edge.weight_scale here")
+                        help="write a copy of the value model with the measured sia_edge.weight_scale here "
+                             "(needs the train extra: pip install 'sia-edge[train]')")
     args = parser.parse_args()
 
     from sia_edge import Engine
