@@ -308,8 +308,7 @@ class ChatSession:
 
     def _describe(self) -> str:
         """The steering chain as the next reply runs it: the objective's weight scale applies to a default w."""
-        model = self.engine.value_model
-        return self.settings.with_(weight_scale=model.weight_scale if model else 1.0).describe()
+        return self.settings.with_value_model(self.engine.value_model).describe()
 
     def stats_text(self) -> str:
         lines = [f"format: {self.format.name} | steering: {self._describe()}",

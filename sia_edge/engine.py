@@ -251,7 +251,7 @@ class Engine:
         """The settings as they steer with this value model: its weight scale multiplies the gate's default w (an
         explicit weight is used as given). ValueModelError if they steer and there is no value model."""
         if scorer is not None:
-            return settings.with_(weight_scale=scorer.weight_scale)
+            return settings.with_value_model(scorer)
         if settings.steers:
             raise ValueModelError(
                 f"gate {settings.gate!r} needs a value model and none ships for {self.base.name}; "

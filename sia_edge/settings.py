@@ -108,6 +108,10 @@ class GenerationSettings:
     def with_(self, **changes) -> "GenerationSettings":
         return replace(self, **changes)
 
+    def with_value_model(self, model) -> "GenerationSettings":
+        """These settings as they steer with `model` (None: none loaded): its weight scale applies to a default w."""
+        return replace(self, weight_scale=model.weight_scale if model is not None else 1.0)
+
     def updated(self, **changes) -> "GenerationSettings":
         """These settings with the given (non-None) changes, as a person means them: naming another gate resets
         every gate parameter to its default; naming tau drops an inherited ratio and naming ratio drops an

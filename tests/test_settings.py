@@ -209,7 +209,10 @@ def test_an_entropy_gate_tau_out_of_the_signals_reach_is_refused():
 def test_a_value_models_weight_scale_multiplies_only_the_default_weight():
     """The Engine sets weight_scale from the value model: each gate's default w is multiplied by it, a given
     weight is used as given, it is reported as it ran and read back (results from before it existed read as 1)."""
-    scaled = GenerationSettings(gate="dense").with_(weight_scale=2.9)
+    from types import SimpleNamespace
+
+    scaled = GenerationSettings(gate="dense").with_value_model(SimpleNamespace(weight_scale=2.9))
+    assert scaled.with_value_model(None).w == GATES["dense"].weight  # no value model: no scale
     assert scaled.w == GATES["dense"].weight * 2.9 and "value(w=2.9)" in scaled.describe()
     assert scaled.updated(gate="random").w == GATES["random"].weight * 2.9
     assert scaled.updated(weight=1.0).w == 1.0

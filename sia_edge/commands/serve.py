@@ -329,9 +329,8 @@ def list_models(server: Server) -> dict:
 def model_defaults(settings: GenerationSettings, value_model=None) -> dict:
     """What a request gets for the fields it leaves out (the chat page shows them in its controls); the weight is
     the one the default value model steers with (its weight scale applied)."""
-    scale = value_model.weight_scale if value_model is not None else 1.0
     return {"gate": settings.gate, "tau": settings.tau, "ratio": settings.ratio, "signal": settings.signal,
-            "weight": settings.with_(weight_scale=scale).w,
+            "weight": settings.with_value_model(value_model).w,
             "temperature": settings.temperature, "top_k": settings.top_k, "max_tokens": settings.max_tokens}
 
 
