@@ -54,6 +54,7 @@ SHIPPED = (
     ShippedValueModel("gemma3-270m-sentiment.onnx", "sentiment", "tokens", GEMMA_TOKENIZER),
     ShippedValueModel("smollm2-135m-sentiment.onnx", "sentiment", "tokens", SMOLLM2_TOKENIZER),
     ShippedValueModel("byte-sentiment.onnx", "sentiment", "bytes"),
+    ShippedValueModel("gemma3-270m-hidden-clean.onnx", "clean", "hidden", GEMMA_TOKENIZER, GEMMA_WEIGHTS),
     ShippedValueModel("gemma3-270m-clean.onnx", "clean", "tokens", GEMMA_TOKENIZER),
 )
 DEFAULT_OBJECTIVE = "sentiment"

@@ -174,7 +174,7 @@ def test_the_objective_switch_steers_with_the_other_value_model_and_new_chat_cle
     assert sent.value.post_data_json["objective"] == "clean"
     assert len(sent.value.post_data_json["messages"]) == 3  # the conversation so far goes along
     page.wait_for_selector(".message.assistant:last-of-type .stats", timeout=120_000)
-    assert "gemma3-270m-clean.onnx" in page.inner_text(".message.assistant:last-of-type .stats")
+    assert "gemma3-270m-hidden-clean.onnx" in page.inner_text(".message.assistant:last-of-type .stats")
     page.click("#new-chat")
     assert page.locator("#conversation .message").count() == 0
 

@@ -165,7 +165,7 @@ def test_stop_cancels_mid_generation_and_the_objective_switches(app):
     assert longest < MAX_TURN, f"one turn of the event loop took {longest:.2f} s while stopping"
     result = app.result
     assert result.stop_reason == "cancelled" and result.stats.tokens < 400
-    assert result.value_model == "gemma3-270m-clean.onnx"
+    assert result.value_model == "gemma3-270m-hidden-clean.onnx"
     assert app.text.get(*app.text.tag_ranges("stopped")) == "  [stopped]"
     assert app.status.get().startswith("cancelled:")
     assert str(app.go["state"]) == "normal" and str(app.stop["state"]) == "disabled"

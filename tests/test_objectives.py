@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from sia_edge.errors import ValueModelError
-from sia_edge.models import GEMMA_TOKENIZER, OBJECTIVES, SHIPPED, choose_value_model, shipped_value_model_dir
+from sia_edge.models import GEMMA_TOKENIZER, GEMMA_WEIGHTS, OBJECTIVES, SHIPPED, choose_value_model, shipped_value_model_dir
 from sia_edge.settings import GenerationSettings
 
 
@@ -26,7 +26,8 @@ def test_every_shipped_model_is_in_the_package_and_declares_its_objective():
 
 def test_names_resolve_per_tokenizer_and_unknown_names_list_the_known_ones(monkeypatch):
     monkeypatch.delenv("SIA_EDGE_VALUE_MODEL", raising=False)
-    assert choose_value_model("clean", GEMMA_TOKENIZER).path.name == "gemma3-270m-clean.onnx"
+    assert choose_value_model("clean", GEMMA_TOKENIZER).path.name == "gemma3-270m-clean.onnx"  # another GGUF
+    assert choose_value_model("clean", GEMMA_TOKENIZER, GEMMA_WEIGHTS).path.name == "gemma3-270m-hidden-clean.onnx"
     assert choose_value_model("sentiment", "f" * 64).path.name == "byte-sentiment.onnx"
     with pytest.raises(ValueModelError, match="one of sentiment, clean"):
         choose_value_model("kindness", GEMMA_TOKENIZER)
@@ -38,9 +39,10 @@ def test_a_generation_can_steer_toward_another_objective(engine):
     assert engine.value_model.path.name == "gemma3-270m-sentiment.onnx"
     clean = engine.generate("The referee was", value_model="clean", gate="dense", max_tokens=6, seed=2)
     default = engine.generate("The referee was", gate="dense", max_tokens=6, seed=2)
-    assert clean.value_model == "gemma3-270m-clean.onnx" and default.value_model == "gemma3-270m-sentiment.onnx"
-    # the shipped clean model carries its measured weight scale (its card); the sentiment models none
-    assert clean.settings["weight"] == pytest.approx(2.9) and default.settings["weight"] == 1.0
+    # for these exact weights the hidden-state clean model wins over the token one (models.SHIPPED's ranks)
+    assert clean.value_model == "gemma3-270m-hidden-clean.onnx" and default.value_model == "gemma3-270m-sentiment.onnx"
+    # it carries its measured weight scale (its card); the sentiment models none
+    assert clean.settings["weight"] == pytest.approx(4.6) and default.settings["weight"] == 1.0
     assert engine.value_model.path.name == "gemma3-270m-sentiment.onnx"  # the engine's default is unchanged
     assert engine.value_model_for("clean") is engine.value_model_for("clean")  # loaded once
     unsteered = engine.generate("Hi", gate="none", max_tokens=2, seed=1)
@@ -54,9 +56,9 @@ def test_chat_objective_command(engine):
     try:
         assert "usage" in session.command("/objective").text
         assert "not changed" in session.command("/objective kindness").text
-        assert "gemma3-270m-clean.onnx" in session.command("/objective clean").text
+        assert "gemma3-270m-hidden-clean.onnx" in session.command("/objective clean").text
         "".join(session.send("The referee"))
-        assert session.last.result.value_model == "gemma3-270m-clean.onnx"
+        assert session.last.result.value_model == "gemma3-270m-hidden-clean.onnx"
     finally:
         engine.use_value_model("sentiment")
     # the objective's shipped model for these weights: the hidden-state one
@@ -77,7 +79,7 @@ def test_server_requests_name_an_objective(engine):
     settings = server.settings(served, CompletionRequest(prompt="x", objective="clean"), max_tokens=4)
     stream = server.open_stream(served, engine.tokenize("The referee"), settings, cancel=None, objective="clean")
     list(stream)
-    assert stream.result.value_model == "gemma3-270m-clean.onnx"
+    assert stream.result.value_model == "gemma3-270m-hidden-clean.onnx"
 
 
 def test_vm_list_shows_the_shipped_models():
@@ -87,7 +89,7 @@ def test_vm_list_shows_the_shipped_models():
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     names = {(row["name"], row["input"]) for row in rows}
-    assert {("sentiment", "tokens"), ("sentiment", "bytes"), ("clean", "tokens")} <= names
+    assert {("sentiment", "tokens"), ("sentiment", "bytes"), ("clean", "tokens"), ("clean", "hidden")} <= names
     assert all(row["bytes"] > 0 for row in rows)
     table = CliRunner().invoke(vm, ["list"])
     assert "any GGUF" in table.output and "byte-sentiment.onnx" in table.output

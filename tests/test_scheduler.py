@@ -143,7 +143,7 @@ def test_each_request_steers_toward_its_own_objective(parallel_engine):
 
     sentiment, clean = in_threads(work, ["sentiment", "clean"])
     assert sentiment.value_model == "gemma3-270m-hidden-sentiment.onnx"  # the objective's model for these weights
-    assert clean.value_model == "gemma3-270m-clean.onnx"
+    assert clean.value_model == "gemma3-270m-hidden-clean.onnx"  # also a hidden-state model for these weights
     assert sentiment.stats.value_model_calls == clean.stats.value_model_calls == 8
 
 
