@@ -70,7 +70,7 @@ class GenerationSettings:
     @property
     def w(self) -> float:
         """The weight steering uses: the one given, else this gate's default times the value model's weight scale."""
-        return self.weight if self.weight is not None else GATES[self.gate].weight * self.weight_scale
+        return self.weight if self.weight is not None else default_weight(self.gate, self.weight_scale)
 
     @property
     def needs_calibration(self) -> bool:
@@ -182,6 +182,11 @@ class GenerationSettings:
 # what a calibrated tau depends on: changing any of these makes a looked-up tau stale
 _CALIBRATION_KEY = ("gate", "tau", "ratio", "top_k", "temperature", "signal")
 _DEFAULTS = {f.name: f.default for f in fields(GenerationSettings) if f.name in PARAMETERS}
+
+
+def default_weight(gate: str, weight_scale: float = 1.0) -> float:
+    """The w a gate steers with when none is given: its own default times the value model's weight scale."""
+    return GATES[gate].weight * weight_scale
 
 
 def _check(ok: bool, message: str, value) -> None:

@@ -40,7 +40,7 @@ from ..decoder import value_model_tokens
 from ..errors import InvalidSettingError, SiaError
 from ..progress import progress_bar
 from ..gate import GATES
-from ..settings import GenerationSettings
+from ..settings import GenerationSettings, default_weight
 from .arms import Arm, arm_settings
 from .report import markdown_report, plot_tradeoff
 from .stats import summarize
@@ -167,7 +167,7 @@ def run_config(config: EvalConfig, engine, calibration: dict | None) -> dict:
         "prompts_sha256": hashlib.sha256("\n".join(config.prompts).encode()).hexdigest(),
         "seeds": config.seeds, "max_tokens": config.max_tokens, "judge": config.judge, "top_k": config.top_k,
         "weight": config.weight if config.weight is not None else {  # the defaults this run used
-            name: spec.weight * engine.value_model.weight_scale for name, spec in GATES.items() if spec.steers},
+            name: default_weight(name, engine.value_model.weight_scale) for name, spec in GATES.items() if spec.steers},
         "temperature": config.temperature, "entropy_over": config.signal,
         "model": engine.base.name, "model_fingerprint": engine.fingerprint,
         "value_model": engine.value_model.path.name, "value_model_sha256": _sha256(engine.value_model.path),

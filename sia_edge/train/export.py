@@ -37,14 +37,10 @@ def export_value_model(graph: torch.nn.Module, state_size: int, out: Path, metad
             output_names=["new_state", "score"], dynamic_axes=_DYNAMIC_AXES, opset_version=17, dynamo=False,
         )
     model = onnx.load(str(partial))
-    del model.metadata_props[:]
-    for key, value in {"contract": CONTRACT_VERSION, **metadata}.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = f"sia_edge.{key}", value
+    _replace_metadata(model, _sia_keys({"contract": CONTRACT_VERSION, **metadata}))
     model.producer_name = "sia-edge vm train"
     onnx.checker.check_model(model)
-    onnx.save(model, str(partial))
-    os.replace(partial, out)
+    _save_atomically(model, out)
 
 
 def export_recurrent_value_model(graph, out: Path, metadata: dict[str, str]) -> None:
@@ -146,14 +142,9 @@ def export_recurrent_value_model(graph, out: Path, metadata: dict[str, str]) -> 
     )
     model = helper.make_model(body, opset_imports=[helper.make_opsetid("", 17)], producer_name="sia-edge vm train")
     model.ir_version = 8
-    for key, value in {"contract": CONTRACT_VERSION, **metadata}.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = f"sia_edge.{key}", value
+    _replace_metadata(model, _sia_keys({"contract": CONTRACT_VERSION, **metadata}))
     onnx.checker.check_model(model, full_check=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    onnx.save(model, str(partial))
-    os.replace(partial, out)
+    _save_atomically(model, out)
 
 
 def export_trained(net, row_of_token, arch: str, out: Path, metadata: dict[str, str]):
@@ -180,14 +171,31 @@ def stamp_metadata(source: Path, out: Path, changes: dict[str, str | None]) -> N
 
     model = onnx.load(str(source))
     kept = {entry.key: entry.value for entry in model.metadata_props}
-    for key, value in changes.items():
-        kept.pop(f"sia_edge.{key}", None)
+    for key, value in _sia_keys(changes).items():
+        kept.pop(key, None)
         if value is not None:
-            kept[f"sia_edge.{key}"] = value
+            kept[key] = value
+    _replace_metadata(model, kept)
+    _save_atomically(model, out)
+
+
+def _sia_keys(metadata: dict) -> dict:
+    """The contract's metadata names: `contract` -> `sia_edge.contract`."""
+    return {f"sia_edge.{key}": value for key, value in metadata.items()}
+
+
+def _replace_metadata(model, props: dict[str, str]) -> None:
+    """The ONNX model's metadata_props become exactly `props`."""
     del model.metadata_props[:]
-    for key, value in kept.items():
+    for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def _save_atomically(model, out: Path) -> None:
+    """Save to OUT.partial, then rename over OUT: a reader (or an interrupted run) never sees half a file."""
+    import onnx
+
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     onnx.save(model, str(partial))
