@@ -16,9 +16,9 @@ def _lines(name: str) -> list[str]:
 
 
 def test_provocative_prompt_splits_are_disjoint_and_large_enough():
-    splits = {name: _lines(name) for name in ("train", "train-extra", "calibration", "dev")}
+    splits = {name: _lines(name) for name in ("train", "train-extra", "train-extra2", "calibration", "dev")}
     assert len(splits["train"]) >= 200 and len(splits["calibration"]) >= 30 and len(splits["dev"]) >= 100
-    assert len(splits["train-extra"]) >= 190 and sum(map(len, splits.values())) >= 520
+    assert len(splits["train-extra"]) >= 190 and len(splits["train-extra2"]) >= 190
     for name, lines in splits.items():
         assert all(line.strip() == line and line for line in lines), f"{name}: blank or padded line"
         assert len(set(lines)) == len(lines), f"{name} repeats a prompt"
