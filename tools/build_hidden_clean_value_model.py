@@ -38,8 +38,6 @@ NAME = "gemma3-270m-hidden-clean"
 PROMPT_FILES = [REPO / "tools" / "prompts" / f"provocative-{part}.txt"
                 for part in ("train", "train-extra", "train-extra2")]
 HOLDOUT_AMONG = 211  # the original training file: earlier fits held out prompts among these, so figures compare
-DESCRIPTION = ("Clean language (1 - P(offensive) from alt-profanity-check) on the hidden state of Gemma 3 270M "
-               "base, distilled on its own continuations of provocative openings")
 DISTILL_OPTIONS = ["--input", "hidden", "--pooling", "mean", "--scoring", "candidate", "--value-width", "64",
                    "--holdout-among", str(HOLDOUT_AMONG), "--reward", "clean", "--reward-on", "continuation",
                    "--objective", "clean", "--samples-per-prompt", "16", "-n", "64", "--top-k", "10", "-t", "1.0",
@@ -130,21 +128,20 @@ The sample cache in `build/distill/` and the hidden-state cache make a rerun res
 
 
 def main() -> None:
+    from sia_edge.value_model import open_value_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)
     prompts = training_prompts()
     unscaled = BUILD / f"{NAME}-unscaled.onnx"
     args = ["vm", "distill", "--prompts", str(prompts.relative_to(REPO)), "--out", str(unscaled.relative_to(REPO)),
-            "--cache", str((BUILD / f"{NAME}.samples.jsonl").relative_to(REPO)), "--description", DESCRIPTION,
-            *DISTILL_OPTIONS, "--json"]
+            "--cache", str((BUILD / f"{NAME}.samples.jsonl").relative_to(REPO)), *DISTILL_OPTIONS, "--json"]
     report = json.loads(sia_edge(*args))
     report["n_prompts"] = len(prompts.read_text(encoding="utf-8").splitlines())
     out = BUILD / f"{NAME}.onnx"
     shutil.copy(unscaled, out)
     scale = stamp_weight_scale(out)
-    from sia_edge.value_model import open_value_model
-
     latency = junction_latency_ms(out, open_value_model(out).hidden_size, report["vocab_rows"])
     (BUILD / f"{NAME}-build.json").write_text(json.dumps({"report": report, "weight_scale": scale,
                                                           "latency": latency}, indent=2))
