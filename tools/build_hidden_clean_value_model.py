@@ -107,8 +107,8 @@ Measured separately, on prompts it never saw, with a judge it never trained on (
 
     {STEERING_COMMAND}
 
-(`CALIBRATION.json` from `sia-edge calibrate --prompts tools/prompts/provocative-calibration.txt`.) Results:
-docs/distillation.md and docs/results.md.
+after `sia-edge calibrate --prompts tools/prompts/provocative-calibration.txt --out CALIBRATION.json`. The shipped
+build's results are in docs/distillation.md (the `clean` sections, newest last) and docs/results.md.
 
 ## Rebuild
 
@@ -139,6 +139,7 @@ def main() -> None:
             "--cache", str((BUILD / f"{NAME}.samples.jsonl").relative_to(REPO)), *DISTILL_OPTIONS, "--json"]
     report = json.loads(sia_edge(*args))
     report["n_prompts"] = len(prompts.read_text(encoding="utf-8").splitlines())
+    (BUILD / f"{NAME}-distill.json").write_text(json.dumps(report, indent=2))  # the fit, whatever happens next
     out = BUILD / f"{NAME}.onnx"
     shutil.copy(unscaled, out)
     scale = stamp_weight_scale(out)

@@ -185,13 +185,14 @@ def junction_latency_ms(onnx_path: Path, hidden_size: int, n_vocab: int, k: int 
     model = open_value_model(onnx_path, threads=1)
     rng = np.random.default_rng(SEED)
     hidden = rng.normal(size=(1, hidden_size)).astype(np.float32)
+    pooled = rng.normal(size=(1, hidden_size)).astype(np.float32) if model.pools else None
     candidates = [rng.integers(0, n_vocab, k)]
     for _ in range(100):
-        model.score_hidden(hidden, candidates)
+        model.score_hidden(hidden, candidates, pooled)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.score_hidden(hidden, candidates)
+        model.score_hidden(hidden, candidates, pooled)
         times.append(time.perf_counter() - start)
     return {"median_ms": 1000 * float(np.median(times)), "p99_ms": 1000 * float(np.percentile(times, 99))}
 
