@@ -37,10 +37,10 @@ def export_value_model(graph: torch.nn.Module, state_size: int, out: Path, metad
             output_names=["new_state", "score"], dynamic_axes=_DYNAMIC_AXES, opset_version=17, dynamo=False,
         )
     model = onnx.load(str(partial))
-    _replace_metadata(model, _sia_keys({"contract": CONTRACT_VERSION, **metadata}))
+    replace_metadata(model, sia_keys({"contract": CONTRACT_VERSION, **metadata}))
     model.producer_name = "sia-edge vm train"
     onnx.checker.check_model(model)
-    _save_atomically(model, out)
+    save_atomically(model, out)
 
 
 def export_recurrent_value_model(graph, out: Path, metadata: dict[str, str]) -> None:
@@ -142,9 +142,9 @@ def export_recurrent_value_model(graph, out: Path, metadata: dict[str, str]) -> 
     )
     model = helper.make_model(body, opset_imports=[helper.make_opsetid("", 17)], producer_name="sia-edge vm train")
     model.ir_version = 8
-    _replace_metadata(model, _sia_keys({"contract": CONTRACT_VERSION, **metadata}))
+    replace_metadata(model, sia_keys({"contract": CONTRACT_VERSION, **metadata}))
     onnx.checker.check_model(model, full_check=True)
-    _save_atomically(model, out)
+    save_atomically(model, out)
 
 
 def export_trained(net, row_of_token, arch: str, out: Path, metadata: dict[str, str]):
@@ -171,20 +171,20 @@ def stamp_metadata(source: Path, out: Path, changes: dict[str, str | None]) -> N
 
     model = onnx.load(str(source))
     kept = {entry.key: entry.value for entry in model.metadata_props}
-    for key, value in _sia_keys(changes).items():
+    for key, value in sia_keys(changes).items():
         kept.pop(key, None)
         if value is not None:
             kept[key] = value
-    _replace_metadata(model, kept)
-    _save_atomically(model, out)
+    replace_metadata(model, kept)
+    save_atomically(model, out)
 
 
-def _sia_keys(metadata: dict) -> dict:
+def sia_keys(metadata: dict) -> dict:
     """The contract's metadata names: `contract` -> `sia_edge.contract`."""
     return {f"sia_edge.{key}": value for key, value in metadata.items()}
 
 
-def _replace_metadata(model, props: dict[str, str]) -> None:
+def replace_metadata(model, props: dict[str, str]) -> None:
     """The ONNX model's metadata_props become exactly `props`."""
     del model.metadata_props[:]
     for key, value in props.items():
@@ -192,7 +192,7 @@ def _replace_metadata(model, props: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def _save_atomically(model, out: Path) -> None:
+def save_atomically(model, out: Path) -> None:
     """Save to OUT.partial, then rename over OUT: a reader (or an interrupted run) never sees half a file."""
     import onnx
 

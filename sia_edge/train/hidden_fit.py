@@ -266,6 +266,7 @@ def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str], sc
     import onnx
     import torch
 
+    from .export import replace_metadata, save_atomically, sia_keys
     from .hidden_head import ExportedHead, ExportedLookAhead, candidate_table
 
     if scoring == "look-ahead":
@@ -285,13 +286,12 @@ def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str], sc
         axes["pooled"] = {0: "batch"}
         metadata = {**metadata, "pooling": "mean"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(graph, inputs, str(out), input_names=names, output_names=["scores"], dynamic_axes=axes,
+    partial = out.with_name(out.name + ".partial")
+    torch.onnx.export(graph, inputs, str(partial), input_names=names, output_names=["scores"], dynamic_axes=axes,
                       opset_version=17, dynamo=False)
-    model = onnx.load(str(out))
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = f"sia_edge.{key}", str(value)
-    onnx.save(model, str(out))
+    model = onnx.load(str(partial))
+    replace_metadata(model, sia_keys({key: str(value) for key, value in metadata.items()}))
+    save_atomically(model, out)
     from ..value_model import HiddenValueModel
 
     # also checks the contract's metadata
