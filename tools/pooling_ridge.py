@@ -13,12 +13,17 @@ whose states are not cached are skipped and counted. This is the check behind co
 (the default: the final state's), to see whether a middle layer carries the reward better:
 
     PYTHONPATH=. python tools/pooling_ridge.py build/clean-hidden.samples.jsonl --layer 8
+
+--bag N adds the continuation's own tokens as counts over the N ids most frequent in the training continuations,
+alone and beside the mean state: does a memory of which tokens were written add to the states' mean? (The `clean`
+reward is a linear model over word n-grams.) --holdout-among is the distillation's option of that name.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 
 import numpy as np
 
@@ -53,12 +58,33 @@ def main() -> None:
     parser.add_argument("--bos", type=int, default=2, help="the base model's BOS id (Gemma: 2)")
     parser.add_argument("--layer", type=int, help="read the feature cache of `vm distill --layer L` (block L's "
                         "states) instead of the final state's")
+    parser.add_argument("--holdout-among", type=int, default=None,
+                        help="draw the held-out prompts among the first N (the distillation's option)")
+    parser.add_argument("--bag", type=int, default=0, help="also fit on counts of the continuation's tokens over "
+                        "the N most frequent ids (0: not)")
     args = parser.parse_args()
     lines = [json.loads(line) for line in open(args.samples, encoding="utf-8")]
     header, samples = lines[0], [s for s in lines[1:] if s.get("rewards", {}).get(args.reward) is not None]
-    held_prompts = set(split_prompts(max(s["prompt_index"] for s in samples) + 1, args.holdout, args.seed).tolist())
+    among = args.holdout_among or max(s["prompt_index"] for s in samples) + 1
+    held_prompts = set(split_prompts(among, args.holdout, args.seed).tolist())
     rows, rewards, held, missing = cached_summaries(samples, header, args.bos, args.reward, held_prompts, args.layer)
+    if args.bag:
+        add_bags(rows, held, args.bag)
     report(rows, rewards, held, missing, args.reward)
+
+
+def add_bags(rows: list[dict], held: np.ndarray, size: int) -> None:
+    """Each row gains the counts of its continuation's tokens over the `size` ids most frequent in the training
+    rows' continuations, alone and beside the mean of the continuation's states."""
+    counts = Counter(t for row, h in zip(rows, held) if not h for t in row["tokens"])
+    ids = {token: column for column, (token, _) in enumerate(counts.most_common(size))}
+    for row in rows:
+        bag = np.zeros(len(ids), dtype=np.float32)
+        for token in row.pop("tokens"):
+            if token in ids:
+                bag[ids[token]] += 1
+        row[f"bag of the continuation's tokens ({len(ids)} ids)"] = bag
+        row["mean of the continuation + bag"] = np.concatenate([row["mean of the continuation"], bag])
 
 
 def cached_summaries(samples, header, bos, reward, held_prompts, layer):
@@ -71,7 +97,8 @@ def cached_summaries(samples, header, bos, reward, held_prompts, layer):
         if key not in cache:
             missing += 1
             continue
-        rows.append(summaries(cache.get(key)["states"].astype(np.float32), len(sample["prompt_tokens"])))
+        rows.append({**summaries(cache.get(key)["states"].astype(np.float32), len(sample["prompt_tokens"])),
+                     "tokens": sample["token_ids"]})
         rewards.append(sample["rewards"][reward])
         held.append(sample["prompt_index"] in held_prompts)
     return rows, np.array(rewards), np.array(held), missing
@@ -82,7 +109,7 @@ def report(rows, rewards, held, missing, reward) -> None:
     z = (rewards - mean) / sd
     print(f"{len(rows)} samples ({held.sum()} held out), {missing} without cached states")
     print("| summary | R², penalty 300 | 1000 | 3000 |\n|---|---|---|---|")
-    for name in rows[0]:
+    for name in (key for key in rows[0] if key != "tokens"):
         x = np.stack([r[name] for r in rows])
         print(f"| {name} | " + " | ".join(f"{ridge_r2(x, z, held, p):.3f}" for p in (300, 1000, 3000)) + " |")
 
