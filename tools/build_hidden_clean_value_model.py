@@ -89,8 +89,8 @@ def steering_table(run: Path | None) -> str:
             label = f"{name} − {name.replace('entropy@', 'random@')}"
             rows.append(f"| {label} | | | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
     tokens = max(s["tokens"] for s in none)
-    return (f"`{run.name}` ({prompts} prompts × {seeds} samples each, up to {tokens} tokens), at the default "
-            "weights:\n\n| arm | w | share with a listed word | Δ judge vs none |\n|---|---|---|---|\n"
+    return (f"`{run.name}` ({prompts} prompts × {seeds} samples each, up to {tokens} tokens; w as each arm "
+            "ran):\n\n| arm | w | share with a listed word | Δ judge vs none |\n|---|---|---|---|\n"
             + "\n".join(rows))
 
 
