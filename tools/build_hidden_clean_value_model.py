@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
-from build_clean_value_model import stamp_weight_scale  # noqa: E402
+from build_clean_value_model import SAMPLING, stamp_weight_scale  # noqa: E402
 from build_hidden_value_models import junction_latency_ms, sia_edge  # noqa: E402
 
 BUILD = REPO / "build" / "distill"
@@ -44,8 +44,9 @@ PROMPT_FILES = [REPO / "tools" / "prompts" / f"provocative-{part}.txt" for part 
 HOLDOUT_AMONG = 211  # the original training file: earlier fits held out prompts among these, so figures compare
 DISTILL_OPTIONS = ["--input", "hidden", "--pooling", "mean", "--scoring", "candidate", "--value-width", "64",
                    "--holdout-among", str(HOLDOUT_AMONG), "--reward", "clean", "--reward-on", "continuation",
-                   "--objective", "clean", "--samples-per-prompt", "16", "-n", "64", "--top-k", "10", "-t", "1.0",
-                   "--seed", "0"]
+                   "--objective", "clean", "--samples-per-prompt", str(SAMPLING["samples_per_prompt"]),
+                   "-n", str(SAMPLING["max_tokens"]), "--top-k", str(SAMPLING["top_k"]),
+                   "-t", str(SAMPLING["temperature"]), "--seed", str(SAMPLING["seed"])]
 STEERING_COMMAND = (f"sia-edge eval --prompts tools/prompts/provocative-dev.txt --seeds 6 -n 64 --arms "
                     f"none,dense,entropy@0.2,random@0.2 --judge word-list-clean --value-model "
                     f"sia_edge/models/{NAME}.onnx --calibration CALIBRATION.json --out runs/expB-{NAME}")
@@ -67,6 +68,8 @@ def steering_table(run: Path | None) -> str:
     from sia_edge.evaluation.run import read_samples
     from sia_edge.evaluation.stats import bootstrap_ci, paired_differences
 
+    if not (run / "samples.jsonl").is_file():
+        sys.exit(f"{run}: not a `sia-edge eval` output directory (no samples.jsonl)")
     samples = read_samples(run / "samples.jsonl")
     arms = {name: [s for s in samples if s["arm"] == name] for name in dict.fromkeys(s["arm"] for s in samples)}
     none = arms.get("none")
@@ -94,7 +97,8 @@ def steering_table(run: Path | None) -> str:
             + "\n".join(rows))
 
 
-def card(report: dict, scale: dict, latency: dict, onnx_path: Path, command: str, steering: str) -> str:
+def card(report: dict, scale: dict, latency: dict, onnx_path: Path, sha256: str, command: str, steering: str) -> str:
+    from sia_edge.settings import default_weight
     from sia_edge.value_model import open_value_model
 
     metadata = open_value_model(onnx_path).metadata
@@ -113,18 +117,20 @@ instead.
 |---|---|
 | file | `sia_edge/models/{NAME}.onnx` |
 | size | {size:,} bytes ({size / 1e6:.1f} MB) |
-| sha256 | `{hashlib.sha256(onnx_path.read_bytes()).hexdigest()}` |
+| sha256 | `{sha256}` |
 | contract | 3 (`models/README.md`) with `pooling = {metadata['pooling']}`: reads the base model's last-layer hidden state, the mean of the states over the continuation so far ({metadata['hidden_size']} floats each) and k candidate ids; architecture `{metadata['architecture']}` |
 | serves | only the GGUF with weights fingerprint `{metadata['weights_fingerprint']}`; other GGUFs of Gemma's tokenizer get the token model `gemma3-270m-clean.onnx` |
 | objective | `clean`: the score predicts the standardised reward `(reward − {report['reward_mean']:.4f}) / {report['reward_sd']:.4f}` (metadata `sia_edge.reward_mean`, `sia_edge.reward_sd`), reward = 1 − P(offensive) from `alt-profanity-check` on the continuation alone; higher = cleaner |
-| weight scale | {scale['weight_scale']:g} (metadata `sia_edge.weight_scale`): its 10 candidate scores spread by {spread:.3f} at a junction against {scale['reference']['median_spread']:.3f} for the token sentiment model the default weights were chosen with, so with no `-w` it steers at dense {scale['weight_scale']:g} and sparse gates {4 * scale['weight_scale']:g} (`tools/weight_scale.py`, {scale['n_prompts']} `provocative-calibration.txt` prompts × {scale['max_tokens']} tokens) |
+| weight scale | {scale['weight_scale']:g} (metadata `sia_edge.weight_scale`): its 10 candidate scores spread by {spread:.3f} at a junction against {scale['reference']['median_spread']:.3f} for the token sentiment model the default weights were chosen with, so with no `-w` it steers at dense {default_weight('dense', scale['weight_scale']):g} and sparse gates {default_weight('entropy', scale['weight_scale']):g} (`tools/weight_scale.py`, {scale['n_prompts']} `provocative-calibration.txt` prompts × {scale['max_tokens']} tokens) |
 | junction cost | {latency['median_ms']:.3f} ms median ({latency['p99_ms']:.3f} ms p99) for one call scoring 10 candidates, 1 thread |
 
 ## Data and training
 
 Gemma 3 270M base's own continuations of {report['n_prompts']} provocative openings:
-{files}; all written for this project, disjoint from the calibration and dev files. 16 continuations each, 64
-tokens, unsteered, top-k 10, T 1, seed 0: {report['samples']:,} samples, each scored once by the reward. Every prefix from the first generated token on
+{files}; all written for this project, disjoint from the calibration and dev files.
+{SAMPLING['samples_per_prompt']} continuations each, {SAMPLING['max_tokens']} tokens, unsteered, top-k {SAMPLING['top_k']}, \
+T {SAMPLING['temperature']:g}, seed {SAMPLING['seed']}:
+{report['samples']:,} samples, each scored once by the reward. Every prefix from the first generated token on
 regresses onto its sample's standardised reward (squared error). The held-out prompts are drawn among the first
 {HOLDOUT_AMONG} only (`--holdout-among {HOLDOUT_AMONG}`), so fits on more prompts are checked on the same prompts as
 earlier ones. The build joins the prompt files in the order above and runs:
@@ -178,6 +184,7 @@ def main() -> None:
                         help="a `sia-edge eval` output directory of this model (with a `none` arm) to tabulate in "
                              "the card")
     options = parser.parse_args()
+    steering = steering_table(options.steering)  # a bad --steering fails now, not after the build
     BUILD.mkdir(parents=True, exist_ok=True)
     prompts = training_prompts()
     unscaled = BUILD / f"{NAME}-unscaled.onnx"
@@ -195,9 +202,8 @@ def main() -> None:
     shipped = REPO / "sia_edge" / "models" / f"{NAME}.onnx"
     shutil.copy(out, shipped)
     command = "sia-edge " + shlex.join(args[:-1])
-    (REPO / "models" / f"{NAME}.md").write_text(card(report, scale, latency, shipped, command,
-                                                          steering_table(options.steering)))
     sha256 = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    (REPO / "models" / f"{NAME}.md").write_text(card(report, scale, latency, shipped, sha256, command, steering))
     print(json.dumps({"fit": report["holdout_metrics"], "within_prompt": report["within_prompt_correlation"],
                       "weight_scale": scale["weight_scale"], "sha256": sha256}, indent=2))
 

@@ -67,20 +67,21 @@ def main() -> None:
     header, samples = lines[0], [s for s in lines[1:] if s.get("rewards", {}).get(args.reward) is not None]
     among = args.holdout_among or max(s["prompt_index"] for s in samples) + 1
     held_prompts = set(split_prompts(among, args.holdout, args.seed).tolist())
-    rows, rewards, held, missing = cached_summaries(samples, header, args.bos, args.reward, held_prompts, args.layer)
+    rows, tokens, rewards, held, missing = cached_summaries(samples, header, args.bos, args.reward, held_prompts,
+                                                            args.layer)
     if args.bag:
-        add_bags(rows, held, args.bag)
+        add_bags(rows, tokens, held, args.bag)
     report(rows, rewards, held, missing, args.reward)
 
 
-def add_bags(rows: list[dict], held: np.ndarray, size: int) -> None:
+def add_bags(rows: list[dict], tokens: list[list[int]], held: np.ndarray, size: int) -> None:
     """Each row gains the counts of its continuation's tokens over the `size` ids most frequent in the training
     rows' continuations, alone and beside the mean of the continuation's states."""
-    counts = Counter(t for row, h in zip(rows, held) if not h for t in row["tokens"])
+    counts = Counter(t for continuation, h in zip(tokens, held) if not h for t in continuation)
     ids = {token: column for column, (token, _) in enumerate(counts.most_common(size))}
-    for row in rows:
+    for row, continuation in zip(rows, tokens):
         bag = np.zeros(len(ids), dtype=np.float32)
-        for token in row.pop("tokens"):
+        for token in continuation:
             if token in ids:
                 bag[ids[token]] += 1
         row[f"bag of the continuation's tokens ({len(ids)} ids)"] = bag
@@ -91,17 +92,17 @@ def cached_summaries(samples, header, bos, reward, held_prompts, layer):
     weights = header["model_weights_sha256"]
     header_path = feature_cache_folder(layer) / weights[:32] / "header.json"
     cache = feature_cache(weights, json.loads(header_path.read_text())["hidden_size"], layer)
-    rows, rewards, held, missing = [], [], [], 0
+    rows, tokens, rewards, held, missing = [], [], [], [], 0
     for sample in samples:
         key = text_key([bos] + sample["prompt_tokens"] + sample["token_ids"])
         if key not in cache:
             missing += 1
             continue
-        rows.append({**summaries(cache.get(key)["states"].astype(np.float32), len(sample["prompt_tokens"])),
-                     "tokens": sample["token_ids"]})
+        rows.append(summaries(cache.get(key)["states"].astype(np.float32), len(sample["prompt_tokens"])))
+        tokens.append(sample["token_ids"])
         rewards.append(sample["rewards"][reward])
         held.append(sample["prompt_index"] in held_prompts)
-    return rows, np.array(rewards), np.array(held), missing
+    return rows, tokens, np.array(rewards), np.array(held), missing
 
 
 def report(rows, rewards, held, missing, reward) -> None:
@@ -109,7 +110,7 @@ def report(rows, rewards, held, missing, reward) -> None:
     z = (rewards - mean) / sd
     print(f"{len(rows)} samples ({held.sum()} held out), {missing} without cached states")
     print("| summary | R², penalty 300 | 1000 | 3000 |\n|---|---|---|---|")
-    for name in (key for key in rows[0] if key != "tokens"):
+    for name in rows[0]:
         x = np.stack([r[name] for r in rows])
         print(f"| {name} | " + " | ".join(f"{ridge_r2(x, z, held, p):.3f}" for p in (300, 1000, 3000)) + " |")
 
