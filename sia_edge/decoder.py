@@ -255,7 +255,8 @@ class Decoding:
             self.stats.look_ahead_seconds += time.perf_counter() - start
             return float(self.value_model.score_hidden(states, [np.array([token])], pooled)[0][0])
         return float(self.value_model.score_hidden(hidden[None, :], [np.array([token])],
-                                                   None if pooled is None else pooled[None, :])[0][0])
+                                                   None if pooled is None else pooled[None, :],
+                                                   [generated[:-1]])[0][0])
 
     def _step(self, index: int, gate, rng, scratch) -> Generator[Junction, np.ndarray, TokenEvent]:
         """Read the logits, gate, steer if a junction, choose: the event of one step, its text still empty. At a

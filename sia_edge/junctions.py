@@ -13,7 +13,8 @@ from .value_model import PrefixState
 class HiddenView:
     """What a hidden-state value model (contract 3) sees of a generation: the base model's hidden state after the
     text so far, and for a pooling model the mean of the states since the prompt (the state after the prompt and
-    after each generated token: a running sum, one vector add per step). Nothing else to fold or carry.
+    after each generated token: a running sum, one vector add per step), and for a mean+tokens model the tokens
+    generated so far. Nothing else to fold or carry.
 
     For a look-ahead model (scoring = look-ahead) a junction's input is instead the state after each candidate,
     read by decoding the k candidates (the base's `look_ahead`), and its pool counts that state too."""
@@ -26,6 +27,7 @@ class HiddenView:
         self._pools = getattr(value_model, "pools", False)
         self._sum: np.ndarray | None = None  # float64, sized by the first state
         self._count = 0
+        self.written: list[int] = []  # the tokens generated so far (a mean+tokens model reads them)
 
     def hidden(self) -> np.ndarray:
         return np.array(self.base.hidden(), dtype=np.float32)  # a copy: the view dies with the next decode
@@ -58,7 +60,7 @@ class HiddenView:
         return states, ((total + states) / (count + 1)).astype(np.float32)
 
     def append(self, token: int) -> None:
-        pass
+        self.written.append(token)
 
 
 class ValueView:
@@ -132,8 +134,9 @@ def score_junctions(junctions: list[Junction]) -> list[np.ndarray]:
         return np.split(np.array([score[0] for score in flat]), ends)
     if getattr(vm, "reads_hidden", False):  # stateless: one call, nothing to carry
         pooled = np.stack([j.pooled for j in junctions]) if getattr(vm, "pools", False) else None
+        written = [j.view.written for j in junctions] if getattr(vm, "reads_continuation", False) else None
         rewards = vm.score_hidden(np.stack([j.hidden for j in junctions]), [j.candidate_ids for j in junctions],
-                                  pooled)
+                                  pooled, written)
         for junction in junctions:
             junction.calls, junction.seconds = 1, (vm.seconds - seconds_before) / len(junctions)
         return rewards

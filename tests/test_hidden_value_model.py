@@ -19,9 +19,11 @@ GEMMA_HIDDEN = SHIPPED / "gemma3-270m-hidden-sentiment.onnx"
 
 
 def write_tiny_hidden_model(path: Path, d: int = 8, n_vocab: int = 32, metadata: dict | None = None,
-                            graph_width: int | None = None, pooled: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """scores[b, j] = hidden[b] . w + table[candidates[b, j]] (+ pooled[b] . w with a `pooled` input): a
-    contract-3 graph built node by node."""
+                            graph_width: int | None = None, pooled: bool = False,
+                            remembers: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """scores[b, j] = hidden[b] . w + table[candidates[b, j]] (+ pooled[b] . w with a `pooled` input; + the sum of
+    table[continuation[b]] where continuation_mask[b] is 1, with `remembers`): a contract-3 graph built node by
+    node."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -37,10 +39,19 @@ def write_tiny_hidden_model(path: Path, d: int = 8, n_vocab: int = 32, metadata:
         nodes += [helper.make_node("MatMul", ["pooled", "w"], ["pool_value"]),
                   helper.make_node("Add", ["unpooled", "pool_value"], ["scores"])]
         inputs.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", graph_width or d]))
+    initializers = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(table, "table")]
+    if remembers:
+        nodes[-1].output[0] = "unremembered"
+        nodes += [helper.make_node("Gather", ["table", "continuation"], ["written"], axis=0),
+                  helper.make_node("Mul", ["written", "continuation_mask"], ["kept"]),
+                  helper.make_node("ReduceSum", ["kept", "axis1"], ["memory"], keepdims=1),
+                  helper.make_node("Add", ["unremembered", "memory"], ["scores"])]
+        inputs += [helper.make_tensor_value_info("continuation", TensorProto.INT64, ["batch", "n"]),
+                   helper.make_tensor_value_info("continuation_mask", TensorProto.FLOAT, ["batch", "n"])]
+        initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
     graph = helper.make_graph(
         nodes, "tiny", inputs,
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "k"])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(table, "table")])
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "k"])], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     meta = {"contract": "3", "input": "hidden", "hidden_size": str(d), "weights_fingerprint": "ab" * 32,
@@ -82,11 +93,34 @@ def test_a_pooling_model_reads_the_mean_state_too(tmp_path):
         model.score_hidden(hidden, [np.array([3, 4])])
 
 
-@pytest.mark.parametrize("metadata, pooled", [({"pooling": "mean"}, False), ({}, True), ({"pooling": "max"}, True)])
-def test_pooling_metadata_must_match_the_graphs_inputs(tmp_path, metadata, pooled):
+def test_a_token_memory_model_reads_the_tokens_written_so_far(tmp_path):
+    """pooling mean+tokens: each row also gets the tokens generated so far, right-padded with a mask (ragged rows,
+    an empty one included), checked against the graph's sum computed in float64."""
     from sia_edge.value_model import open_value_model
 
-    write_tiny_hidden_model(tmp_path / "bad.onnx", metadata=metadata, pooled=pooled)
+    w, table = write_tiny_hidden_model(tmp_path / "memory.onnx", metadata={"pooling": "mean+tokens"}, pooled=True,
+                                       remembers=True)
+    model = open_value_model(tmp_path / "memory.onnx")
+    model.bind("ab" * 32, "tiny.gguf", 8, 32)
+    assert model.pools and model.reads_continuation
+    hidden, pooled = np.ones((2, 8), np.float32), np.full((2, 8), 0.5, np.float32)
+    written = [[5, 6, 31], []]
+    got = model.score_hidden(hidden, [np.array([3, 4]), np.array([7])], pooled, written)
+    ref = table.astype(np.float64)
+    np.testing.assert_allclose(got[0], 1.5 * w[:, 0].sum() + ref[[3, 4]] + ref[[5, 6, 31]].sum(), rtol=1e-5)
+    np.testing.assert_allclose(got[1], 1.5 * w[:, 0].sum() + ref[[7]], rtol=1e-5)
+    with pytest.raises(ValueModelError, match="pass `continuations`"):
+        model.score_hidden(hidden, [np.array([3, 4]), np.array([7])], pooled)
+
+
+@pytest.mark.parametrize("metadata, pooled, remembers", [({"pooling": "mean"}, False, False), ({}, True, False),
+                                                         ({"pooling": "max"}, True, False),
+                                                         ({"pooling": "mean+tokens"}, True, False),
+                                                         ({"pooling": "mean"}, True, True)])
+def test_pooling_metadata_must_match_the_graphs_inputs(tmp_path, metadata, pooled, remembers):
+    from sia_edge.value_model import open_value_model
+
+    write_tiny_hidden_model(tmp_path / "bad.onnx", metadata=metadata, pooled=pooled, remembers=remembers)
     with pytest.raises(ValueModelError, match="'sia_edge.pooling'"):
         open_value_model(tmp_path / "bad.onnx")
 
@@ -108,6 +142,11 @@ def test_pooled_training_examples_hold_the_continuations_running_mean():
         np.testing.assert_allclose(got.pooled_before[row], ref[2:j].mean(0), atol=2e-3)
         np.testing.assert_allclose(got.pooled_after[row], ref[2:j + 1].mean(0), atol=2e-3)
     assert positions([h], [tokens], np.array([1.0]), np.array([1.0]), [first]).pooled_before is None
+    memory = positions([h], [tokens], np.array([1.0]), np.array([1.0]), [first], pooling="mean+tokens")
+    np.testing.assert_array_equal(memory.pooled_before, got.pooled_before)  # the mean pool as with "mean"
+    ids, mask = memory.written(np.arange(4))
+    for row, j in enumerate(range(3, 7)):  # the token memory before token j: the continuation's tokens 3 .. j - 1
+        assert ids[row][mask[row] == 1].tolist() == tokens[3:j]
     # counterfactuals at position 5 (after tokens[:5]): the pool before, and with each candidate's state added
     ahead = rng.normal(size=(2, 3)).astype(np.float16)
     entry = {"positions": np.array([5, 5]), "ids": np.array([7, 8]), "states": ahead}
@@ -381,11 +420,14 @@ def open_value_model_metadata(path) -> dict:
 
 
 @pytest_real
+@pytest.mark.parametrize("pooling, suffix", [("mean", "-mean-pool"), ("mean+tokens", "-mean-pool-token-memory")])
 def test_a_pooling_model_steers_and_its_junctions_equal_vm_score_of_prefix_plus_candidate(tmp_path, gemma_path,
-                                                                                          monkeypatch):
-    """The pooled input end to end: trained with `--pooling mean`, it steers through the engine (single path and
-    scheduler), and a junction's scores equal the scores of the prompt + text so far + each candidate read whole
-    (the pool from the state after the prompt), to the tolerance of batched kernels."""
+                                                                                          monkeypatch, pooling,
+                                                                                          suffix):
+    """The pooled inputs end to end: trained with `--pooling mean` (or mean+tokens, which also reads the tokens
+    generated so far), it steers through the engine (single path and scheduler), and a junction's scores equal the
+    scores of the prompt + text so far + each candidate read whole (the pool from the state after the prompt), to
+    the tolerance of batched kernels; so does the generation's final value."""
     from sia_edge.cli import main
     from sia_edge.decoder import value_model_tokens
     from sia_edge.engine import Engine
@@ -394,17 +436,18 @@ def test_a_pooling_model_steers_and_its_junctions_equal_vm_score_of_prefix_plus_
     out = tmp_path / "pooled.onnx"
     result = CliRunner().invoke(main, ["vm", "train", "--input", "hidden", "--model", str(gemma_path), "--data",
                                        str(_small_labelled_csv(tmp_path / "reviews.csv")), "--epochs", "4",
-                                       "--rank", "4", "--holdout", "0.25", "--pooling", "mean", "--json",
+                                       "--rank", "4", "--holdout", "0.25", "--pooling", pooling, "--json",
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["arch"].endswith("-mean-pool")
+    assert json.loads(result.stdout)["arch"].endswith(suffix)
     for parallel in (1, 2):
         engine = Engine(model=gemma_path, value_model=str(out), parallel=parallel)
         try:
             vm = engine.value_model
-            assert vm.pools
+            assert vm.pools and vm.reads_continuation == (pooling == "mean+tokens")
             prompt_text = "The service at the hotel was"
-            events = list(engine.stream(prompt_text, gate="dense", max_tokens=5, seed=4))
+            stream = engine.stream(prompt_text, gate="dense", max_tokens=5, seed=4)
+            events = list(stream)
             prompt = engine.tokenize(prompt_text)
             n_prompt = len(value_model_tokens(prompt, [], engine.base.bos_id))
             for event in events[1:4]:  # from the second step the pool holds more than one state
@@ -414,5 +457,7 @@ def test_a_pooling_model_steers_and_its_junctions_equal_vm_score_of_prefix_plus_
                 np.testing.assert_allclose(event.rewards, direct, atol=0.15)
                 # the pool matters: read as if the prompt were part of the continuation, the scores move
                 assert not np.allclose(direct, vm.score_sequences(texts), atol=1e-3)
+            whole = value_model_tokens(prompt, stream.result.token_ids, engine.base.bos_id)
+            assert stream.result.value == pytest.approx(vm.score_sequences([whole], [n_prompt])[0], abs=0.15)
         finally:
             engine.close()

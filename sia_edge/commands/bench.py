@@ -197,12 +197,15 @@ def value_model_costs(engine, lengths=(32, 128, 512, 1024), new_tokens: int = 8)
             out.append({"prefix_tokens": length, "carried_state_ms": mirrored, "from_scratch_ms": float("nan"),
                         "after_new_tokens_ms": 1e3 * statistics.median(after_new), "new_tokens": new_tokens})
         return out
-    if vm.reads_hidden:  # stateless: the junction call reads one hidden state whatever the prefix length
+    if vm.reads_hidden:  # stateless: one call reads one hidden state (and the tokens so far, for a token memory)
         hidden = rng.normal(size=(1, vm.hidden_size)).astype(np.float32)
         pooled = hidden if vm.pools else None  # a pooling model's second input: same shape, same cost
-        call = _median_ms(lambda _: vm.score_hidden(hidden, [np.arange(100, 110)], pooled), [None] * 50)
-        return [{"prefix_tokens": length, "carried_state_ms": call, "from_scratch_ms": float("nan")}
-                for length in lengths]
+        out = []
+        for length in lengths:
+            written = [rng.integers(3, 20000, size=length).tolist()] if vm.reads_continuation else None
+            call = _median_ms(lambda _: vm.score_hidden(hidden, [np.arange(100, 110)], pooled, written), [None] * 50)
+            out.append({"prefix_tokens": length, "carried_state_ms": call, "from_scratch_ms": float("nan")})
+        return out
     for length in lengths:
         prefix_tokens = rng.integers(3, 20000, size=length).tolist()
         new = rng.integers(3, 20000, size=new_tokens).tolist()

@@ -44,11 +44,13 @@ def _fit_options(func):
                           "next tokens and teach the head to rank all of them as the state each leads to does "
                           "(~0.1 s per position once; cached like the hidden states). 0: only the token the text "
                           "went on with."),
-        click.option("--pooling", type=click.Choice(["none", "mean"]), default=_DEFAULTS["pooling"],
+        click.option("--pooling", type=click.Choice(["none", "mean", "mean+tokens"]), default=_DEFAULTS["pooling"],
                      show_default=True,
                      help="--input hidden: mean also gives the head the mean of the base model's hidden states over "
                           "the continuation so far, so it remembers what appeared many tokens ago (objectives "
-                          "such as 'clean'); none reads the state after the text only."),
+                          "such as 'clean'); mean+tokens adds a memory of which tokens were written (a learned "
+                          "weight per token, summed; --scoring candidate only, no --look-ahead); none reads the "
+                          "state after the text only."),
         click.option("--scoring", type=click.Choice(["candidate", "look-ahead"]), default=_DEFAULTS["scoring"],
                      show_default=True,
                      help="--input hidden: candidate scores the k candidates from the state before them (one small "
@@ -294,6 +296,8 @@ def _hidden_only(options: dict, input_kind: str) -> None:
         raise click.UsageError("--layer applies to --input hidden --scoring look-ahead (without --pooling or "
                                "--look-ahead) only")
     if input_kind == "hidden":
+        if options["pooling"] == "mean+tokens" and (options["look_ahead"] or options["scoring"] != "candidate"):
+            raise click.UsageError("--pooling mean+tokens works with --scoring candidate and without --look-ahead")
         return
     if options["look_ahead"]:
         raise click.UsageError("--look-ahead applies to --input hidden only")

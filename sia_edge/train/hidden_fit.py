@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..value_model import pad_sequences
 from .metrics import accuracy, prefix_length, roc_auc
 
 
@@ -21,7 +22,8 @@ class HiddenFitConfig:
     teacher: float = 3.0  # weight of the look-ahead teacher term (1 -> 3: word-order probes 0.76 -> 0.78, 600 tweets)
     look_ahead: float = 3.0  # weight of the counterfactual term: the k candidates at sampled positions (if any)
     loss: str = "bce"  # bce: targets in [0, 1] (labels); mse: standardised rewards (distillation)
-    pooling: str = "none"  # mean: v also reads the mean of the states over the continuation so far (contract 3)
+    pooling: str = "none"  # mean: v also reads the mean of the states over the continuation so far (contract 3);
+    # mean+tokens: and a token memory, a learned weight per token summed over the continuation (hidden_head)
     value_width: int = 0  # v and the teacher: linear (0), or one hidden layer this wide
     seed: int = 0
     threads: int = 2
@@ -38,6 +40,20 @@ class Positions:
     weights: np.ndarray  # (P,) float32: 1 / (positions of its text) x the text's weight
     pooled_before: np.ndarray | None = None  # (P, d) float16: mean of the states from the continuation's start
     pooled_after: np.ndarray | None = None  # (P, d) float16: the same, the state after token j included
+    continuations: np.ndarray | None = None  # (T, L) int64: each text's continuation, right-padded (token memory)
+    text_of: np.ndarray | None = None  # (P,) int64: the row of continuations a position belongs to
+    n_written: np.ndarray | None = None  # (P,) int64: how many continuation tokens come before token j
+
+    def written(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The continuation before token j of each of these positions: (ids, mask), (B, L) each."""
+        ids = self.continuations[self.text_of[rows]]
+        mask = (np.arange(ids.shape[1])[None, :] < self.n_written[rows][:, None]).astype(np.float32)
+        return ids, mask
+
+
+def pools(pooling: str) -> bool:
+    """Whether a head with this pooling reads the mean of the continuation's states."""
+    return pooling in ("mean", "mean+tokens")
 
 
 def running_means(h: np.ndarray, start: int) -> np.ndarray:
@@ -65,6 +81,8 @@ def look_aheads(states: list[np.ndarray], entries: list[dict[str, np.ndarray]], 
     """states[i]: (n_i, d) hidden states after each token of text i; entries[i]: its features.extract_candidates
     rows (k per position, at positions from firsts[i] on). The state before a position p's candidates is the one
     after token p - 1; with mean pooling, the pool runs from the state before the first scored token."""
+    if pooling == "mean+tokens":
+        raise ValueError("look-ahead examples are not built for a token memory (pooling mean+tokens)")
     before, candidates, after, pooled_before, pooled_after = [], [], [], [], []
     for i, (h, entry) in enumerate(zip(states, entries)):
         where = entry["positions"]
@@ -89,8 +107,10 @@ def positions(states: list[np.ndarray], sequences: list[list[int]], targets: np.
               first: list[int] | None = None, pooling: str = "none") -> Positions:
     """states[i]: (n_i, d) hidden states after each token of sequences[i] (BOS first, if any). Positions j from
     first[i] (default 1: every token after the first) to the end become examples. With mean pooling, each also
-    gets the mean of the states from the one before first[i] (after the prompt) up to before and after token j."""
+    gets the mean of the states from the one before first[i] (after the prompt) up to before and after token j;
+    with mean+tokens, also the continuation (tokens from first[i] on) and how much of it precedes token j."""
     before, after, cands, ys, ws, pooled_before, pooled_after = [], [], [], [], [], [], []
+    continuations, text_of, n_written = [], [], []
     for i, (h, tokens) in enumerate(zip(states, sequences)):
         start = max(1, first[i] if first is not None else 1)
         n = len(tokens) - start
@@ -101,13 +121,20 @@ def positions(states: list[np.ndarray], sequences: list[list[int]], targets: np.
         cands.append(np.asarray(tokens[start:], dtype=np.int64))
         ys.append(np.full(n, targets[i], dtype=np.float32))
         ws.append(np.full(n, weights[i] / n, dtype=np.float32))
-        if pooling == "mean":
+        if pools(pooling):
             means = running_means(h, start - 1).astype(np.float16)  # (n + 1, d)
             pooled_before.append(means[:-1])
             pooled_after.append(means[1:])
-    pooled = (np.concatenate(pooled_before), np.concatenate(pooled_after)) if pooling == "mean" else (None, None)
+        if pooling == "mean+tokens":
+            text_of.append(np.full(n, len(continuations), dtype=np.int64))
+            n_written.append(np.arange(n, dtype=np.int64))
+            continuations.append(tokens[start:])
+    pooled = (np.concatenate(pooled_before), np.concatenate(pooled_after)) if pools(pooling) else (None, None)
+    memory = (None, None, None)
+    if pooling == "mean+tokens":
+        memory = (pad_sequences(continuations)[0], np.concatenate(text_of), np.concatenate(n_written))
     return Positions(np.concatenate(before), np.concatenate(after), np.concatenate(cands), np.concatenate(ys),
-                     np.concatenate(ws), *pooled)
+                     np.concatenate(ws), *pooled, *memory)
 
 
 def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progress=None,
@@ -130,11 +157,12 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
         used = np.unique(train.candidates)
         scale = float(np.sqrt((embeddings[used] ** 2).sum(1).mean()))
         pooled_stats = None
-        if config.pooling == "mean":
+        if pools(config.pooling):
             pooled_sample = train.pooled_before[sample_rows].astype(np.float32)
             pooled_stats = (pooled_sample.mean(0), pooled_sample.std(0) + 1e-3)
         head = CandidateHead(train.before.shape[1], embeddings.shape[1], config.rank, config.width, mean, sd, scale,
-                             pooled_stats, config.value_width)
+                             pooled_stats, config.value_width,
+                             len(embeddings) if config.pooling == "mean+tokens" else 0)
         optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         steps_per_epoch = int(np.ceil(len(train.before) / config.batch_size))
         steps = config.epochs * steps_per_epoch
@@ -158,6 +186,9 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
                 w = torch.as_tensor(train.weights[rows]) / mean_weight
                 q = head.score(before, candidate, _rows(train.pooled_before, rows))[:, 0]
                 v = head.look_ahead(after, _rows(train.pooled_after, rows))
+                if head.remembers:  # the same memory term for q and the teacher: their gap does not train it
+                    memory = _memory(head, table, train, rows)
+                    q, v = q + memory, v + memory
                 if config.loss == "bce":
                     fit_q = F.binary_cross_entropy_with_logits(q, y, reduction="none")
                     fit_v = F.binary_cross_entropy_with_logits(v, y, reduction="none")
@@ -179,6 +210,15 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
         return head
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _memory(head, table, data: Positions, rows: np.ndarray):
+    """m(s + t_j) of these positions: the token memory of the continuation before token j, plus token j."""
+    import torch
+
+    ids, mask = (torch.as_tensor(a) for a in data.written(rows))
+    written = (head.token_weights(ids, table) * mask).sum(1)
+    return head.memory(written + head.token_weights(torch.as_tensor(data.candidates[rows]), table))
 
 
 def _rows(array: np.ndarray | None, rows):
@@ -231,7 +271,7 @@ def text_scores(head, embeddings: np.ndarray, states: list[np.ndarray], sequence
     token, last token). Also the look-ahead teacher's V(state after it). -> (q, v)"""
     import torch
 
-    befores, lasts, afters, pooled_befores, pooled_afters = [], [], [], [], []
+    befores, lasts, afters, pooled_befores, pooled_afters, written = [], [], [], [], [], []
     for i, (h, tokens) in enumerate(zip(states, sequences)):
         start = max(1, first[i] if first is not None else 1)
         n = len(tokens) - start
@@ -239,6 +279,7 @@ def text_scores(head, embeddings: np.ndarray, states: list[np.ndarray], sequence
         befores.append(h[end - 1])
         afters.append(h[end])
         lasts.append(tokens[end])
+        written.append(tokens[start:end])
         if head.pooled:
             means = running_means(h[:end + 1], start - 1)
             pooled_befores.append(means[-2])
@@ -246,8 +287,14 @@ def text_scores(head, embeddings: np.ndarray, states: list[np.ndarray], sequence
     as_tensor = lambda rows: torch.as_tensor(np.stack(rows).astype(np.float32)) if rows else None  # noqa: E731
     with torch.no_grad():
         rows = head.candidate_rows(torch.as_tensor(embeddings[np.array(lasts)]))[:, None, :]
-        q = head.score(as_tensor(befores), rows, as_tensor(pooled_befores))[:, 0].numpy()
-        v = head.look_ahead(as_tensor(afters), as_tensor(pooled_afters)).numpy()
+        q = head.score(as_tensor(befores), rows, as_tensor(pooled_befores))[:, 0]
+        v = head.look_ahead(as_tensor(afters), as_tensor(pooled_afters))
+        if head.remembers:  # each text as one position: its last token after the rest of its continuation
+            texts = Positions(*[None] * 2, np.array(lasts), *[None] * 4, continuations=pad_sequences(written)[0],
+                              text_of=np.arange(len(written)), n_written=np.array([len(w) for w in written]))
+            memory = _memory(head, torch.as_tensor(embeddings), texts, np.arange(len(written)))
+            q, v = q + memory, v + memory
+        q, v = q.numpy(), v.numpy()
     return q.astype(np.float64), v.astype(np.float64)
 
 
@@ -285,6 +332,12 @@ def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str], sc
         names.append("pooled")
         axes["pooled"] = {0: "batch"}
         metadata = {**metadata, "pooling": "mean"}
+    if head.remembers:  # and the tokens generated so far (two ragged rows: 4 tokens and none)
+        written = torch.randint(0, len(embeddings), (3, 4))
+        inputs += (written, torch.tensor([[1.0] * 4, [1.0] * 2 + [0.0] * 2, [0.0] * 4]))
+        names += ["continuation", "continuation_mask"]
+        axes.update({"continuation": {0: "batch", 1: "n"}, "continuation_mask": {0: "batch", 1: "n"}})
+        metadata["pooling"] = "mean+tokens"
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     torch.onnx.export(graph, inputs, str(partial), input_names=names, output_names=["scores"], dynamic_axes=axes,
@@ -295,8 +348,8 @@ def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str], sc
     from ..value_model import HiddenValueModel
 
     # also checks the contract's metadata
-    got = HiddenValueModel(out)._run(hidden.numpy(), candidates.numpy(),
-                                     inputs[2].numpy() if head.pooled else None)
+    got = HiddenValueModel(out)._run(hidden.numpy(), candidates.numpy(), inputs[2].numpy() if head.pooled else None,
+                                     (inputs[3].numpy(), inputs[4].numpy()) if head.remembers else None)
     with torch.no_grad():
         want = graph(*inputs).numpy()
     if not np.allclose(got, want, atol=1e-3):

@@ -90,7 +90,7 @@ def architecture(rank: int, pooling: str, scoring: str = "candidate", value_widt
         kind = f"look-ahead-{mlp or 'linear'}"
     else:
         kind = f"candidate-head-r{rank}" + (f"-{mlp}" if mlp else "")
-    return kind + ("-mean-pool" if pooling == "mean" else "")
+    return kind + {"mean": "-mean-pool", "mean+tokens": "-mean-pool-token-memory"}.get(pooling, "")
 
 
 def layer_metadata(layer: int | None) -> dict[str, str]:
