@@ -1,9 +1,9 @@
 """The package's import structure: one direction through the house.
 
 Commands (the click layer, the server, bench) sit on top and import downwards only; the library never imports a
-command module or click; no two modules import each other in a loop; only base_model.py imports llama_cpp and only
-value_model.py imports onnxruntime; only distributed.py imports ray (an optional extra); the runtime never imports
-torch.
+command module or click; no two modules import each other in a loop; only base_model imports llama_cpp and only
+value_model (a package) imports onnxruntime; only distributed.py imports ray (an optional extra); the runtime never
+imports torch.
 """
 
 import ast

@@ -176,3 +176,18 @@ def test_layer_is_refused_where_it_cannot_apply(tmp_path, gemma_path):
         patch.setenv("SIA_EDGE_CACHE_DIR", str(tmp_path / "cache"))
         result = CliRunner().invoke(main, [*common[:-1], "99", "--scoring", "look-ahead"])
     assert result.exit_code == 2 and "--layer 99" in result.output and "has 18 blocks" in result.output
+
+
+@pytest.mark.slow
+def test_a_token_memory_is_refused_where_it_cannot_apply(tmp_path, gemma_path):
+    """pooling mean+tokens scores candidates from the state before them: no look-ahead scoring or examples."""
+    from sia_edge.cli import main
+
+    data = str(_small_labelled_csv(tmp_path / "r.csv"))
+    common = ["vm", "train", "--data", data, "--input", "hidden", "--model", str(gemma_path),
+              "--out", str(tmp_path / "x.onnx"), "--pooling", "mean+tokens"]
+    for extra in (["--scoring", "look-ahead"], ["--look-ahead", "2"]):
+        result = CliRunner().invoke(main, [*common, *extra])
+        assert result.exit_code == 2, result.output
+        assert "--pooling mean+tokens works with --scoring candidate and without --look-ahead" in result.output
+    assert not (tmp_path / "x.onnx").exists()

@@ -41,8 +41,13 @@ def test_a_generation_can_steer_toward_another_objective(engine):
     default = engine.generate("The referee was", gate="dense", max_tokens=6, seed=2)
     # for these exact weights the hidden-state clean model wins over the token one (models.SHIPPED's ranks)
     assert clean.value_model == "gemma3-270m-hidden-clean.onnx" and default.value_model == "gemma3-270m-sentiment.onnx"
-    # it carries its measured weight scale (its card); the sentiment models none
-    assert clean.settings["weight"] == pytest.approx(4.6) and default.settings["weight"] == 1.0
+    # it carries its measured weight scale (its card: 4.4), which dense's default w of 1 is multiplied by; the
+    # sentiment models none
+    from sia_edge.value_model import open_value_model
+
+    scale = open_value_model(engine.value_model_for("clean").path).weight_scale
+    assert scale == pytest.approx(4.4) and clean.settings["weight"] == pytest.approx(scale)
+    assert default.settings["weight"] == 1.0
     assert engine.value_model.path.name == "gemma3-270m-sentiment.onnx"  # the engine's default is unchanged
     assert engine.value_model_for("clean") is engine.value_model_for("clean")  # loaded once
     unsteered = engine.generate("Hi", gate="none", max_tokens=2, seed=1)

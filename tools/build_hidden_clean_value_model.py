@@ -7,14 +7,17 @@ Steps:
    (appending keeps every earlier prompt's index, so its seeds and cached samples stay valid);
 2. `sia-edge vm distill --input hidden`: Gemma continues each opening 16 times (64 tokens, unsteered, top-k 10, T 1),
    alt-profanity-check scores each continuation once (reward `clean` = 1 - P(offensive)), and a 64-unit candidate
-   head on the mean of the hidden states of the continuation so far regresses every prefix onto the standardised
-   reward; the held-out prompts are drawn among the first 211 (the same 21 as every earlier `clean` fit);
+   head on the mean of the hidden states of the continuation so far, with a memory of the tokens written (pooling
+   mean+tokens; rank 14, so the file is the size of the mean-pool model it replaced), regresses every prefix onto
+   the standardised reward; the held-out prompts are drawn among the first 211 (the same 21 as every earlier
+   `clean` fit);
 3. the weight scale (tools/weight_scale.py), stamped as metadata `sia_edge.weight_scale`;
 4. the junction call's latency;
 5. the model card models/gemma3-270m-hidden-clean.md, and the .onnx copied to sia_edge/models/.
 
 Steering is measured separately with `sia-edge eval` (the card gives the command); pass its output directory with
---steering and the card tabulates it.
+--steering and the card tabulates it (with --card-only, without rebuilding: the card is rewritten from the last
+build's measurements in build/distill/, if the shipped file is still the one that build made).
 
 Samples are cached in build/distill/ (JSONL, resumable) and hidden states in sia-edge's feature cache, so a rerun
 after an interruption continues where it stopped.
@@ -42,7 +45,8 @@ NAME = "gemma3-270m-hidden-clean"
 # shipped model keeps these two
 PROMPT_FILES = [REPO / "tools" / "prompts" / f"provocative-{part}.txt" for part in ("train", "train-extra")]
 HOLDOUT_AMONG = 211  # the original training file: earlier fits held out prompts among these, so figures compare
-DISTILL_OPTIONS = ["--input", "hidden", "--pooling", "mean", "--scoring", "candidate", "--value-width", "64",
+DISTILL_OPTIONS = ["--input", "hidden", "--pooling", "mean+tokens", "--rank", "14", "--scoring", "candidate",
+                   "--value-width", "64",
                    "--holdout-among", str(HOLDOUT_AMONG), "--reward", "clean", "--reward-on", "continuation",
                    "--objective", "clean", "--samples-per-prompt", str(SAMPLING["samples_per_prompt"]),
                    "-n", str(SAMPLING["max_tokens"]), "--top-k", str(SAMPLING["top_k"]),
@@ -118,7 +122,7 @@ instead.
 | file | `sia_edge/models/{NAME}.onnx` |
 | size | {size:,} bytes ({size / 1e6:.1f} MB) |
 | sha256 | `{sha256}` |
-| contract | 3 (`models/README.md`) with `pooling = {metadata['pooling']}`: reads the base model's last-layer hidden state, the mean of the states over the continuation so far ({metadata['hidden_size']} floats each) and k candidate ids; architecture `{metadata['architecture']}` |
+| contract | 3 (`models/README.md`) with `pooling = {metadata['pooling']}`: reads the base model's last-layer hidden state, the mean of the states over the continuation so far ({metadata['hidden_size']} floats each), the tokens generated so far and k candidate ids; architecture `{metadata['architecture']}` |
 | serves | only the GGUF with weights fingerprint `{metadata['weights_fingerprint']}`; other GGUFs of Gemma's tokenizer get the token model `gemma3-270m-clean.onnx` |
 | objective | `clean`: the score predicts the standardised reward `(reward − {report['reward_mean']:.4f}) / {report['reward_sd']:.4f}` (metadata `sia_edge.reward_mean`, `sia_edge.reward_sd`), reward = 1 − P(offensive) from `alt-profanity-check` on the continuation alone; higher = cleaner |
 | weight scale | {scale['weight_scale']:g} (metadata `sia_edge.weight_scale`): its 10 candidate scores spread by {spread:.3f} at a junction against {scale['reference']['median_spread']:.3f} for the token sentiment model the default weights were chosen with, so with no `-w` it steers at dense {default_weight('dense', scale['weight_scale']):g} and sparse gates {default_weight('entropy', scale['weight_scale']):g} (`tools/weight_scale.py`, {scale['n_prompts']} `provocative-calibration.txt` prompts × {scale['max_tokens']} tokens) |
@@ -160,7 +164,7 @@ after `sia-edge calibrate --prompts tools/prompts/provocative-calibration.txt --
 
 ## Rebuild
 
-    PYTHONPATH=. python tools/build_hidden_clean_value_model.py [--steering EVAL_DIR]
+    PYTHONPATH=. python tools/build_hidden_clean_value_model.py [--steering EVAL_DIR] [--card-only]
 
 Deterministic for a given seed and the same torch and llama.cpp builds; the sample cache in `build/distill/` and the
 hidden-state cache make a rerun resume instead of resampling.
@@ -183,6 +187,9 @@ def main() -> None:
     parser.add_argument("--steering", type=Path, default=None,
                         help="a `sia-edge eval` output directory of this model (with a `none` arm) to tabulate in "
                              "the card")
+    parser.add_argument("--card-only", action="store_true",
+                        help="rewrite the card only, from the last build's measurements (build/distill/) and the "
+                             "shipped file: to add an evaluation made after the build")
     options = parser.parse_args()
     steering = steering_table(options.steering)  # a bad --steering fails now, not after the build
     BUILD.mkdir(parents=True, exist_ok=True)
@@ -190,6 +197,14 @@ def main() -> None:
     unscaled = BUILD / f"{NAME}-unscaled.onnx"
     args = ["vm", "distill", "--prompts", str(prompts.relative_to(REPO)), "--out", str(unscaled.relative_to(REPO)),
             "--cache", str((BUILD / f"{NAME}.samples.jsonl").relative_to(REPO)), *DISTILL_OPTIONS, "--json"]
+    command = "sia-edge " + shlex.join(args[:-1])
+    shipped = REPO / "sia_edge" / "models" / f"{NAME}.onnx"
+    if options.card_only:
+        built = json.loads((BUILD / f"{NAME}-build.json").read_text())
+        if hashlib.sha256(shipped.read_bytes()).hexdigest() != built.get("sha256"):
+            sys.exit(f"{shipped.name} is not the file the last build made; rebuild without --card-only")
+        write_card(built["report"], built["weight_scale"], built["latency"], shipped, command, steering)
+        return
     report = json.loads(sia_edge(*args))
     report["n_prompts"] = len(prompts.read_text(encoding="utf-8").splitlines())
     (BUILD / f"{NAME}-distill.json").write_text(json.dumps(report, indent=2))  # the fit, whatever happens next
@@ -197,15 +212,19 @@ def main() -> None:
     shutil.copy(unscaled, out)
     scale = stamp_weight_scale(out)
     latency = junction_latency_ms(out, open_value_model(out).hidden_size, report["vocab_rows"])
-    (BUILD / f"{NAME}-build.json").write_text(json.dumps({"report": report, "weight_scale": scale,
-                                                          "latency": latency}, indent=2))
-    shipped = REPO / "sia_edge" / "models" / f"{NAME}.onnx"
     shutil.copy(out, shipped)
-    command = "sia-edge " + shlex.join(args[:-1])
-    sha256 = hashlib.sha256(shipped.read_bytes()).hexdigest()
-    (REPO / "models" / f"{NAME}.md").write_text(card(report, scale, latency, shipped, sha256, command, steering))
+    sha256 = write_card(report, scale, latency, shipped, command, steering)
+    (BUILD / f"{NAME}-build.json").write_text(json.dumps({"report": report, "weight_scale": scale,
+                                                          "latency": latency, "sha256": sha256}, indent=2))
     print(json.dumps({"fit": report["holdout_metrics"], "within_prompt": report["within_prompt_correlation"],
                       "weight_scale": scale["weight_scale"], "sha256": sha256}, indent=2))
+
+
+def write_card(report: dict, scale: dict, latency: dict, shipped: Path, command: str, steering: str) -> str:
+    """models/NAME.md for the shipped file. -> its sha256"""
+    sha256 = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    (REPO / "models" / f"{NAME}.md").write_text(card(report, scale, latency, shipped, sha256, command, steering))
+    return sha256
 
 
 if __name__ == "__main__":

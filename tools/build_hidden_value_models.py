@@ -187,12 +187,14 @@ def junction_latency_ms(onnx_path: Path, hidden_size: int, n_vocab: int, k: int 
     hidden = rng.normal(size=(1, hidden_size)).astype(np.float32)
     pooled = rng.normal(size=(1, hidden_size)).astype(np.float32) if model.pools else None
     candidates = [rng.integers(0, n_vocab, k)]
+    # a token memory also reads the text generated so far: timed at 64 tokens, the length the models are built for
+    written = [rng.integers(0, n_vocab, 64).tolist()] if model.reads_continuation else None
     for _ in range(100):
-        model.score_hidden(hidden, candidates, pooled)
+        model.score_hidden(hidden, candidates, pooled, written)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.score_hidden(hidden, candidates, pooled)
+        model.score_hidden(hidden, candidates, pooled, written)
         times.append(time.perf_counter() - start)
     return {"median_ms": 1000 * float(np.median(times)), "p99_ms": 1000 * float(np.percentile(times, 99))}
 

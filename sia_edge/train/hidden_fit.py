@@ -187,7 +187,7 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
                 q = head.score(before, candidate, _rows(train.pooled_before, rows))[:, 0]
                 v = head.look_ahead(after, _rows(train.pooled_after, rows))
                 if head.remembers:  # the same memory term for q and the teacher: their gap does not train it
-                    memory = _memory(head, table, train, rows)
+                    memory = _memory(head, table, train.written(rows), train.candidates[rows])
                     q, v = q + memory, v + memory
                 if config.loss == "bce":
                     fit_q = F.binary_cross_entropy_with_logits(q, y, reduction="none")
@@ -212,13 +212,14 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
         torch.set_num_threads(previous_threads)
 
 
-def _memory(head, table, data: Positions, rows: np.ndarray):
-    """m(s + t_j) of these positions: the token memory of the continuation before token j, plus token j."""
+def _memory(head, table, written: tuple[np.ndarray, np.ndarray], candidates: np.ndarray):
+    """m(s + t_j): the token memory of each row's continuation so far (ids, mask: (B, L) each) plus its candidate
+    token j (B,). -> (B,)"""
     import torch
 
-    ids, mask = (torch.as_tensor(a) for a in data.written(rows))
-    written = (head.token_weights(ids, table) * mask).sum(1)
-    return head.memory(written + head.token_weights(torch.as_tensor(data.candidates[rows]), table))
+    ids, mask = (torch.as_tensor(a) for a in written)
+    total = (head.token_weights(ids, table) * mask).sum(1)
+    return head.memory(total + head.token_weights(torch.as_tensor(candidates), table))
 
 
 def _rows(array: np.ndarray | None, rows):
@@ -289,10 +290,8 @@ def text_scores(head, embeddings: np.ndarray, states: list[np.ndarray], sequence
         rows = head.candidate_rows(torch.as_tensor(embeddings[np.array(lasts)]))[:, None, :]
         q = head.score(as_tensor(befores), rows, as_tensor(pooled_befores))[:, 0]
         v = head.look_ahead(as_tensor(afters), as_tensor(pooled_afters))
-        if head.remembers:  # each text as one position: its last token after the rest of its continuation
-            texts = Positions(*[None] * 2, np.array(lasts), *[None] * 4, continuations=pad_sequences(written)[0],
-                              text_of=np.arange(len(written)), n_written=np.array([len(w) for w in written]))
-            memory = _memory(head, torch.as_tensor(embeddings), texts, np.arange(len(written)))
+        if head.remembers:  # each text's last token after the rest of its continuation
+            memory = _memory(head, torch.as_tensor(embeddings), pad_sequences(written), np.array(lasts))
             q, v = q + memory, v + memory
         q, v = q.numpy(), v.numpy()
     return q.astype(np.float64), v.astype(np.float64)
@@ -332,7 +331,7 @@ def export(head, embeddings: np.ndarray, out: Path, metadata: dict[str, str], sc
         names.append("pooled")
         axes["pooled"] = {0: "batch"}
         metadata = {**metadata, "pooling": "mean"}
-    if head.remembers:  # and the tokens generated so far (two ragged rows: 4 tokens and none)
+    if head.remembers:  # and the tokens generated so far (ragged rows: 4 tokens, 2, none)
         written = torch.randint(0, len(embeddings), (3, 4))
         inputs += (written, torch.tensor([[1.0] * 4, [1.0] * 2 + [0.0] * 2, [0.0] * 4]))
         names += ["continuation", "continuation_mask"]

@@ -115,17 +115,19 @@ class ExportedHead(nn.Module):
     def __init__(self, head: CandidateHead, table: np.ndarray) -> None:
         super().__init__()
         self.head = head
-        self.register_buffer("table", torch.as_tensor(table, dtype=torch.float16))
+        table = torch.as_tensor(table, dtype=torch.float16)
+        self.register_buffer("table", table[:, :head.rank + 1].contiguous())
+        if head.remembers:  # t apart, so the graph gathers it without a second copy of the column
+            self.register_buffer("token_weights", table[:, -1].contiguous())
 
     def forward(self, hidden: torch.Tensor, candidates: torch.Tensor, pooled: torch.Tensor | None = None,
                 continuation: torch.Tensor | None = None,
                 continuation_mask: torch.Tensor | None = None) -> torch.Tensor:
-        rows = self.table[candidates].float()
-        scores = self.head.score(hidden, rows[..., :self.head.rank + 1], pooled)
+        scores = self.head.score(hidden, self.table[candidates].float(), pooled)
         if not self.head.remembers:
             return scores
-        written = (self.table[continuation, -1].float() * continuation_mask).sum(1)  # s: the memory so far
-        return scores + self.head.memory(written[:, None] + rows[..., -1])
+        written = (self.token_weights[continuation].float() * continuation_mask).sum(1)  # s: the memory so far
+        return scores + self.head.memory(written[:, None] + self.token_weights[candidates].float())
 
 
 class ExportedLookAhead(nn.Module):

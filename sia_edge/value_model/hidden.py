@@ -72,13 +72,12 @@ class HiddenValueModel:
                                   f"'hidden' input has {graph_size} columns")
         self.pooling = self.metadata.get("pooling", "none")
         names = {i.name for i in self.session.get_inputs()}
-        if self.pooling not in POOLINGS or ("pooled" in names) != self.pools or \
-                ("continuation" in names) != self.reads_continuation:
+        if (self.pooling not in POOLINGS or ("pooled" in names) != self.pools
+                or ("continuation" in names) != self.reads_continuation):
             raise ValueModelError(f"{self.path}: metadata 'sia_edge.pooling' is {self.pooling!r} but the graph's "
                                   f"inputs are {sorted(names)} (pooling 'mean' adds 'pooled', 'mean+tokens' adds "
                                   f"'pooled' and 'continuation'; 'none', or no key, neither)")
-        has_pooled = "pooled" in names
-        if has_pooled and by_name(self.session.get_inputs(), "pooled").shape[1] != self.hidden_size:
+        if self.pools and by_name(self.session.get_inputs(), "pooled").shape[1] != self.hidden_size:
             raise ValueModelError(f"{self.path}: the graph's 'pooled' input must have hidden_size "
                                   f"{self.hidden_size} columns")
         self.scoring = self.metadata.get("scoring", "candidate")
