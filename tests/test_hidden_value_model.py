@@ -157,6 +157,21 @@ def test_pooled_training_examples_hold_the_continuations_running_mean():
                                    atol=2e-3)
 
 
+def test_the_token_memorys_free_weights_get_their_own_weight_decay():
+    from sia_edge.train.hidden_fit import HiddenFitConfig, parameter_groups
+    from sia_edge.train.hidden_head import CandidateHead
+
+    stats = (np.zeros(8, np.float32), np.ones(8, np.float32))
+    head = CandidateHead(8, 4, 2, 6, *stats, 1.0, stats, 0, memory_vocab=50)
+    plain, memory = parameter_groups(head, HiddenFitConfig(pooling="mean+tokens", memory_decay=0.5))
+    assert memory == {"params": [head.token_weight.weight], "weight_decay": 0.5}
+    assert "weight_decay" not in plain  # the rest keep the optimiser's own
+    every = plain["params"] + memory["params"]
+    assert len(every) == len(list(head.parameters())) and len({id(q) for q in every}) == len(every)
+    no_memory = CandidateHead(8, 4, 2, 6, *stats, 1.0, stats, 0)
+    assert len(parameter_groups(no_memory, HiddenFitConfig())) == 1
+
+
 @pytest.mark.parametrize("metadata, graph_width, message", [
     ({"hidden_size": "9"}, None, "hidden_size 9 but the graph's 'hidden' input has 8"),
     ({"hidden_size": "many"}, None, "must be an integer"),

@@ -106,3 +106,18 @@ def test_the_runtime_never_imports_torch():
 def test_no_module_is_over_the_size_limit():
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_every_relative_import_names_a_module_of_the_package():
+    """A relative import inside a function runs only when that path runs: one left pointing at a module that moved
+    must fail here, not in front of a user."""
+    missing = []
+    for name, path in MODULES.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                if target not in MODULES:
+                    missing.append(f"{name}:{node.lineno} -> {target}")
+    assert not missing, "relative imports of modules that do not exist:\n" + "\n".join(missing)

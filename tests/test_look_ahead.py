@@ -190,4 +190,6 @@ def test_a_token_memory_is_refused_where_it_cannot_apply(tmp_path, gemma_path):
         result = CliRunner().invoke(main, [*common, *extra])
         assert result.exit_code == 2, result.output
         assert "--pooling mean+tokens works with --scoring candidate and without --look-ahead" in result.output
+    result = CliRunner().invoke(main, [*common[:-1], "mean", "--memory-decay", "0.1"])  # no memory to decay
+    assert result.exit_code == 2 and "--memory-decay applies to --input hidden --pooling mean+tokens" in result.output
     assert not (tmp_path / "x.onnx").exists()

@@ -8,8 +8,8 @@ Steps:
 2. `sia-edge vm distill --input hidden`: Gemma continues each opening 16 times (64 tokens, unsteered, top-k 10, T 1),
    alt-profanity-check scores each continuation once (reward `clean` = 1 - P(offensive)), and a 64-unit candidate
    head on the mean of the hidden states of the continuation so far, with a memory of the tokens written (pooling
-   mean+tokens; rank 14, so the file is the size of the mean-pool model it replaced), regresses every prefix onto
-   the standardised reward; the held-out prompts are drawn among the first 211 (the same 21 as every earlier
+   mean+tokens, its free per-token weights decayed at 1.0; rank 14, so the file is the size of the mean-pool model
+   it replaced), regresses every prefix onto the standardised reward; the held-out prompts are drawn among the first 211 (the same 21 as every earlier
    `clean` fit);
 3. the weight scale (tools/weight_scale.py), stamped as metadata `sia_edge.weight_scale`;
 4. the junction call's latency;
@@ -45,8 +45,8 @@ NAME = "gemma3-270m-hidden-clean"
 # shipped model keeps these two
 PROMPT_FILES = [REPO / "tools" / "prompts" / f"provocative-{part}.txt" for part in ("train", "train-extra")]
 HOLDOUT_AMONG = 211  # the original training file: earlier fits held out prompts among these, so figures compare
-DISTILL_OPTIONS = ["--input", "hidden", "--pooling", "mean+tokens", "--rank", "14", "--scoring", "candidate",
-                   "--value-width", "64",
+DISTILL_OPTIONS = ["--input", "hidden", "--pooling", "mean+tokens", "--memory-decay", "1.0", "--rank", "14",
+                   "--scoring", "candidate", "--value-width", "64",
                    "--holdout-among", str(HOLDOUT_AMONG), "--reward", "clean", "--reward-on", "continuation",
                    "--objective", "clean", "--samples-per-prompt", str(SAMPLING["samples_per_prompt"]),
                    "-n", str(SAMPLING["max_tokens"]), "--top-k", str(SAMPLING["top_k"]),

@@ -19,7 +19,7 @@ _DEFAULTS = {name: default(FitConfig, name) for name in ("dim", "hidden", "ema_d
                                                          "batch_size", "learning_rate", "token_dropout",
                                                          "context_prob", "context_tokens", "recurrent_size", "rank",
                                                          "look_ahead", "pooling", "scoring", "layer",
-                                                         "value_width")}
+                                                         "value_width", "memory_decay")}
 
 
 def _fit_options(func):
@@ -65,6 +65,11 @@ def _fit_options(func):
                      show_default=True,
                      help="--input hidden: hidden units of the head's value term (one GELU layer); 0 keeps it linear. "
                           "A non-linear value fits rewards such as 'clean' better (docs/distillation.md)."),
+        click.option("--memory-decay", type=click.FloatRange(min=0), default=_DEFAULTS["memory_decay"],
+                     show_default=True,
+                     help="--pooling mean+tokens: weight decay of the token memory's free per-token weights (the "
+                          "rest of the head keeps 0.01). It keeps rare tokens' weights small, so their noise does "
+                          "not add up over a long text (docs/distillation.md)."),
         click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
                      help="Tokens seen fewer times in training share the unknown-token embedding."),
         click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
@@ -295,6 +300,8 @@ def _hidden_only(options: dict, input_kind: str) -> None:
                                          or options["pooling"] != "none" or options["look_ahead"]):
         raise click.UsageError("--layer applies to --input hidden --scoring look-ahead (without --pooling or "
                                "--look-ahead) only")
+    if options["memory_decay"] != _DEFAULTS["memory_decay"] and options["pooling"] != "mean+tokens":
+        raise click.UsageError("--memory-decay applies to --input hidden --pooling mean+tokens only")
     if input_kind == "hidden":
         if options["pooling"] == "mean+tokens" and (options["look_ahead"] or options["scoring"] != "candidate"):
             raise click.UsageError("--pooling mean+tokens works with --scoring candidate and without --look-ahead")

@@ -25,6 +25,9 @@ class HiddenFitConfig:
     pooling: str = "none"  # mean: v also reads the mean of the states over the continuation so far (contract 3);
     # mean+tokens: and a token memory, a learned weight per token summed over the continuation (hidden_head)
     value_width: int = 0  # v and the teacher: linear (0), or one hidden layer this wide
+    # mean+tokens: AdamW weight decay of the free per-token memory weights. 0.01 (the head's) let rare tokens' noise
+    # add up along a text: held-out R2 at the full text 0.60 at 16 samples per prompt, 0.19 at 8; 1.0: 0.72 and 0.43
+    memory_decay: float = 1.0
     seed: int = 0
     threads: int = 2
 
@@ -163,7 +166,8 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
         head = CandidateHead(train.before.shape[1], embeddings.shape[1], config.rank, config.width, mean, sd, scale,
                              pooled_stats, config.value_width,
                              len(embeddings) if config.pooling == "mean+tokens" else 0)
-        optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimiser = torch.optim.AdamW(parameter_groups(head, config), lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
         steps_per_epoch = int(np.ceil(len(train.before) / config.batch_size))
         steps = config.epochs * steps_per_epoch
         # each step also takes a slice of the counterfactual positions, so each is seen once per epoch
@@ -210,6 +214,15 @@ def fit(train: Positions, embeddings: np.ndarray, config: HiddenFitConfig, progr
         return head
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def parameter_groups(head, config: HiddenFitConfig) -> list[dict]:
+    """The head's parameters for AdamW: the token memory's free weights in a group of their own, with its decay."""
+    if not head.remembers:
+        return [{"params": list(head.parameters())}]
+    free = head.token_weight.weight
+    return [{"params": [p for p in head.parameters() if p is not free]},
+            {"params": [free], "weight_decay": config.memory_decay}]
 
 
 def _memory(head, table, written: tuple[np.ndarray, np.ndarray], candidates: np.ndarray):

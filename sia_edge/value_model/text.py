@@ -111,7 +111,7 @@ class ValueModel:
             self._pieces = {}
             return
         if base_fingerprint != self.fingerprint:
-            from .models import shipped_byte_value_model
+            from ..models import shipped_byte_value_model
 
             raise TokenizerMismatchError(
                 f"value model {self.path.name} was built for tokenizer {self.fingerprint[:16]} but base model "
