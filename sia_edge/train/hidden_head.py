@@ -20,8 +20,9 @@ tokens generated so far (contract 3's optional `continuation` input), t_a the ca
 (1 -> 8 tanh -> 1) so one offensive word can count as much as several. A mean of states blurs which words were written;
 `clean`'s reward is a linear model over word n-grams, and a ridge on the continuation's token counts beside the mean
 state explains 0.69 of it against 0.48 for the state alone (tools/pooling_ridge.py). t = a free weight per token id
-plus a projection of its input-embedding row (so rare tokens borrow from similar ones); exported as one more column
-of the candidate table. Appending candidate a adds only t_a, so the k candidates cost k table reads.
+plus a projection of its input-embedding row (so rare tokens borrow from similar ones); the free weights get a
+weight decay of their own (hidden_fit.HiddenFitConfig.memory_decay), else rare tokens' noise adds up along a text.
+Exported as a vector beside the candidate table. Appending candidate a adds only t_a: the k candidates cost k reads.
 
 Trained CD-FUDGE style: every prefix of every text is an example (the hidden state before token j, candidate = token
 j, target = the text's label or reward), plus a look-ahead teacher: a linear V on the state *after* token j, trained
@@ -109,8 +110,8 @@ def value_term(size: int, width: int) -> nn.Module:
 
 
 class ExportedHead(nn.Module):
-    """What goes into the ONNX file: the head plus the (n_vocab, r + 1) float16 candidate table (r + 2 with a
-    token memory: its last column is t)."""
+    """What goes into the ONNX file: the head plus the (n_vocab, r + 1) float16 candidate table, and with a token
+    memory the (n_vocab,) float16 vector t (candidate_table's last column, kept apart)."""
 
     def __init__(self, head: CandidateHead, table: np.ndarray) -> None:
         super().__init__()
