@@ -200,12 +200,13 @@ def value_model_costs(engine, lengths=(32, 128, 512, 1024), new_tokens: int = 8)
     if vm.reads_hidden:  # stateless: one call reads one hidden state (and the tokens so far, for a token memory)
         hidden = rng.normal(size=(1, vm.hidden_size)).astype(np.float32)
         pooled = hidden if vm.pools else None  # a pooling model's second input: same shape, same cost
-        out = []
-        for length in lengths:
+        def call(length: int) -> float:
             written = [rng.integers(3, 20000, size=length).tolist()] if vm.reads_continuation else None
-            call = _median_ms(lambda _: vm.score_hidden(hidden, [np.arange(100, 110)], pooled, written), [None] * 50)
-            out.append({"prefix_tokens": length, "carried_state_ms": call, "from_scratch_ms": float("nan")})
-        return out
+            return _median_ms(lambda _: vm.score_hidden(hidden, [np.arange(100, 110)], pooled, written), [None] * 50)
+
+        flat = None if vm.reads_continuation else call(0)  # without a token memory the length changes nothing
+        return [{"prefix_tokens": length, "carried_state_ms": call(length) if flat is None else flat,
+                 "from_scratch_ms": float("nan")} for length in lengths]
     for length in lengths:
         prefix_tokens = rng.integers(3, 20000, size=length).tolist()
         new = rng.integers(3, 20000, size=new_tokens).tolist()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..value_model import pad_sequences
+from ..value_model import STATE_POOLINGS, pad_sequences
 from .metrics import accuracy, prefix_length, roc_auc
 
 
@@ -56,7 +56,7 @@ class Positions:
 
 def pools(pooling: str) -> bool:
     """Whether a head with this pooling reads the mean of the continuation's states."""
-    return pooling in ("mean", "mean+tokens")
+    return pooling in STATE_POOLINGS  # the runtime's own list (HiddenValueModel.pools)
 
 
 def running_means(h: np.ndarray, start: int) -> np.ndarray:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .hidden import HIDDEN_CONTRACT, POOLINGS, SCORINGS, HiddenValueModel
+from .hidden import HIDDEN_CONTRACT, POOLINGS, SCORINGS, STATE_POOLINGS, HiddenValueModel
 from .session import META_PREFIX, metadata_of, open_session
 from .text import (CONTRACT_VERSION, CONTRACT_VERSIONS, FOLD_INLINE_MAX, INPUT_KINDS, PrefixState, ValueModel,
                    pad_sequences)
 
 __all__ = ["CONTRACT_VERSION", "CONTRACT_VERSIONS", "FOLD_INLINE_MAX", "HIDDEN_CONTRACT", "INPUT_KINDS", "META_PREFIX",
-           "POOLINGS", "SCORINGS", "HiddenValueModel", "PrefixState", "ValueModel", "open_value_model", "pad_sequences"]
+           "POOLINGS", "SCORINGS", "STATE_POOLINGS", "HiddenValueModel", "PrefixState", "ValueModel",
+           "open_value_model", "pad_sequences"]
 
 
 def open_value_model(path: str | os.PathLike, threads: int = 1) -> "ValueModel | HiddenValueModel":

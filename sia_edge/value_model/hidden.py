@@ -20,6 +20,7 @@ _POOLED_INPUT = {"pooled": "tensor(float)"}  # optional: with metadata pooling =
 _CONTINUATION_INPUTS = {"continuation": "tensor(int64)", "continuation_mask": "tensor(float)"}  # mean+tokens only
 _HIDDEN_OUTPUTS = {"scores": "tensor(float)"}
 POOLINGS = ("none", "mean", "mean+tokens")
+STATE_POOLINGS = ("mean", "mean+tokens")  # the poolings that read the `pooled` input
 SCORINGS = ("candidate", "look-ahead")  # metadata `scoring`: what a row's `hidden` is (models/README.md)
 
 
@@ -106,7 +107,7 @@ class HiddenValueModel:
     @property
     def pools(self) -> bool:
         """Whether its junctions also need the mean hidden state over the continuation (the `pooled` input)."""
-        return self.pooling in ("mean", "mean+tokens")
+        return self.pooling in STATE_POOLINGS
 
     @property
     def reads_continuation(self) -> bool:
