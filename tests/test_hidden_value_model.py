@@ -286,7 +286,8 @@ def test_a_junctions_scores_equal_vm_score_of_prefix_plus_candidate(hidden_engin
     vm = hidden_engine.value_model
     for event in events[:4]:
         prefix = value_model_tokens(prompt, [e.token_id for e in events[:event.index]], hidden_engine.base.bos_id)
-        direct = vm.score_sequences([prefix + [c] for c in event.candidates])
+        # the shipped model pools the states from the one after the prompt on, as vm score does given the prompt
+        direct = vm.score_sequences([prefix + [c] for c in event.candidates], [len(prompt) - 1] * len(event.candidates))
         np.testing.assert_allclose(event.rewards, direct, atol=0.15)
         assert np.argsort(event.rewards)[-1] == np.argsort(direct)[-1]
 
@@ -324,8 +325,9 @@ def test_hidden_and_token_models_steer_side_by_side_in_one_scheduler_step(gemma_
         hidden_vm, token_vm = engine.value_model, engine.value_model_for(token_model)
         prompt = engine.tokenize("My weekend was")
         first_hidden, first_token = events[0][0], events[1][0]
-        alone = hidden_vm.score_hidden(engine.base.hidden_states().after(prompt)[None, :],
-                                       [np.array(first_hidden.candidates)])[0]
+        state = engine.base.hidden_states().after(prompt)[None, :]  # at the first junction also the mean state
+        alone = hidden_vm.score_hidden(state, [np.array(first_hidden.candidates)],
+                                       state if hidden_vm.pools else None)[0]
         np.testing.assert_allclose(first_hidden.rewards, alone, atol=0.05)
         state = token_vm.extend(token_vm.empty_prefix(), prompt[1:])
         np.testing.assert_allclose(first_token.rewards, token_vm.score_candidates(state,
