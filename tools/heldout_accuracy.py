@@ -22,8 +22,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
-from build_hidden_value_models import SEED  # noqa: E402
-from build_value_models import BUILD as TOKEN_BUILD  # noqa: E402
+from build_value_models import BUILD as TOKEN_BUILD, SEED  # noqa: E402  (the split every sentiment build uses)
 
 FRACTIONS = (0.5, 1.0)
 
