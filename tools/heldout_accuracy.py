@@ -86,6 +86,9 @@ def measure(paths: list[Path], n: int, gguf: Path | None = None) -> dict:
         for path in paths:
             model = open_value_model(path)
             if isinstance(model, HiddenValueModel):  # refuses other weights, as the runtime does
+                if model.looks_ahead or model.layer is not None:  # these read other states than the final ones here
+                    sys.exit(f"{path.name}: look-ahead and middle-layer models are not measured by this tool; "
+                             "their cards report `vm train`'s held-out figures")
                 model.bind(weights, base.name, base.n_embd, base.n_vocab, n_layer=base.n_layer)
                 score = lambda f: hidden_scores(model, states, sequences, f)  # noqa: E731
             else:
