@@ -145,25 +145,20 @@ def junction_agreement(onnx_path: Path, gguf: Path, probes) -> dict:
 
 def token_model_accuracy(token_model: str, gguf: Path, data: Path, max_texts: int) -> dict:
     """The shipped token model on the same held-out tweets (same split, same subset) at 50% and 100%."""
+    from heldout_accuracy import held_out_tweets, token_scores
     from sia_edge.base_model import BaseModel
     from sia_edge.models import shipped_value_model_dir
-    from sia_edge.train.data import load_labelled_texts
-    from sia_edge.train.metrics import accuracy, prefix_length
-    from sia_edge.train.trainer import stratified_split
+    from sia_edge.train.hidden_train import with_bos
+    from sia_edge.train.metrics import accuracy
     from sia_edge.value_model import ValueModel
 
-    texts = load_labelled_texts(data, "text", "sentiment", positive="positive", weight_column="confidence")
-    _, holdout = stratified_split(texts.targets, 0.12, SEED)
-    holdout = np.sort(np.random.default_rng(SEED + 1).permutation(holdout)[:max_texts // 5])
+    texts, targets = held_out_tweets(data, max_texts // 5)
     base = BaseModel(gguf, vocab_only=True)
     model = ValueModel(shipped_value_model_dir() / token_model)
     model.bind(base.fingerprint, base.name, base.token_bytes, base.n_vocab)
-    tokens = [base.tokenize(texts.texts[i], add_bos=False)[:128] for i in holdout]
-    out = {}
-    for fraction in (0.5, 1.0):
-        cut = [t[:max(1, prefix_length(len(t), fraction))] for t in tokens]
-        out[fraction] = accuracy(texts.targets[holdout], model.score_sequences(cut))
-    return out
+    sequences = [with_bos(base, base.tokenize(t, add_bos=False)[:128]) for t in texts]
+    return {fraction: accuracy(targets, token_scores(model, sequences, fraction, int(base.add_bos)))
+            for fraction in (0.5, 1.0)}
 
 
 def look_ahead_latency_ms(onnx_path: Path, gguf: Path, k: int = 10, repeats: int = 30) -> dict:

@@ -57,10 +57,12 @@ def hidden_scores(model, states: list[np.ndarray], sequences: list[list[int]], f
     return np.array([s[0] for s in scores])
 
 
-def token_scores(model, sequences: list[list[int]], fraction: float) -> np.ndarray:
+def token_scores(model, sequences: list[list[int]], fraction: float, bos: int = 1) -> np.ndarray:
+    """A token model reads the text without its `bos` leading BOS tokens (1 or 0: SmolLM2 adds none), cut at
+    `fraction` of what remains."""
     from sia_edge.train.metrics import prefix_length
 
-    return model.score_sequences([t[1:1 + prefix_length(len(t) - 1, fraction)] for t in sequences])
+    return model.score_sequences([t[bos:bos + prefix_length(len(t) - bos, fraction)] for t in sequences])
 
 
 def bootstrap(right: np.ndarray, n_boot: int = 2000) -> tuple[float, float]:
@@ -93,7 +95,7 @@ def measure(paths: list[Path], n: int, gguf: Path | None = None) -> dict:
                 score = lambda f: hidden_scores(model, states, sequences, f)  # noqa: E731
             else:
                 model.bind(base.fingerprint, base.name, base.token_bytes, base.n_vocab)
-                score = lambda f: token_scores(model, sequences, f)  # noqa: E731
+                score = lambda f: token_scores(model, sequences, f, int(base.add_bos))  # noqa: E731
             report["models"][path.name] = {}
             for fraction in FRACTIONS:
                 right = ((score(fraction) > 0) == (targets > 0.5)).astype(np.float64)
