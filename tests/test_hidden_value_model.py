@@ -359,6 +359,7 @@ def _small_labelled_csv(path: Path) -> Path:
 def test_vm_train_input_hidden_builds_a_model_that_steers(tmp_path, gemma_path, monkeypatch):
     from sia_edge.cli import main
     from sia_edge.engine import Engine
+    from sia_edge.value_model import open_value_model
 
     monkeypatch.setenv("SIA_EDGE_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "hidden.onnx"
@@ -377,6 +378,12 @@ def test_vm_train_input_hidden_builds_a_model_that_steers(tmp_path, gemma_path, 
     assert again.exit_code == 0, again.output
     assert sorted((tmp_path / "cache" / "hidden-features").glob("*/shard-*.npz")) == sorted(features)
     assert (tmp_path / "again.onnx").read_bytes() == out.read_bytes()
+    # --teacher-weight reaches the fit (a head fitted to the labels alone differs) and is recorded in the model
+    unpulled = CliRunner().invoke(main, [*args, "--teacher-weight", "0", "--out", str(tmp_path / "unpulled.onnx")])
+    assert unpulled.exit_code == 0, unpulled.output
+    assert (tmp_path / "unpulled.onnx").read_bytes() != out.read_bytes()
+    assert [json.loads(open_value_model(p).metadata["training"])["fit"]["teacher"]
+            for p in (out, tmp_path / "unpulled.onnx")] == [3.0, 0.0]
     engine = Engine(model=gemma_path, value_model=str(out), parallel=1)
     try:
         steered = engine.generate("The hotel was", gate="dense", max_tokens=8, seed=3)

@@ -192,4 +192,9 @@ def test_a_token_memory_is_refused_where_it_cannot_apply(tmp_path, gemma_path):
         assert "--pooling mean+tokens works with --scoring candidate and without --look-ahead" in result.output
     result = CliRunner().invoke(main, [*common[:-1], "mean", "--memory-decay", "0.1"])  # no memory to decay
     assert result.exit_code == 2 and "--memory-decay applies to --input hidden --pooling mean+tokens" in result.output
+    # a look-ahead model ships the teacher itself, and a token model has none: nothing to pull toward
+    for extra in (["--scoring", "look-ahead"], ["--input", "tokens"]):
+        result = CliRunner().invoke(main, [*common[:-1], "mean", "--teacher-weight", "1", *extra])
+        assert result.exit_code == 2, result.output
+        assert "--teacher-weight applies to --input hidden --scoring candidate only" in result.output
     assert not (tmp_path / "x.onnx").exists()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sia_edge.evaluation.stats import bootstrap_ci  # 95% percentile intervals over tweets
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 from build_value_models import BUILD as TOKEN_BUILD, SEED  # noqa: E402  (the split every sentiment build uses)
@@ -65,13 +67,6 @@ def token_scores(model, sequences: list[list[int]], fraction: float, bos: int = 
     return model.score_sequences([t[bos:bos + prefix_length(len(t) - bos, fraction)] for t in sequences])
 
 
-def bootstrap(right: np.ndarray, n_boot: int = 2000) -> tuple[float, float]:
-    """95% bootstrap interval (over tweets) of the mean of a per-tweet array: right or wrong, or a paired difference."""
-    rng = np.random.default_rng(SEED)
-    means = [right[rng.integers(0, len(right), len(right))].mean() for _ in range(n_boot)]
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def measure(paths: list[Path], n: int, gguf: Path | None = None) -> dict:
     """Each model's accuracy at 50% and 100% of the first n held-out tweets, with its per-tweet rights and wrongs."""
     from sia_edge.models import default_base_model
@@ -99,7 +94,7 @@ def measure(paths: list[Path], n: int, gguf: Path | None = None) -> dict:
             report["models"][path.name] = {}
             for fraction in FRACTIONS:
                 right = ((score(fraction) > 0) == (targets > 0.5)).astype(np.float64)
-                low, high = bootstrap(right)
+                _, low, high = bootstrap_ci(right, seed=SEED)
                 report["models"][path.name][str(fraction)] = {"accuracy": float(right.mean()), "ci": [low, high],
                                                               "right": right.tolist()}
     finally:
@@ -127,7 +122,7 @@ def main() -> None:
         for fraction in map(str, FRACTIONS):
             diff = (np.array(report["models"][names[0]][fraction]["right"])
                     - np.array(report["models"][other][fraction]["right"]))
-            low, high = bootstrap(diff)
+            _, low, high = bootstrap_ci(diff, seed=SEED)
             print(f"{names[0]} - {other} at {float(fraction):.0%}: {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
 
 

@@ -19,7 +19,7 @@ _DEFAULTS = {name: default(FitConfig, name) for name in ("dim", "hidden", "ema_d
                                                          "batch_size", "learning_rate", "token_dropout",
                                                          "context_prob", "context_tokens", "recurrent_size", "rank",
                                                          "look_ahead", "pooling", "scoring", "layer",
-                                                         "value_width", "memory_decay")}
+                                                         "value_width", "memory_decay", "teacher_weight")}
 
 
 def _fit_options(func):
@@ -70,6 +70,11 @@ def _fit_options(func):
                      help="--pooling mean+tokens: weight decay of the token memory's free per-token weights (the "
                           "rest of the head keeps 0.01). It keeps rare tokens' weights small, so their noise does "
                           "not add up over a long text (docs/distillation.md)."),
+        click.option("--teacher-weight", type=click.FloatRange(min=0), default=_DEFAULTS["teacher_weight"],
+                     show_default=True,
+                     help="--input hidden --scoring candidate: how strongly the head's candidate score is pulled "
+                          "toward the look-ahead teacher's value of the state the candidate leads to (a squared "
+                          "gap in logits); 0 fits the head to the labels alone."),
         click.option("--min-count", type=click.IntRange(min=1), default=_DEFAULTS["min_count"], show_default=True,
                      help="Tokens seen fewer times in training share the unknown-token embedding."),
         click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=_DEFAULTS["learning_rate"],
@@ -300,6 +305,9 @@ def _hidden_only(options: dict, input_kind: str) -> None:
                                          or options["pooling"] != "none" or options["look_ahead"]):
         raise click.UsageError("--layer applies to --input hidden --scoring look-ahead (without --pooling or "
                                "--look-ahead) only")
+    if options["teacher_weight"] != _DEFAULTS["teacher_weight"] and (input_kind != "hidden"
+                                                                     or options["scoring"] != "candidate"):
+        raise click.UsageError("--teacher-weight applies to --input hidden --scoring candidate only")
     if options["memory_decay"] != _DEFAULTS["memory_decay"] and options["pooling"] != "mean+tokens":
         raise click.UsageError("--memory-decay applies to --input hidden --pooling mean+tokens only")
     if input_kind == "hidden":

@@ -50,6 +50,7 @@ class FitConfig:
     layer: int | None = None  # scoring look-ahead: the block whose output it reads (None: the final state)
     value_width: int = 0  # input hidden: hidden units of the head's value term (0: linear)
     memory_decay: float = 1.0  # pooling mean+tokens: AdamW weight decay of the free per-token memory weights
+    teacher_weight: float = 3.0  # input hidden: weight of the pull of q toward the look-ahead teacher V (hidden_fit)
     threads: int = 1  # torch threads (reproducible for a given count)
     # bce: binary cross-entropy per prefix (labels in [0, 1]); prefix: squared error per prefix (regression onto an
     # unbounded target, e.g. a standardised reward); mean: squared error of the mean over prefixes (paper, Eq. 6).

@@ -162,7 +162,8 @@ def train_hidden_value_model(config: TrainingConfig, progress: Callable[[str], N
         embeddings = embedding_rows(config.model)
         fit_config = HiddenFitConfig(rank=rank, epochs=config.epochs, learning_rate=config.learning_rate,
                                      seed=config.seed, threads=config.threads, pooling=pooling,
-                                     value_width=config.value_width, memory_decay=config.memory_decay)
+                                     value_width=config.value_width, memory_decay=config.memory_decay,
+                                     teacher=config.teacher_weight)
         train = positions([states[i] for i in train_idx], [sequences[i] for i in train_idx],
                           data.targets[train_idx], data.weights[train_idx], pooling=pooling)
         counterfactual = held_out_junctions = None
@@ -224,7 +225,8 @@ def distill_hidden(config, reward, prompts, used, token_lists, score_from, targe
         embeddings = embedding_rows(config.model)
         fit_config = HiddenFitConfig(rank=config.rank, epochs=config.epochs, learning_rate=config.learning_rate,
                                      seed=config.seed, threads=config.threads, loss="mse", pooling=config.pooling,
-                                     value_width=config.value_width, memory_decay=config.memory_decay)
+                                     value_width=config.value_width, memory_decay=config.memory_decay,
+                                     teacher=config.teacher_weight)
         pick = lambda idx, items: [items[i] for i in idx]  # noqa: E731
         train = positions(pick(train_idx, states), pick(train_idx, sequences), targets[train_idx],
                           np.ones(len(train_idx), np.float32), pick(train_idx, first), pooling=config.pooling)
