@@ -30,7 +30,7 @@ class LookAhead:
     def __init__(self, base, k: int, n_ctx: int, layer: int | None = None) -> None:
         llama_cpp = _llama()
         self.base, self.k = base, k
-        self.layer = base.n_layer if layer is None else layer
+        self.layer = block_read(base, layer)
         self.n_batch = max(64, k)
         self._name = layer_tensor(self.layer, base.n_layer)
         self._tap = TensorTap([self._name], base.n_embd)  # kept here: llama.cpp holds only a pointer to it
@@ -112,9 +112,14 @@ class LookAhead:
         self._ctx.close()
 
 
+def block_read(base, layer: int | None) -> int:
+    """The block whose output a look-ahead reads: `layer`, or with None the last one (the final state)."""
+    return base.n_layer if layer is None else layer
+
+
 def reuse_look_ahead(current: LookAhead | None, base, k: int, n_ctx: int, layer: int | None = None) -> LookAhead:
     """`current` if it reads k candidates or more at this layer, else a new one (the old one closed)."""
-    if current is not None and current.k >= k and current.layer == (base.n_layer if layer is None else layer):
+    if current is not None and current.k >= k and current.layer == block_read(base, layer):
         return current
     if current is not None:
         current.close()
