@@ -38,6 +38,7 @@ from build_value_models import BUILD as TOKEN_BUILD, SEED, extract_tweets, packa
 
 BUILD = REPO / "build" / "hidden_value_models"
 PROBES = REPO / "tools" / "probes" / "word-order.tsv"
+LAST_WORD = REPO / "tools" / "probes" / "last-word.tsv"  # pairs that differ in their last word: a junction ranks them
 MAX_TEXTS = 3800
 WIDER_HOLDOUT = 1600  # held-out tweets scored by tools/heldout_accuracy.py for the card (the card's 760 among them)
 TRAIN_OPTIONS = ["--text-column", "text", "--label-column", "sentiment", "--positive", "positive",
@@ -92,14 +93,15 @@ def sia_edge(*args: str, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def load_probes() -> list[tuple[str, str, str]]:
-    lines = [line.rstrip("\n") for line in PROBES.read_text().splitlines() if line and not line.startswith("#")]
+def load_probes(path: Path = PROBES) -> list[tuple[str, str, str]]:
+    """(category, more positive text, less positive text) per row of a probe file."""
+    lines = [line.rstrip("\n") for line in path.read_text().splitlines() if line and not line.startswith("#")]
     return [tuple(line.split("\t")) for line in lines[1:]]
 
 
 def probe_report(onnx_path: Path, gguf: Path) -> dict:
-    """Share of minimal pairs whose more positive text `vm score` scores higher, overall and per category; and, for
-    pairs that differ only in their last token, whether the junction's candidate scores rank the same way."""
+    """Share of the word-order pairs whose more positive text `vm score` scores higher, overall and per category;
+    and, on the last-word pairs, whether one junction's candidate scores rank the two last tokens the same way."""
     probes = load_probes()
     texts = [t for _, pos, neg in probes for t in (pos, neg)]
     out = sia_edge("vm", "score", "--model", str(gguf), "--value-model", str(onnx_path), "--json", "--file", "-",
@@ -113,7 +115,7 @@ def probe_report(onnx_path: Path, gguf: Path) -> dict:
     from sia_edge.value_model import open_value_model
 
     if not open_value_model(onnx_path).looks_ahead:  # a look-ahead junction reads each candidate's own state
-        report["junction"] = junction_agreement(onnx_path, gguf, probes)
+        report["junction"] = junction_agreement(onnx_path, gguf, load_probes(LAST_WORD))
     return report
 
 
@@ -126,9 +128,10 @@ def junction_agreement(onnx_path: Path, gguf: Path, probes) -> dict:
     try:
         vm = engine.value_model
         agree = total = 0
-        for _, pos, neg in probes:
+        right = defaultdict(list)
+        for category, pos, neg in probes:
             a, b = engine.tokenize(pos), engine.tokenize(neg)
-            if len(a) != len(b) or a[:-1] != b[:-1]:
+            if len(a) != len(b) or a[:-1] != b[:-1]:  # the last words must be one token each
                 continue
             engine.base.prefill(a[:-1], hidden=True)
             # a pooling model also reads the mean state of the text so far (vm score's: from the state after BOS)
@@ -137,7 +140,9 @@ def junction_agreement(onnx_path: Path, gguf: Path, probes) -> dict:
                                       pooled)[0]
             total += 1
             agree += bool(rewards[0] > rewards[1])
-        return {"pairs_differing_in_the_last_token": total, "candidate_ranked_right": agree}
+            right[category].append(bool(rewards[0] > rewards[1]))
+        return {"pairs_differing_in_the_last_token": total, "candidate_ranked_right": agree,
+                **{c: f"{sum(v)} of {len(v)}" for c, v in right.items()}}
     finally:
         engine.close()
 
@@ -272,9 +277,9 @@ The shipped token model ({base['token_model']}) on the same held-out tweets: {to
 ## Word order
 
 `sia-edge vm score` on the {probes['pairs']} minimal pairs of `tools/probes/word-order.tsv`: the more positive text
-scores higher in **{probes['all']:.2f}** of them ({categories}). Of the pairs whose two texts differ only in their
-last token ({junction['pairs_differing_in_the_last_token']}), one junction after the shared prefix ranks the two
-candidates the same way in {junction['candidate_ranked_right']}.
+scores higher in **{probes['all']:.2f}** of them ({categories}).
+
+{last_word_text(junction)}
 
 ## Limits
 
@@ -282,6 +287,20 @@ It reads only these exact weights: another quantisation or fine-tune of the mode
 `sia-edge vm train --input hidden --model GGUF`). It judges the sentiment of tweet-like text; sentiment is not
 safety.
 """
+
+
+def last_word_text(junction: dict) -> str:
+    """The card's paragraph on the last-word pairs, ranked at one junction (junction_agreement)."""
+    text = (f"At a junction: of the {junction['pairs_differing_in_the_last_token']} pairs of "
+            "`tools/probes/last-word.tsv` (texts that share every token but the last), one junction after the shared "
+            "prefix scores the two last tokens as candidates and ranks the more positive text's higher in "
+            f"**{junction['candidate_ranked_right']}** (plain {junction['plain']}, after a negation "
+            f"{junction['negated']}, where the sentence before decides {junction['context']}).")
+    right, pairs = (int(n) for n in junction["negated"].split(" of "))
+    if 2 * right <= pairs:
+        text += (" After a negation the head mostly ranks a word by its own polarity (\"not good\" above \"not "
+                 "bad\"): it sees the candidate's embedding row, not the state the candidate leads to.")
+    return text
 
 
 def wider_text(report: dict, name: str, token_model: str) -> str:
