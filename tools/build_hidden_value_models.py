@@ -131,7 +131,7 @@ def junction_agreement(onnx_path: Path, gguf: Path, probes) -> dict:
         right = defaultdict(list)
         for category, pos, neg in probes:
             a, b = engine.tokenize(pos), engine.tokenize(neg)
-            if len(a) != len(b) or a[:-1] != b[:-1]:  # the last words must be one token each
+            if len(a) != len(b) or a[:-1] != b[:-1]:  # they must differ in their last token only
                 continue
             engine.base.prefill(a[:-1], hidden=True)
             # a pooling model also reads the mean state of the text so far (vm score's: from the state after BOS)
@@ -297,7 +297,7 @@ def last_word_text(junction: dict) -> str:
             f"**{junction['candidate_ranked_right']}** (plain {junction['plain']}, after a negation "
             f"{junction['negated']}, where the sentence before decides {junction['context']}).")
     right, pairs = (int(n) for n in junction["negated"].split(" of "))
-    if 2 * right <= pairs:
+    if 2 * right < pairs:
         text += (" After a negation the head mostly ranks a word by its own polarity (\"not good\" above \"not "
                  "bad\"): it sees the candidate's embedding row, not the state the candidate leads to.")
     return text
