@@ -127,8 +127,7 @@ def junction_agreement(onnx_path: Path, gguf: Path, probes) -> dict:
     engine = Engine(model=gguf, value_model=str(onnx_path), parallel=1)
     try:
         vm = engine.value_model
-        agree = total = 0
-        right = defaultdict(list)
+        right = defaultdict(list)  # category -> whether each of its pairs was ranked right
         for category, pos, neg in probes:
             a, b = engine.tokenize(pos), engine.tokenize(neg)
             if len(a) != len(b) or a[:-1] != b[:-1]:  # they must differ in their last token only
@@ -138,11 +137,10 @@ def junction_agreement(onnx_path: Path, gguf: Path, probes) -> dict:
             pooled = engine.base.hidden_states().of(a[:-1]).mean(axis=0)[None, :] if vm.pools else None
             rewards = vm.score_hidden(np.array(engine.base.hidden())[None, :], [np.array([a[-1], b[-1]])],
                                       pooled)[0]
-            total += 1
-            agree += bool(rewards[0] > rewards[1])
             right[category].append(bool(rewards[0] > rewards[1]))
-        return {"pairs_differing_in_the_last_token": total, "candidate_ranked_right": agree,
-                **{c: f"{sum(v)} of {len(v)}" for c, v in right.items()}}
+        return {"pairs_differing_in_the_last_token": sum(map(len, right.values())),
+                "candidate_ranked_right": sum(map(sum, right.values())),
+                "categories": {c: {"right": sum(v), "pairs": len(v)} for c, v in right.items()}}
     finally:
         engine.close()
 
@@ -291,13 +289,14 @@ safety.
 
 def last_word_text(junction: dict) -> str:
     """The card's paragraph on the last-word pairs, ranked at one junction (junction_agreement)."""
+    of = {c: f"{n['right']} of {n['pairs']}" for c, n in junction["categories"].items()}
     text = (f"At a junction: of the {junction['pairs_differing_in_the_last_token']} pairs of "
             "`tools/probes/last-word.tsv` (texts that share every token but the last), one junction after the shared "
             "prefix scores the two last tokens as candidates and ranks the more positive text's higher in "
-            f"**{junction['candidate_ranked_right']}** (plain {junction['plain']}, after a negation "
-            f"{junction['negated']}, where the sentence before decides {junction['context']}).")
-    right, pairs = (int(n) for n in junction["negated"].split(" of "))
-    if 2 * right < pairs:
+            f"**{junction['candidate_ranked_right']}** (plain {of['plain']}, after a negation "
+            f"{of['negated']}, where the sentence before decides {of['context']}).")
+    negated = junction["categories"]["negated"]
+    if 2 * negated["right"] < negated["pairs"]:
         text += (" After a negation the head mostly ranks a word by its own polarity (\"not good\" above \"not "
                  "bad\"): it sees the candidate's embedding row, not the state the candidate leads to.")
     return text
